@@ -1,0 +1,70 @@
+/**
+ * `deno task bench <manifest.json> [--db FILE] [--force] [--backend node|wasm] [--quiet]`
+ *
+ * Runs every cell of a manifest not stored yet, stores results in DuckDB, writes
+ * the tables under results/tables/<name>/ and prints them.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { runCli, VitqError } from "../core/errors.ts";
+import { loadManifest } from "../core/manifest.ts";
+import { planBench, runPlan } from "../core/runner.ts";
+import { DEFAULT_DB, Store } from "../core/store.ts";
+import { gatherTable, writeTables } from "../core/tables.ts";
+
+const USAGE =
+  "usage: deno task bench <manifest.json> [--db results/vitq.duckdb] [--force] [--backend node|wasm] [--tables DIR] [--quiet]";
+
+await runCli(async () => {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: Deno.args,
+      allowPositionals: true,
+      options: {
+        db: { type: "string", default: DEFAULT_DB },
+        force: { type: "boolean", default: false },
+        backend: { type: "string" },
+        tables: { type: "string", default: "results/tables" },
+        quiet: { type: "boolean", default: false },
+        help: { type: "boolean", default: false },
+      },
+    });
+  } catch (e) {
+    throw new VitqError(`${(e as Error).message}; ${USAGE}`);
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    console.log(USAGE);
+    return;
+  }
+  if (positionals.length !== 1) throw new VitqError(USAGE);
+  if (values.backend !== undefined && values.backend !== "node" && values.backend !== "wasm") {
+    throw new VitqError(`--backend: unknown backend "${values.backend}" (expected node or wasm)`);
+  }
+  const path = positionals[0];
+  const { manifest, text } = await loadManifest(path);
+  // everything is validated and loaded before the database is opened
+  const plan = await planBench(manifest, path);
+  const store = await Store.open(values.db!);
+  try {
+    const summary = await runPlan(plan, store, {
+      manifestPath: path,
+      manifestText: text,
+      db: values.db!,
+      force: values.force,
+      backend: values.backend as "node" | "wasm" | undefined,
+      quiet: values.quiet,
+    });
+    const data = await gatherTable(store, manifest.name, summary.cells.map((c) => c.id));
+    const md = await writeTables(data, `${values.tables}/${manifest.name}`);
+    console.log(md);
+    console.log(
+      `cells: ${summary.ran} run, ${summary.skipped} already stored, ${summary.failed} failed; results in ${values.db}, tables in ${values.tables}/${manifest.name}/`,
+    );
+    if (summary.failed > 0) Deno.exitCode = 1;
+  } finally {
+    store.close();
+  }
+});

@@ -1,0 +1,44 @@
+/**
+ * Facts about the machine and the software, stored with every run.
+ *
+ * @module
+ */
+
+/** Machine and version information for the `runs` table. */
+export interface EnvInfo {
+  cpu: string;
+  cpuFlags: string;
+  cores: number;
+  deno: string;
+  gitCommit: string;
+}
+
+const FLAGS = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16"];
+
+/** Collect CPU model, relevant instruction-set flags, core count, Deno version and git commit. */
+export async function envInfo(): Promise<EnvInfo> {
+  let cpu = "unknown", flags: string[] = [];
+  try {
+    const info = await Deno.readTextFile("/proc/cpuinfo");
+    cpu = info.match(/model name\s*:\s*(.+)/)?.[1]?.trim() ?? "unknown";
+    const all = new Set((info.match(/flags\s*:\s*(.+)/)?.[1] ?? "").split(/\s+/));
+    flags = FLAGS.filter((f) => all.has(f));
+  } catch { /* not Linux */ }
+  let gitCommit = "unknown";
+  try {
+    const out = await new Deno.Command("git", {
+      args: ["rev-parse", "HEAD"],
+      cwd: new URL("../", import.meta.url).pathname,
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    if (out.success) gitCommit = new TextDecoder().decode(out.stdout).trim();
+  } catch { /* no git */ }
+  return {
+    cpu,
+    cpuFlags: flags.join(" "),
+    cores: navigator.hardwareConcurrency,
+    deno: Deno.version.deno,
+    gitCommit,
+  };
+}

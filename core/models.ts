@@ -1,0 +1,72 @@
+/**
+ * Model registry and model cards. `models/registry.json` maps short names
+ * (`vit_fmnist`, `deit_s`, ...) to an ONNX file and a card describing input size,
+ * normalization and provenance.
+ *
+ * @module
+ */
+import { VitqError } from "./errors.ts";
+
+/** A model card (written by the training or export script). */
+export interface ModelCard {
+  name: string;
+  arch?: string;
+  file: string;
+  input: { name: string; channels: number; height: number; width: number };
+  normalization: { mean: number[]; std: number[] };
+  classes: number;
+  dataset: string;
+  parameters?: number;
+  fp32_top1?: number;
+  [key: string]: unknown;
+}
+
+/** One registry entry. */
+export interface RegistryEntry {
+  file: string;
+  card: string;
+  dataset: string;
+  description?: string;
+}
+
+/** A resolved model: name, ONNX path, card. */
+export interface ResolvedModel {
+  name: string;
+  path: string;
+  card: ModelCard;
+}
+
+/** Repository root (folder above `core/`). */
+export const ROOT = new URL("../", import.meta.url).pathname;
+
+/** Resolve a path relative to the repository root (absolute paths pass through). */
+export function fromRoot(p: string): string {
+  return p.startsWith("/") ? p : `${ROOT}${p}`;
+}
+
+/** Read `models/registry.json`. */
+export async function loadRegistry(): Promise<Record<string, RegistryEntry>> {
+  const path = fromRoot("models/registry.json");
+  const text = await Deno.readTextFile(path);
+  const reg = JSON.parse(text);
+  return reg.models ?? reg;
+}
+
+/** Resolve a registry name to its files; `where` names the manifest field in errors. */
+export async function resolveModel(name: string, where: string): Promise<ResolvedModel> {
+  const reg = await loadRegistry();
+  const e = reg[name];
+  if (!e) {
+    throw new VitqError(
+      `${where}: unknown model "${name}" (known: ${Object.keys(reg).join(", ")})`,
+    );
+  }
+  const cardPath = fromRoot(e.card);
+  let card: ModelCard;
+  try {
+    card = JSON.parse(await Deno.readTextFile(cardPath));
+  } catch (err) {
+    throw new VitqError(`${cardPath}: cannot read model card for ${name} (${(err as Error).message})`);
+  }
+  return { name, path: fromRoot(e.file), card };
+}

@@ -1,0 +1,141 @@
+/**
+ * Uniform quantizers: one definition used two ways, a TypeScript reference on
+ * Float32Array and an ONNX emitter for the fake-quant subgraph. Both compute
+ * `clamp(round_half_even(x / Δ) + z, qmin, qmax) - z) * Δ` in float32, so the
+ * reference and ONNX Runtime agree bit for bit (tests assert it).
+ *
+ * @module
+ */
+import { Graph } from "../onnx/graph.ts";
+
+/** Round half to even, as torch.round and ONNX Round do. */
+export function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** Integer range of a k-bit quantizer. */
+export function qRange(bits: number, signed: boolean): { qmin: number; qmax: number } {
+  return signed
+    ? { qmin: -(2 ** (bits - 1)), qmax: 2 ** (bits - 1) - 1 }
+    : { qmin: 0, qmax: 2 ** bits - 1 };
+}
+
+/** Parameters of a uniform (affine) quantizer, per tensor or along one axis. */
+export interface UniformQuantizer {
+  bits: number;
+  signed: boolean;
+  /** Step size(s); one per channel when `axis` is set. */
+  scale: Float32Array;
+  /** Integer zero point(s) (0 for symmetric), same length as `scale`. */
+  zeroPoint: Float32Array;
+  /** Channel axis for per-channel scales, counted from the front. */
+  axis?: number;
+}
+
+/** A per-tensor symmetric signed quantizer with step `scale`. */
+export function symmetric(bits: number, scale: number): UniformQuantizer {
+  return {
+    bits,
+    signed: true,
+    scale: Float32Array.of(scale),
+    zeroPoint: Float32Array.of(0),
+  };
+}
+
+/** Symmetric step for a tensor whose magnitude bound is `absMax`: absMax / (2^(k-1) - 1). */
+export function symmetricScale(absMax: number, bits: number): number {
+  const s = Math.fround(absMax / (2 ** (bits - 1) - 1));
+  return s > 0 && Number.isFinite(s) ? s : 1e-8;
+}
+
+/** Fake-quantize one value with step s and zero point z (float32 arithmetic). */
+export function fakeQuantValue(x: number, s: number, z: number, qmin: number, qmax: number): number {
+  let q = roundHalfEven(Math.fround(x / s)) + z;
+  if (q < qmin) q = qmin;
+  else if (q > qmax) q = qmax;
+  return Math.fround((q - z) * s);
+}
+
+/**
+ * TypeScript reference: fake-quantize `x` (shape `dims`) with `q`.
+ * Returns a new array.
+ */
+export function fakeQuant(x: Float32Array, dims: number[], q: UniformQuantizer): Float32Array {
+  const { qmin, qmax } = qRange(q.bits, q.signed);
+  const out = new Float32Array(x.length);
+  if (q.axis === undefined || q.scale.length === 1) {
+    const s = q.scale[0], z = q.zeroPoint[0];
+    for (let i = 0; i < x.length; i++) out[i] = fakeQuantValue(x[i], s, z, qmin, qmax);
+    return out;
+  }
+  const inner = dims.slice(q.axis + 1).reduce((a, b) => a * b, 1);
+  const ch = dims[q.axis];
+  for (let i = 0; i < x.length; i++) {
+    const c = Math.floor(i / inner) % ch;
+    out[i] = fakeQuantValue(x[i], q.scale[c], q.zeroPoint[c], qmin, qmax);
+  }
+  return out;
+}
+
+/**
+ * Emit the fake-quant subgraph for value `input` into `g` and return the name of
+ * its output. `rank` is the input's rank (needed for per-channel broadcasting).
+ */
+export function emitFakeQuant(
+  g: Graph,
+  input: string,
+  q: UniformQuantizer,
+  prefix: string,
+  rank?: number,
+): string {
+  const { qmin, qmax } = qRange(q.bits, q.signed);
+  let dims: number[] = [];
+  if (q.axis !== undefined && q.scale.length > 1) {
+    if (rank === undefined) throw new Error(`emitFakeQuant ${prefix}: per-channel needs the rank`);
+    dims = Array.from({ length: rank }, (_, i) => (i === q.axis ? q.scale.length : 1));
+  }
+  const s = g.constFloat(`${prefix}_scale`, q.scale, dims);
+  const hasZp = q.zeroPoint.some((z) => z !== 0);
+  let v = g.addNode("Div", [input, s]);
+  v = g.addNode("Round", [v]);
+  if (hasZp) v = g.addNode("Add", [v, g.constFloat(`${prefix}_zp`, q.zeroPoint, dims)]);
+  v = g.addNode("Clip", [v, g.constFloat(`${prefix}_qmin`, qmin), g.constFloat(`${prefix}_qmax`, qmax)]);
+  if (hasZp) v = g.addNode("Sub", [v, g.constFloat(`${prefix}_zp`, q.zeroPoint, dims)]);
+  return g.addNode("Mul", [v, s]);
+}
+
+/** Signal-to-quantization-noise ratio in dB of `xq` against `x`. */
+export function sqnrDb(x: Float32Array, xq: Float32Array): number {
+  let sig = 0, noise = 0;
+  for (let i = 0; i < x.length; i++) {
+    sig += x[i] * x[i];
+    const d = x[i] - xq[i];
+    noise += d * d;
+  }
+  if (noise === 0) return Infinity;
+  return 10 * Math.log10(sig / noise);
+}
+
+/** Largest absolute value of an array. */
+export function absMax(x: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < x.length; i++) {
+    const a = Math.abs(x[i]);
+    if (a > m) m = a;
+  }
+  return m;
+}
+
+/** Per-channel absolute maxima along `axis` of a tensor with shape `dims`. */
+export function absMaxPerChannel(x: Float32Array, dims: number[], axis: number): Float32Array {
+  const inner = dims.slice(axis + 1).reduce((a, b) => a * b, 1);
+  const ch = dims[axis];
+  const out = new Float32Array(ch);
+  for (let i = 0; i < x.length; i++) {
+    const c = Math.floor(i / inner) % ch;
+    const a = Math.abs(x[i]);
+    if (a > out[c]) out[c] = a;
+  }
+  return out;
+}

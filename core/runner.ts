@@ -1,0 +1,333 @@
+/**
+ * The bench runner: validate a manifest completely, then expand it into cells
+ * (method x model x bits x calibration seed), evaluate the FP32 baseline once per
+ * model and evaluation set, run each cell not stored yet, and write one row per
+ * cell in one transaction.
+ *
+ * @module
+ */
+import { Graph } from "./onnx/graph.ts";
+import { findSites, type Site } from "./onnx/sites.ts";
+import { createRuntime, type Runtime } from "./runtime/runtime.ts";
+import { type Manifest } from "./manifest.ts";
+import { fromRoot, resolveModel, type ResolvedModel } from "./models.ts";
+import { canonicalJson, sha256Hex } from "./hash.ts";
+import { VitqError } from "./errors.ts";
+import { evaluate } from "./evaluate.ts";
+import { measureSpeed, type Speed } from "./speed.ts";
+import { type ResultRow, Store } from "./store.ts";
+import { Progress } from "./progress.ts";
+import { envInfo } from "./env.ts";
+import { type ImageSplit, loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
+import { describeRule, drawCalibration, hashIds, selectSubset } from "../datasets/subset.ts";
+import { makeSource } from "../datasets/source.ts";
+import { METHODS } from "../methods/registry.ts";
+
+/** Options of one bench invocation. */
+export interface BenchOptions {
+  manifestPath: string;
+  manifestText: string;
+  db: string;
+  /** Recompute cells even when stored. */
+  force?: boolean;
+  /** Override the manifest's backend. */
+  backend?: "node" | "wasm";
+  quiet?: boolean;
+}
+
+/** A model prepared for the run. */
+interface PreparedModel {
+  model: ResolvedModel;
+  graph: Graph;
+  bytes: Uint8Array;
+  sha: string;
+  sites: Site[];
+}
+
+/** One cell of the grid, before it runs. */
+export interface Cell {
+  id: string;
+  method: string;
+  label: string;
+  options: Record<string, unknown>;
+  model: string;
+  bits: { w: number; a: number };
+  calibSeed: number;
+  calibIds: string[];
+  calibHash: string;
+  calibIndices: number[];
+}
+
+/** Summary of a bench invocation. */
+export interface BenchSummary {
+  runId: string;
+  cells: Cell[];
+  ran: number;
+  skipped: number;
+  failed: number;
+}
+
+/** Everything validated and loaded before the database is touched. */
+export interface Plan {
+  manifest: Manifest;
+  models: PreparedModel[];
+  evalSplit: ImageSplit;
+  calibSplit: ImageSplit;
+  evalIndices: number[];
+  evalIds: string[];
+  evalHash: string;
+  cells: Cell[];
+}
+
+/** Load models and data, choose subsets, expand cells; throws VitqError on bad input. */
+export async function planBench(manifest: Manifest, file: string): Promise<Plan> {
+  const models: PreparedModel[] = [];
+  for (const [i, name] of manifest.models.entries()) {
+    const model = await resolveModel(name, `${file}: /models/${i}`);
+    let bytes: Uint8Array;
+    try {
+      bytes = await Deno.readFile(model.path);
+    } catch (e) {
+      throw new VitqError(`${model.path}: cannot read model file for ${name} (${(e as Error).name})`);
+    }
+    const graph = Graph.fromBytes(bytes, model.path);
+    const sites = findSites(graph, model.path);
+    models.push({ model, graph, bytes, sha: await sha256Hex(bytes), sites });
+  }
+  const dir = manifest.dataset.path ? fromRoot(manifest.dataset.path) : SHIPPED_FMNIST;
+  if (manifest.dataset.path) {
+    try {
+      await Deno.stat(dir);
+    } catch {
+      throw new VitqError(`${file}: /dataset/path: folder ${manifest.dataset.path} does not exist`);
+    }
+  }
+  const evalSplit = await loadFashionMnist(dir, manifest.dataset.split);
+  const sameSplit = manifest.calibration.split === manifest.dataset.split;
+  const calibSplit = sameSplit ? evalSplit : await loadFashionMnist(dir, manifest.calibration.split);
+  const evalIndices = selectSubset(evalSplit.labels, manifest.dataset.subset);
+  let pool = Array.from({ length: calibSplit.ids.length }, (_, i) => i);
+  if (sameSplit) {
+    const used = new Set(evalIndices);
+    pool = pool.filter((i) => !used.has(i));
+    if (pool.length < manifest.calibration.size) {
+      throw new VitqError(
+        `${file}: /calibration/split: calibration from the "${manifest.calibration.split}" split would overlap the evaluation subset (only ${pool.length} images are left outside it); use "train" or a smaller evaluation subset`,
+      );
+    }
+  }
+  const evalIds = evalIndices.map((i) => evalSplit.ids[i]);
+  const evalHash = await hashIds(evalIds);
+  const evalSet = new Set(evalIds);
+  const cells: Cell[] = [];
+  for (const seed of manifest.calibration.seeds) {
+    const calibIndices = drawCalibration(pool, manifest.calibration.size, seed);
+    const calibIds = calibIndices.map((i) => calibSplit.ids[i]);
+    const clash = calibIds.find((id) => evalSet.has(id));
+    if (clash) throw new VitqError(`${file}: /calibration: image ${clash} is in both calibration and evaluation sets`);
+    const calibHash = await hashIds(calibIds);
+    for (const pm of models) {
+      for (const bits of manifest.bits) {
+        for (const m of manifest.methods) {
+          const key = {
+            method: m.name,
+            options: m.options,
+            model: pm.model.name,
+            modelSha: pm.sha,
+            bits,
+            dataset: manifest.dataset.name,
+            split: manifest.dataset.split,
+            evalHash,
+            calibSize: manifest.calibration.size,
+            calibSeed: seed,
+            calibSplit: manifest.calibration.split,
+            calibHash,
+            backend: manifest.backend,
+          };
+          const id = (await sha256Hex(canonicalJson(key))).slice(0, 24);
+          cells.push({
+            id,
+            method: m.name,
+            label: m.label,
+            options: m.options,
+            model: pm.model.name,
+            bits,
+            calibSeed: seed,
+            calibIds,
+            calibHash,
+            calibIndices,
+          });
+        }
+      }
+    }
+  }
+  return { manifest, models, evalSplit, calibSplit, evalIndices, evalIds, evalHash, cells };
+}
+
+function speedOpts(m: Manifest) {
+  return { batch: m.batchSize, repetitions: m.speed.repetitions, warmup: m.speed.warmup };
+}
+
+/** Run a planned bench against an open store. */
+export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Promise<BenchSummary> {
+  const { manifest } = plan;
+  const backend = opts.backend ?? manifest.backend;
+  const runtime: Runtime = await createRuntime(backend, manifest.threads);
+  const env = await envInfo();
+  const runId = crypto.randomUUID();
+  await store.putRun({
+    run_id: runId,
+    started_at: new Date().toISOString(),
+    manifest_path: opts.manifestPath,
+    manifest_name: manifest.name,
+    manifest_hash: await sha256Hex(opts.manifestText),
+    manifest_json: opts.manifestText,
+    git_commit: env.gitCommit,
+    vitq_version: "0.1.0",
+    deno_version: env.deno,
+    ort_version: runtime.version,
+    duckdb_version: (await store.query("select version() as v"))[0].v as string,
+    cpu: env.cpu,
+    cpu_flags: env.cpuFlags,
+    cores: env.cores,
+    threads: manifest.threads,
+    backend,
+  });
+  await store.putIdSet(plan.evalHash, "eval", manifest.dataset.name, manifest.dataset.split, plan.evalIds);
+  const stored = opts.force ? new Set<string>() : await store.storedCells();
+  const todo = plan.cells.filter((c) => !stored.has(c.id));
+  const progress = new Progress(todo.length, opts.quiet);
+  if (plan.cells.length > todo.length) {
+    progress.log(`${plan.cells.length - todo.length} of ${plan.cells.length} cells already stored; skipping them`);
+  }
+  let ran = 0, failed = 0;
+  for (const pm of plan.models) {
+    const cells = todo.filter((c) => c.model === pm.model.name);
+    if (cells.length === 0) continue;
+    const evalSrc = makeSource(plan.evalSplit, plan.evalIndices, pm.model.card);
+    progress.log(`${pm.model.name}: FP32 baseline on ${evalSrc.length} images`);
+    const fpEval = await evaluate(runtime, pm.bytes, evalSrc, manifest.batchSize);
+    const fpSpeed: Speed | undefined = manifest.speed.enabled
+      ? await measureSpeed(runtime, pm.bytes, evalSrc.shape, speedOpts(manifest))
+      : undefined;
+    await store.putFp({
+      model: pm.model.name,
+      model_sha: pm.sha,
+      dataset: manifest.dataset.name,
+      eval_hash: plan.evalHash,
+      backend,
+      n: fpEval.n,
+      correct: fpEval.correct,
+      top1: fpEval.top1,
+      top5: fpEval.top5,
+      eval_seconds: fpEval.seconds,
+      ips: fpSpeed?.ips ?? NaN,
+      lat_med_ms: fpSpeed?.latMedMs ?? NaN,
+      lat_p90_ms: fpSpeed?.latP90Ms ?? NaN,
+      batch_size: manifest.batchSize,
+      threads: manifest.threads,
+      run_id: runId,
+    });
+    progress.log(`${pm.model.name}: FP32 top-1 ${fpEval.top1.toFixed(2)}`);
+    for (const cell of cells) {
+      const method = METHODS[cell.method];
+      const tag = `${cell.label} ${pm.model.name} W${cell.bits.w}A${cell.bits.a} seed ${cell.calibSeed}`;
+      progress.start(tag);
+      await store.putIdSet(cell.calibHash, "calibration", manifest.dataset.name, manifest.calibration.split, cell.calibIds);
+      const base: ResultRow = {
+        cell_id: cell.id,
+        run_id: runId,
+        manifest_name: manifest.name,
+        method: cell.method,
+        label: cell.label,
+        options: canonicalJson(cell.options),
+        paper: method.paper,
+        approximations: method.approximations,
+        model: pm.model.name,
+        model_sha: pm.sha,
+        w_bits: cell.bits.w,
+        a_bits: cell.bits.a,
+        dataset: manifest.dataset.name,
+        split: manifest.dataset.split,
+        subset_rule: describeRule(manifest.dataset.subset),
+        subset_size: plan.evalIds.length,
+        eval_hash: plan.evalHash,
+        calib_size: manifest.calibration.size,
+        calib_seed: cell.calibSeed,
+        calib_split: manifest.calibration.split,
+        calib_hash: cell.calibHash,
+        top1: null,
+        top5: null,
+        correct: null,
+        fp_top1: fpEval.top1,
+        calib_seconds: null,
+        eval_seconds: null,
+        fp_ips: fpSpeed?.ips ?? null,
+        fp_lat_med_ms: fpSpeed?.latMedMs ?? null,
+        fp_lat_p90_ms: fpSpeed?.latP90Ms ?? null,
+        sim_ips: null,
+        sim_lat_med_ms: null,
+        sim_lat_p90_ms: null,
+        timed_graph: "fake-quant (simulated quantization in float32)",
+        threads: manifest.threads,
+        batch_size: manifest.batchSize,
+        backend,
+        model_bytes: null,
+        status: "ok",
+        error: null,
+        notes: null,
+      };
+      try {
+        const calib = makeSource(plan.calibSplit, cell.calibIndices, pm.model.card);
+        const t0 = performance.now();
+        const q = await method.quantize({
+          graph: pm.graph,
+          sites: pm.sites,
+          calib,
+          bits: cell.bits,
+          runtime,
+          options: cell.options,
+          batchSize: manifest.batchSize,
+          seed: cell.calibSeed,
+          log: (m) => progress.log(`  ${m}`),
+        });
+        const calibSeconds = (performance.now() - t0) / 1000;
+        const bytes = q.graph.toBytes();
+        const ev = await evaluate(runtime, bytes, evalSrc, manifest.batchSize);
+        const sp = manifest.speed.enabled
+          ? await measureSpeed(runtime, bytes, evalSrc.shape, speedOpts(manifest))
+          : undefined;
+        const row: ResultRow = {
+          ...base,
+          top1: ev.top1,
+          top5: ev.top5,
+          correct: ev.correct,
+          calib_seconds: calibSeconds,
+          eval_seconds: ev.seconds,
+          sim_ips: sp?.ips ?? null,
+          sim_lat_med_ms: sp?.latMedMs ?? null,
+          sim_lat_p90_ms: sp?.latP90Ms ?? null,
+          model_bytes: bytes.length,
+          notes: q.notes ?? null,
+        };
+        await store.putCell(row, q.layers);
+        ran++;
+        progress.finish(
+          `${tag}: top-1 ${ev.top1.toFixed(2)} (FP32 ${fpEval.top1.toFixed(2)}), calib ${calibSeconds.toFixed(1)}s`,
+        );
+      } catch (e) {
+        failed++;
+        const msg = String((e as Error)?.message ?? e).split("\n")[0];
+        await store.putCell({ ...base, status: "error", error: msg }, []);
+        progress.finish(`${tag}: FAILED: ${msg}`);
+      }
+    }
+  }
+  await store.finishRun(runId, {
+    finished_at: new Date().toISOString(),
+    cells_run: ran,
+    cells_skipped: plan.cells.length - todo.length,
+    cells_failed: failed,
+  });
+  return { runId, cells: plan.cells, ran, skipped: plan.cells.length - todo.length, failed };
+}

@@ -1,0 +1,243 @@
+/**
+ * The DuckDB result store (`results/vitq.duckdb` by default). One row per cell in
+ * `results`, per-tensor records in `layers`, the FP32 baseline per model and
+ * evaluation set in `fp_baselines`, exact image-id lists in `id_sets`, and one
+ * row per bench invocation in `runs`. Each cell is written in one transaction.
+ *
+ * @module
+ */
+import { DuckDBConnection, DuckDBInstance, type DuckDBValue } from "@duckdb/node-api";
+import { VitqError } from "./errors.ts";
+import type { LayerRecord } from "../methods/types.ts";
+
+/** Default database path, relative to the working directory. */
+export const DEFAULT_DB = "results/vitq.duckdb";
+
+const SCHEMA = `
+create table if not exists runs (
+  run_id varchar primary key, started_at timestamp, finished_at timestamp,
+  manifest_path varchar, manifest_name varchar, manifest_hash varchar, manifest_json varchar,
+  git_commit varchar, vitq_version varchar, deno_version varchar, ort_version varchar,
+  duckdb_version varchar, cpu varchar, cpu_flags varchar, cores integer, threads integer,
+  backend varchar, cells_run integer, cells_skipped integer, cells_failed integer);
+create table if not exists id_sets (
+  hash varchar primary key, kind varchar, dataset varchar, split varchar, n integer,
+  ids varchar);
+create table if not exists fp_baselines (
+  model varchar, model_sha varchar, dataset varchar, eval_hash varchar, backend varchar,
+  n integer, correct integer, top1 double, top5 double, eval_seconds double,
+  ips double, lat_med_ms double, lat_p90_ms double, batch_size integer, threads integer,
+  run_id varchar, created_at timestamp, primary key (model_sha, eval_hash, backend));
+create table if not exists results (
+  cell_id varchar primary key, run_id varchar, manifest_name varchar,
+  method varchar, label varchar, options varchar, paper varchar, approximations varchar,
+  model varchar, model_sha varchar, w_bits integer, a_bits integer,
+  dataset varchar, split varchar, subset_rule varchar, subset_size integer, eval_hash varchar,
+  calib_size integer, calib_seed integer, calib_split varchar, calib_hash varchar,
+  top1 double, top5 double, correct integer, fp_top1 double,
+  calib_seconds double, eval_seconds double,
+  fp_ips double, fp_lat_med_ms double, fp_lat_p90_ms double,
+  sim_ips double, sim_lat_med_ms double, sim_lat_p90_ms double, timed_graph varchar,
+  threads integer, batch_size integer, backend varchar, model_bytes bigint,
+  status varchar, error varchar, notes varchar, created_at timestamp);
+create table if not exists layers (
+  cell_id varchar, site varchar, kind varchar, role varchar, block integer, tensor varchar,
+  bits integer, scale double, quantizer varchar, sqnr_db double);
+`;
+
+/** A result row as the runner writes it. */
+export interface ResultRow {
+  cell_id: string;
+  run_id: string;
+  manifest_name: string;
+  method: string;
+  label: string;
+  options: string;
+  paper: string;
+  approximations: string;
+  model: string;
+  model_sha: string;
+  w_bits: number;
+  a_bits: number;
+  dataset: string;
+  split: string;
+  subset_rule: string;
+  subset_size: number;
+  eval_hash: string;
+  calib_size: number;
+  calib_seed: number;
+  calib_split: string;
+  calib_hash: string;
+  top1: number | null;
+  top5: number | null;
+  correct: number | null;
+  fp_top1: number | null;
+  calib_seconds: number | null;
+  eval_seconds: number | null;
+  fp_ips: number | null;
+  fp_lat_med_ms: number | null;
+  fp_lat_p90_ms: number | null;
+  sim_ips: number | null;
+  sim_lat_med_ms: number | null;
+  sim_lat_p90_ms: number | null;
+  timed_graph: string;
+  threads: number;
+  batch_size: number;
+  backend: string;
+  model_bytes: number | null;
+  status: "ok" | "error";
+  error: string | null;
+  notes: string | null;
+}
+
+/** FP32 baseline of one model on one evaluation set. */
+export interface FpRow {
+  model: string;
+  model_sha: string;
+  dataset: string;
+  eval_hash: string;
+  backend: string;
+  n: number;
+  correct: number;
+  top1: number;
+  top5: number;
+  eval_seconds: number;
+  ips: number;
+  lat_med_ms: number;
+  lat_p90_ms: number;
+  batch_size: number;
+  threads: number;
+  run_id: string;
+}
+
+function placeholders(n: number): string {
+  return Array.from({ length: n }, (_, i) => `$${i + 1}`).join(", ");
+}
+
+/** An open result database. */
+export class Store {
+  private constructor(private instance: DuckDBInstance, readonly conn: DuckDBConnection) {}
+
+  /** Open (creating if needed) the database at `path`. */
+  static async open(path: string): Promise<Store> {
+    let instance: DuckDBInstance;
+    try {
+      const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : ".";
+      if (path !== ":memory:") await Deno.mkdir(dir, { recursive: true });
+      instance = await DuckDBInstance.create(path);
+    } catch (e) {
+      throw new VitqError(`--db ${path}: cannot open DuckDB database (${(e as Error).message})`);
+    }
+    const conn = await instance.connect();
+    await conn.run(SCHEMA);
+    return new Store(instance, conn);
+  }
+
+  /** Run a query and return rows as plain JS objects. */
+  async query(sql: string, params: DuckDBValue[] = []): Promise<Record<string, unknown>[]> {
+    const r = await this.conn.runAndReadAll(sql, params);
+    return r.getRowObjectsJS() as Record<string, unknown>[];
+  }
+
+  /** Run a statement. */
+  async exec(sql: string, params: DuckDBValue[] = []): Promise<void> {
+    await this.conn.run(sql, params);
+  }
+
+  private async insert(table: string, row: Record<string, unknown>): Promise<void> {
+    const cols = Object.keys(row);
+    await this.conn.run(
+      `insert into ${table} (${cols.join(", ")}) values (${placeholders(cols.length)})`,
+      cols.map((c) => (row[c] === undefined ? null : row[c]) as DuckDBValue),
+    );
+  }
+
+  /** Cell ids already stored with status ok. */
+  async storedCells(): Promise<Set<string>> {
+    const rows = await this.query(`select cell_id from results where status = 'ok'`);
+    return new Set(rows.map((r) => r.cell_id as string));
+  }
+
+  /** Record an id list (idempotent). */
+  async putIdSet(hash: string, kind: string, dataset: string, split: string, ids: string[]) {
+    await this.exec(
+      `insert into id_sets values ($1, $2, $3, $4, $5, $6) on conflict do nothing`,
+      [hash, kind, dataset, split, ids.length, ids.join("\n")],
+    );
+  }
+
+  /** The stored FP32 baseline for a model and evaluation set, if any. */
+  async getFp(modelSha: string, evalHash: string, backend: string): Promise<FpRow | undefined> {
+    const rows = await this.query(
+      `select * from fp_baselines where model_sha = $1 and eval_hash = $2 and backend = $3`,
+      [modelSha, evalHash, backend],
+    );
+    return rows[0] as unknown as FpRow | undefined;
+  }
+
+  /** Store an FP32 baseline (replacing an earlier one for the same key). */
+  async putFp(row: FpRow): Promise<void> {
+    await this.transaction(async () => {
+      await this.exec(
+        `delete from fp_baselines where model_sha = $1 and eval_hash = $2 and backend = $3`,
+        [row.model_sha, row.eval_hash, row.backend],
+      );
+      await this.insert("fp_baselines", { ...row, created_at: new Date().toISOString() });
+    });
+  }
+
+  /** Write one cell (result row plus its layer records) in one transaction. */
+  async putCell(row: ResultRow, layers: LayerRecord[]): Promise<void> {
+    await this.transaction(async () => {
+      await this.exec(`delete from layers where cell_id = $1`, [row.cell_id]);
+      await this.exec(`delete from results where cell_id = $1`, [row.cell_id]);
+      await this.insert("results", { ...row, created_at: new Date().toISOString() });
+      for (const l of layers) {
+        await this.insert("layers", {
+          cell_id: row.cell_id,
+          site: l.site,
+          kind: l.kind,
+          role: l.role,
+          block: l.block,
+          tensor: l.tensor,
+          bits: l.bits,
+          scale: l.scale,
+          quantizer: l.quantizer,
+          sqnr_db: l.sqnrDb,
+        });
+      }
+    });
+  }
+
+  /** Insert a run row. */
+  async putRun(row: Record<string, unknown>): Promise<void> {
+    await this.insert("runs", row);
+  }
+
+  /** Update columns of a run row. */
+  async finishRun(runId: string, fields: Record<string, unknown>): Promise<void> {
+    const cols = Object.keys(fields);
+    await this.conn.run(
+      `update runs set ${cols.map((c, i) => `${c} = $${i + 2}`).join(", ")} where run_id = $1`,
+      [runId, ...cols.map((c) => fields[c] as DuckDBValue)],
+    );
+  }
+
+  /** Run `fn` inside BEGIN/COMMIT, rolling back on error. */
+  async transaction(fn: () => Promise<void>): Promise<void> {
+    await this.conn.run("begin transaction");
+    try {
+      await fn();
+      await this.conn.run("commit");
+    } catch (e) {
+      await this.conn.run("rollback");
+      throw e;
+    }
+  }
+
+  /** Close the database (flushes to disk). */
+  close(): void {
+    this.conn.closeSync();
+    this.instance.closeSync();
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * Baseline methods, the floor of every table: `minmax` and `percentile`.
+ *
+ * Both follow PTQ4ViT's conventions for what is quantized: the weights and the
+ * inputs of every linear layer (qkv, proj, fc1, fc2, head, Swin reduction), the
+ * patch-embedding weight (its input, the image, stays FP), and both operands of
+ * the two attention matmuls. Softmax, GELU and LayerNorm computation, biases and
+ * residual adds stay FP. Every quantizer is symmetric, signed and per tensor.
+ *
+ * @module
+ */
+import { collectStats } from "../core/calib.ts";
+import type { Site } from "../core/onnx/sites.ts";
+import { type ActPlan, applyPlan, siteWeight, type WeightPlan } from "../core/quant/apply.ts";
+import { absMax, symmetric, symmetricScale } from "../core/quant/uniform.ts";
+import type { LayerRecord, QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+
+/** An activation tensor quantized by the baselines: a node input slot and its value. */
+export interface ActSlot {
+  site: Site;
+  slot: number;
+  value: string;
+  tensor: string;
+}
+
+/** The activation inputs quantized under PTQ4ViT's conventions. */
+export function standardActSlots(sites: Site[]): ActSlot[] {
+  const out: ActSlot[] = [];
+  for (const s of sites) {
+    if (s.kind === "linear" && s.role !== "patch_embed") {
+      out.push({ site: s, slot: 0, value: s.input!, tensor: "input" });
+    } else if (s.kind === "matmul") {
+      out.push({ site: s, slot: 0, value: s.operands![0], tensor: "a" });
+      out.push({ site: s, slot: 1, value: s.operands![1], tensor: "b" });
+    }
+  }
+  return out;
+}
+
+/** Shared body of the two baselines: `clip(stats)` gives each activation's clipping bound. */
+async function uniformBaseline(
+  ctx: QuantContext,
+  actBound: (value: string, stats: Awaited<ReturnType<typeof collectStats>>) => number,
+  minPercentile: number | undefined,
+  weightBound: (w: Float32Array) => number,
+): Promise<QuantizedModel> {
+  const { bits } = ctx;
+  const linears = ctx.sites.filter((s) => s.kind === "linear");
+  const slots = standardActSlots(ctx.sites);
+  const stats = await collectStats(
+    ctx.runtime,
+    ctx.graph,
+    slots.map((s) => s.value),
+    ctx.calib,
+    ctx.batchSize,
+    minPercentile,
+  );
+  const weights: WeightPlan[] = linears.map((site) => {
+    const { data } = siteWeight(ctx.graph, site);
+    return { site, q: symmetric(bits.w, symmetricScale(weightBound(data), bits.w)) };
+  });
+  const acts: ActPlan[] = slots.map((s) => ({
+    site: s.site,
+    slot: s.slot,
+    q: symmetric(bits.a, symmetricScale(actBound(s.value, stats), bits.a)),
+  }));
+  const { graph, weights: applied } = applyPlan(ctx.graph, weights, acts);
+  const layers: LayerRecord[] = [];
+  applied.forEach((w, i) =>
+    layers.push({
+      site: w.site.id,
+      kind: w.site.kind,
+      role: w.site.role,
+      block: w.site.block,
+      tensor: "weight",
+      bits: bits.w,
+      scale: weights[i].q.scale[0],
+      quantizer: "per-tensor sym",
+      sqnrDb: Number.isFinite(w.sqnrDb) ? w.sqnrDb : null,
+    })
+  );
+  slots.forEach((s, i) =>
+    layers.push({
+      site: s.site.id,
+      kind: s.site.kind,
+      role: s.site.role,
+      block: s.site.block,
+      tensor: s.tensor,
+      bits: bits.a,
+      scale: acts[i].q.scale[0],
+      quantizer: "per-tensor sym",
+      sqnrDb: null,
+    })
+  );
+  return { graph, layers };
+}
+
+/** Percentile of |w| over a weight tensor (exact, by sorting a copy). */
+function weightPercentile(w: Float32Array, p: number): number {
+  if (p >= 100) return absMax(w);
+  const a = Float32Array.from(w, Math.abs).sort();
+  const pos = (p / 100) * (a.length - 1);
+  const lo = Math.floor(pos), hi = Math.ceil(pos);
+  return a[lo] + (a[hi] - a[lo]) * (pos - lo);
+}
+
+/** MinMax: steps from the absolute maximum of each tensor over the calibration set. */
+export const minmax: QuantMethod = {
+  name: "minmax",
+  paper: "baseline",
+  description:
+    "symmetric per-tensor uniform; step = max|x| / (2^(k-1)-1) for weights and calibrated activations",
+  approximations: "none (baseline)",
+  defaults: {},
+  quantize: (ctx) => uniformBaseline(ctx, (v, st) => st.get(v)!.absMax, undefined, absMax),
+};
+
+/** Percentile: activations clipped at a calibrated percentile of |x|. */
+export const percentile: QuantMethod = {
+  name: "percentile",
+  paper: "baseline",
+  description:
+    "symmetric per-tensor uniform; activations clipped at the p-th percentile of |x| over the calibration set, weights at the q-th percentile of |w|",
+  approximations: "none (baseline)",
+  defaults: { percentile: 99.99, weightPercentile: 100 },
+  checkOptions(o) {
+    for (const k of ["percentile", "weightPercentile"]) {
+      const v = o[k];
+      if (typeof v !== "number" || !(v > 50 && v <= 100)) return `${k} must be a number in (50, 100]`;
+    }
+    return undefined;
+  },
+  quantize(ctx) {
+    const p = ctx.options.percentile as number;
+    const wp = ctx.options.weightPercentile as number;
+    return uniformBaseline(
+      ctx,
+      (v, st) => st.get(v)!.percentile(p),
+      p,
+      (w) => weightPercentile(w, wp),
+    );
+  },
+};

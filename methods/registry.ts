@@ -1,0 +1,13 @@
+/**
+ * The method registry: every method vitq can run, keyed by name.
+ *
+ * @module
+ */
+import { minmax, percentile } from "./baselines.ts";
+import type { QuantMethod } from "./types.ts";
+
+/** All registered methods. Add a method by importing it and listing it here. */
+export const METHODS: Record<string, QuantMethod> = {
+  [minmax.name]: minmax,
+  [percentile.name]: percentile,
+};

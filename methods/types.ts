@@ -1,0 +1,77 @@
+/**
+ * The method interface: every quantization method, baselines included, takes a
+ * {@link QuantContext} and returns a {@link QuantizedModel}.
+ *
+ * @module
+ */
+import type { Graph } from "../core/onnx/graph.ts";
+import type { Site } from "../core/onnx/sites.ts";
+import type { ImageSource, Runtime } from "../core/runtime/runtime.ts";
+
+/** Weight and activation bit-widths of a cell. */
+export interface Bits {
+  w: number;
+  a: number;
+}
+
+/** Everything a method may use to quantize one model. */
+export interface QuantContext {
+  /** The FP32 graph (do not mutate: clone it). */
+  graph: Graph;
+  /** Quantization sites found in `graph`. */
+  sites: Site[];
+  /** Calibration images, preprocessed for this model. */
+  calib: ImageSource;
+  bits: Bits;
+  runtime: Runtime;
+  /** Method options after merging manifest values over the method's defaults. */
+  options: Record<string, unknown>;
+  /** Batch size for calibration runs. */
+  batchSize: number;
+  seed: number;
+  log: (msg: string) => void;
+}
+
+/** One quantized tensor of one site: what was quantized and how well. */
+export interface LayerRecord {
+  /** Site id, e.g. `b3.fc2`. */
+  site: string;
+  kind: string;
+  role: string;
+  block: number;
+  /** Which tensor of the site: `weight`, `input` (linear input), `a` / `b` (matmul operands). */
+  tensor: string;
+  bits: number;
+  /** Step size (first channel's for per-channel quantizers). */
+  scale: number;
+  /** Quantizer granularity and type, e.g. `per-tensor sym`. */
+  quantizer: string;
+  /** SQNR (dB) of the quantized tensor against FP where it was measured (weights), else null. */
+  sqnrDb: number | null;
+}
+
+/** What a method returns. */
+export interface QuantizedModel {
+  /** The fake-quant graph (simulated quantization in float). */
+  graph: Graph;
+  layers: LayerRecord[];
+  /** Free-text notes for the result row (what was approximated, settings). */
+  notes?: string;
+}
+
+/** A quantization method behind the common interface. */
+export interface QuantMethod {
+  /** Registry key, e.g. "minmax". */
+  name: string;
+  /** Citation or "baseline". */
+  paper: string;
+  /** One-line description of what is quantized and how. */
+  description: string;
+  /** What the implementation approximates of its paper, stated in result rows. */
+  approximations: string;
+  /** Default options; the manifest overrides them. */
+  defaults: Record<string, unknown>;
+  /** Validate options; return an error message naming the option, or undefined. */
+  checkOptions?(options: Record<string, unknown>): string | undefined;
+  quantize(ctx: QuantContext): Promise<QuantizedModel>;
+}
