@@ -52,8 +52,22 @@ export async function loadRegistry(): Promise<Record<string, RegistryEntry>> {
   return reg.models ?? reg;
 }
 
-/** Resolve a registry name to its files; `where` names the manifest field in errors. */
+/**
+ * Resolve a registry name, or a path ending in `.onnx` whose card is the `.json`
+ * file beside it, to its files; `where` names the manifest field in errors.
+ */
 export async function resolveModel(name: string, where: string): Promise<ResolvedModel> {
+  if (name.endsWith(".onnx")) {
+    const path = fromRoot(name);
+    const cardPath = path.replace(/\.onnx$/, ".json");
+    let card: ModelCard;
+    try {
+      card = JSON.parse(await Deno.readTextFile(cardPath));
+    } catch (err) {
+      throw new VitqError(`${where}: cannot read model card ${cardPath} (${(err as Error).message})`);
+    }
+    return { name: card.name ?? name, path, card };
+  }
   const reg = await loadRegistry();
   const e = reg[name];
   if (!e) {

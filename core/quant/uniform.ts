@@ -49,12 +49,24 @@ export function symmetricScale(absMax: number, bits: number): number {
   return s > 0 && Number.isFinite(s) ? s : 1e-8;
 }
 
-/** Fake-quantize one value with step s and zero point z (float32 arithmetic). */
-export function fakeQuantValue(x: number, s: number, z: number, qmin: number, qmax: number): number {
-  let q = roundHalfEven(Math.fround(x / s)) + z;
+/**
+ * Fake-quantize one value with step s and zero point z (float32 arithmetic).
+ * `withZp` mirrors the emitted graph, which adds and subtracts the zero point
+ * only when some zero point is non-zero (this keeps the sign of -0 identical).
+ */
+export function fakeQuantValue(
+  x: number,
+  s: number,
+  z: number,
+  qmin: number,
+  qmax: number,
+  withZp = z !== 0,
+): number {
+  let q = roundHalfEven(Math.fround(x / s));
+  if (withZp) q += z;
   if (q < qmin) q = qmin;
   else if (q > qmax) q = qmax;
-  return Math.fround((q - z) * s);
+  return Math.fround((withZp ? q - z : q) * s);
 }
 
 /**
@@ -64,16 +76,17 @@ export function fakeQuantValue(x: number, s: number, z: number, qmin: number, qm
 export function fakeQuant(x: Float32Array, dims: number[], q: UniformQuantizer): Float32Array {
   const { qmin, qmax } = qRange(q.bits, q.signed);
   const out = new Float32Array(x.length);
+  const withZp = q.zeroPoint.some((z) => z !== 0);
   if (q.axis === undefined || q.scale.length === 1) {
     const s = q.scale[0], z = q.zeroPoint[0];
-    for (let i = 0; i < x.length; i++) out[i] = fakeQuantValue(x[i], s, z, qmin, qmax);
+    for (let i = 0; i < x.length; i++) out[i] = fakeQuantValue(x[i], s, z, qmin, qmax, withZp);
     return out;
   }
   const inner = dims.slice(q.axis + 1).reduce((a, b) => a * b, 1);
   const ch = dims[q.axis];
   for (let i = 0; i < x.length; i++) {
     const c = Math.floor(i / inner) % ch;
-    out[i] = fakeQuantValue(x[i], q.scale[c], q.zeroPoint[c], qmin, qmax);
+    out[i] = fakeQuantValue(x[i], q.scale[c], q.zeroPoint[c], qmin, qmax, withZp);
   }
   return out;
 }

@@ -1,0 +1,79 @@
+/**
+ * `deno task gate [manifest.json] [--expected results/tables/<name>/top1.csv]`
+ *
+ * The reproducibility gate: runs a manifest from scratch into a temporary
+ * database and fails, naming the cell, when any Top-1 differs from the committed
+ * table by more than one evaluation image.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { runCli, VitqError } from "../core/errors.ts";
+import { loadManifest } from "../core/manifest.ts";
+import { planBench, runPlan } from "../core/runner.ts";
+import { Store } from "../core/store.ts";
+import { gatherTable, renderCsv } from "../core/tables.ts";
+
+/** Parse a top1.csv into rows keyed by bits, label and model. */
+export function parseTop1Csv(text: string): Map<string, { top1: number; n: number }> {
+  const [head, ...lines] = text.trim().split("\n");
+  const cols = head.split(",");
+  const at = (name: string) => cols.indexOf(name);
+  const out = new Map<string, { top1: number; n: number }>();
+  for (const line of lines) {
+    // labels are JSON-quoted and may contain commas
+    const parts = line.match(/("([^"\\]|\\.)*"|[^,]*)(,|$)/g)!.map((p) => p.replace(/,$/, ""));
+    const key = `W${parts[at("w_bits")]}A${parts[at("a_bits")]} ${JSON.parse(parts[at("label")])} ${parts[at("model")]}`;
+    out.set(key, { top1: Number(parts[at("top1_mean")]), n: Number(parts[at("subset_size")]) });
+  }
+  return out;
+}
+
+await runCli(async () => {
+  const { values, positionals } = parseArgs({
+    args: Deno.args,
+    allowPositionals: true,
+    options: { expected: { type: "string" }, write: { type: "boolean", default: false } },
+  });
+  const path = positionals[0] ?? "experiments/ci.json";
+  const { manifest, text } = await loadManifest(path);
+  const expectedPath = values.expected ?? `results/tables/${manifest.name}/top1.csv`;
+  const plan = await planBench(manifest, path);
+  const dir = await Deno.makeTempDir({ prefix: "vitq-gate-" });
+  const store = await Store.open(`${dir}/gate.duckdb`);
+  let csv: string;
+  try {
+    const s = await runPlan(plan, store, { manifestPath: path, manifestText: text, db: "", quiet: true });
+    if (s.failed) throw new VitqError(`gate: ${s.failed} cells of ${path} failed`, 1);
+    csv = renderCsv(await gatherTable(store, manifest.name, s.cells.map((c) => c.id)));
+  } finally {
+    store.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+  if (values.write) {
+    await Deno.writeTextFile(expectedPath, csv);
+    console.log(`gate: wrote ${expectedPath}`);
+    return;
+  }
+  let expectedText: string;
+  try {
+    expectedText = await Deno.readTextFile(expectedPath);
+  } catch {
+    throw new VitqError(`${expectedPath}: no committed table to compare with (run deno task gate --write)`);
+  }
+  const want = parseTop1Csv(expectedText), got = parseTop1Csv(csv);
+  const bad: string[] = [];
+  for (const [key, w] of want) {
+    const g = got.get(key);
+    if (!g) bad.push(`cell ${key}: missing from the regenerated table`);
+    else if (Math.abs(g.top1 - w.top1) > 100 / w.n + 1e-9) {
+      bad.push(`cell ${key}: top-1 ${g.top1.toFixed(2)} vs committed ${w.top1.toFixed(2)} (more than one image of ${w.n})`);
+    }
+  }
+  for (const key of got.keys()) if (!want.has(key)) bad.push(`cell ${key}: not in the committed table`);
+  if (bad.length) {
+    for (const b of bad) console.error(`gate: ${b}`);
+    throw new VitqError(`gate: ${bad.length} cells differ from ${expectedPath}`, 1);
+  }
+  console.log(`gate: ${want.size} cells match ${expectedPath} within one evaluation image`);
+});

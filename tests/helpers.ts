@@ -1,0 +1,79 @@
+/**
+ * Shared test helpers: fixture paths, a runtime, and running the CLI as a user would.
+ *
+ * @module
+ */
+import { createRuntime, type Runtime } from "../core/runtime/runtime.ts";
+
+/** Repository root. */
+export const ROOT = new URL("../", import.meta.url).pathname;
+/** Test fixtures folder. */
+export const FIXTURES = `${ROOT}tests/fixtures/`;
+/** The shipped model. */
+export const SHIPPED_MODEL = `${ROOT}models/vit_fmnist.onnx`;
+
+let rt: Runtime | undefined;
+/** A shared onnxruntime-node runtime with 2 threads. */
+export async function runtime(): Promise<Runtime> {
+  rt ??= await createRuntime("node", 2);
+  return rt;
+}
+
+/** Result of running a CLI entry point. */
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run `deno run -A cli/<name>.ts ...args` from the repository root. */
+export async function cli(name: string, args: string[]): Promise<CliResult> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", `${ROOT}cli/${name}.ts`, ...args],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/** A fresh temporary directory. */
+export function tmpDir(): Promise<string> {
+  return Deno.makeTempDir({ prefix: "vitq-test-" });
+}
+
+/** Deterministic pseudo-random float32 data in [-scale, scale). */
+export function randomData(n: number, seed: number, scale = 1): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = ((s / 4294967296) * 2 - 1) * scale;
+  }
+  return out;
+}
+
+/** Write a small manifest to a temp file and return its path. */
+export async function writeManifest(dir: string, m: Record<string, unknown>): Promise<string> {
+  const p = `${dir}/${m.name ?? "m"}.json`;
+  await Deno.writeTextFile(p, JSON.stringify(m, null, 2));
+  return p;
+}
+
+/** A small, fast manifest on the shipped model and data. */
+export function smallManifest(over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    name: "small",
+    models: ["vit_fmnist"],
+    methods: ["minmax", { name: "percentile", options: { percentile: 99.9 } }],
+    bits: [{ w: 8, a: 8 }, { w: 4, a: 4 }],
+    dataset: { name: "fashion-mnist", split: "test", subset: { rule: "first", perClass: 20 } },
+    calibration: { size: 8, seeds: [0], split: "train" },
+    batchSize: 50,
+    threads: 2,
+    speed: { repetitions: 2, warmup: 1 },
+    ...over,
+  };
+}
