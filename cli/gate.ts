@@ -23,7 +23,9 @@ export function parseTop1Csv(text: string): Map<string, { top1: number; n: numbe
   for (const line of lines) {
     // labels are JSON-quoted and may contain commas
     const parts = line.match(/("([^"\\]|\\.)*"|[^,]*)(,|$)/g)!.map((p) => p.replace(/,$/, ""));
-    const key = `W${parts[at("w_bits")]}A${parts[at("a_bits")]} ${JSON.parse(parts[at("label")])} ${parts[at("model")]}`;
+    const key = `W${parts[at("w_bits")]}A${parts[at("a_bits")]} ${JSON.parse(parts[at("label")])} ${
+      parts[at("model")]
+    }`;
     out.set(key, { top1: Number(parts[at("top1_mean")]), n: Number(parts[at("subset_size")]) });
   }
   return out;
@@ -43,7 +45,12 @@ await runCli(async () => {
   const store = await Store.open(`${dir}/gate.duckdb`);
   let csv: string;
   try {
-    const s = await runPlan(plan, store, { manifestPath: path, manifestText: text, db: "", quiet: true });
+    const s = await runPlan(plan, store, {
+      manifestPath: path,
+      manifestText: text,
+      db: "",
+      quiet: true,
+    });
     if (s.failed) throw new VitqError(`gate: ${s.failed} cells of ${path} failed`, 1);
     csv = renderCsv(await gatherTable(store, manifest.name, s.cells.map((c) => c.id)));
   } finally {
@@ -59,7 +66,9 @@ await runCli(async () => {
   try {
     expectedText = await Deno.readTextFile(expectedPath);
   } catch {
-    throw new VitqError(`${expectedPath}: no committed table to compare with (run deno task gate --write)`);
+    throw new VitqError(
+      `${expectedPath}: no committed table to compare with (run deno task gate --write)`,
+    );
   }
   const want = parseTop1Csv(expectedText), got = parseTop1Csv(csv);
   const bad: string[] = [];
@@ -67,10 +76,16 @@ await runCli(async () => {
     const g = got.get(key);
     if (!g) bad.push(`cell ${key}: missing from the regenerated table`);
     else if (Math.abs(g.top1 - w.top1) > 100 / w.n + 1e-9) {
-      bad.push(`cell ${key}: top-1 ${g.top1.toFixed(2)} vs committed ${w.top1.toFixed(2)} (more than one image of ${w.n})`);
+      bad.push(
+        `cell ${key}: top-1 ${g.top1.toFixed(2)} vs committed ${
+          w.top1.toFixed(2)
+        } (more than one image of ${w.n})`,
+      );
     }
   }
-  for (const key of got.keys()) if (!want.has(key)) bad.push(`cell ${key}: not in the committed table`);
+  for (const key of got.keys()) {
+    if (!want.has(key)) bad.push(`cell ${key}: not in the committed table`);
+  }
   if (bad.length) {
     for (const b of bad) console.error(`gate: ${b}`);
     throw new VitqError(`gate: ${bad.length} cells differ from ${expectedPath}`, 1);

@@ -21,9 +21,14 @@ await runCli(async () => {
   const { values, positionals } = parseArgs({
     args: Deno.args,
     allowPositionals: true,
-    options: { db: { type: "string", default: DEFAULT_DB }, csv: { type: "boolean", default: false } },
+    options: {
+      db: { type: "string", default: DEFAULT_DB },
+      csv: { type: "boolean", default: false },
+    },
   });
-  if (positionals.length !== 1) throw new VitqError('usage: deno task sql "select ..." [--db FILE] [--csv]');
+  if (positionals.length !== 1) {
+    throw new VitqError('usage: deno task sql "select ..." [--db FILE] [--csv]');
+  }
   try {
     await Deno.stat(values.db!);
   } catch {
@@ -41,7 +46,9 @@ await runCli(async () => {
     const rows = reader.getRowsJS().map((r) => r.map(cell));
     if (values.csv) {
       console.log(cols.join(","));
-      for (const r of rows) console.log(r.map((x) => (/[,"\n]/.test(x) ? JSON.stringify(x) : x)).join(","));
+      for (const r of rows) {
+        console.log(r.map((x) => (/[,"\n]/.test(x) ? JSON.stringify(x) : x)).join(","));
+      }
       return;
     }
     const w = cols.map((c, i) => Math.max(c.length, ...rows.map((r) => r[i].length)));

@@ -41,7 +41,9 @@ class TopK {
       if (a > this.absMax) this.absMax = a;
     }
     if (this.minP === undefined) return;
-    if (this.k === 0) this.k = Math.min(total, total - Math.floor((this.minP / 100) * (total - 1)) + 1);
+    if (this.k === 0) {
+      this.k = Math.min(total, total - Math.floor((this.minP / 100) * (total - 1)) + 1);
+    }
     const thr = this.top.length >= this.k ? this.top[this.k - 1] : -1;
     const keep: number[] = [];
     for (let i = 0; i < x.length; i++) {

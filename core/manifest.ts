@@ -62,16 +62,22 @@ export async function normalizeManifest(raw: unknown, file: string): Promise<Man
   // deno-lint-ignore no-explicit-any
   const m = raw as any;
   const methods: MethodSpec[] = m.methods.map((x: unknown, i: number) => {
-    const spec = typeof x === "string" ? { name: x } : x as { name: string; label?: string; options?: Record<string, unknown> };
+    const spec = typeof x === "string"
+      ? { name: x }
+      : x as { name: string; label?: string; options?: Record<string, unknown> };
     const method = METHODS[spec.name];
     if (!method) {
       throw new VitqError(
-        `${file}: /methods/${i}/name: unknown method "${spec.name}" (known: ${Object.keys(METHODS).join(", ")})`,
+        `${file}: /methods/${i}/name: unknown method "${spec.name}" (known: ${
+          Object.keys(METHODS).join(", ")
+        })`,
       );
     }
     for (const k of Object.keys(spec.options ?? {})) {
       if (!(k in method.defaults)) {
-        throw new VitqError(`${file}: /methods/${i}/options/${k}: unknown option of method ${spec.name}`);
+        throw new VitqError(
+          `${file}: /methods/${i}/options/${k}: unknown option of method ${spec.name}`,
+        );
       }
     }
     const options = { ...method.defaults, ...(spec.options ?? {}) };
@@ -81,7 +87,9 @@ export async function normalizeManifest(raw: unknown, file: string): Promise<Man
   });
   const labels = methods.map((x) => x.label);
   const dup = labels.find((l, i) => labels.indexOf(l) !== i);
-  if (dup) throw new VitqError(`${file}: /methods: label "${dup}" is used twice; give each entry a label`);
+  if (dup) {
+    throw new VitqError(`${file}: /methods: label "${dup}" is used twice; give each entry a label`);
+  }
   return {
     name: m.name,
     description: m.description ?? "",

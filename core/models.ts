@@ -64,7 +64,9 @@ export async function resolveModel(name: string, where: string): Promise<Resolve
     try {
       card = JSON.parse(await Deno.readTextFile(cardPath));
     } catch (err) {
-      throw new VitqError(`${where}: cannot read model card ${cardPath} (${(err as Error).message})`);
+      throw new VitqError(
+        `${where}: cannot read model card ${cardPath} (${(err as Error).message})`,
+      );
     }
     return { name: card.name ?? name, path, card };
   }
@@ -80,7 +82,9 @@ export async function resolveModel(name: string, where: string): Promise<Resolve
   try {
     card = JSON.parse(await Deno.readTextFile(cardPath));
   } catch (err) {
-    throw new VitqError(`${cardPath}: cannot read model card for ${name} (${(err as Error).message})`);
+    throw new VitqError(
+      `${cardPath}: cannot read model card for ${name} (${(err as Error).message})`,
+    );
   }
   return { name, path: fromRoot(e.file), card };
 }

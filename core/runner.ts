@@ -9,13 +9,13 @@
 import { Graph } from "./onnx/graph.ts";
 import { findSites, type Site } from "./onnx/sites.ts";
 import { createRuntime, type Runtime } from "./runtime/runtime.ts";
-import { type Manifest } from "./manifest.ts";
-import { fromRoot, resolveModel, type ResolvedModel } from "./models.ts";
+import type { Manifest } from "./manifest.ts";
+import { fromRoot, type ResolvedModel, resolveModel } from "./models.ts";
 import { canonicalJson, sha256Hex } from "./hash.ts";
 import { VitqError } from "./errors.ts";
 import { evaluate } from "./evaluate.ts";
 import { measureSpeed, type Speed } from "./speed.ts";
-import { type ResultRow, Store } from "./store.ts";
+import type { ResultRow, Store } from "./store.ts";
 import { Progress } from "./progress.ts";
 import { envInfo } from "./env.ts";
 import { type ImageSplit, loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
@@ -88,7 +88,9 @@ export async function planBench(manifest: Manifest, file: string): Promise<Plan>
     try {
       bytes = await Deno.readFile(model.path);
     } catch (e) {
-      throw new VitqError(`${model.path}: cannot read model file for ${name} (${(e as Error).name})`);
+      throw new VitqError(
+        `${model.path}: cannot read model file for ${name} (${(e as Error).name})`,
+      );
     }
     const graph = Graph.fromBytes(bytes, model.path);
     const sites = findSites(graph, model.path);
@@ -104,7 +106,9 @@ export async function planBench(manifest: Manifest, file: string): Promise<Plan>
   }
   const evalSplit = await loadFashionMnist(dir, manifest.dataset.split);
   const sameSplit = manifest.calibration.split === manifest.dataset.split;
-  const calibSplit = sameSplit ? evalSplit : await loadFashionMnist(dir, manifest.calibration.split);
+  const calibSplit = sameSplit
+    ? evalSplit
+    : await loadFashionMnist(dir, manifest.calibration.split);
   const evalIndices = selectSubset(evalSplit.labels, manifest.dataset.subset);
   let pool = Array.from({ length: calibSplit.ids.length }, (_, i) => i);
   if (sameSplit) {
@@ -124,13 +128,18 @@ export async function planBench(manifest: Manifest, file: string): Promise<Plan>
     const calibIndices = drawCalibration(pool, manifest.calibration.size, seed);
     const calibIds = calibIndices.map((i) => calibSplit.ids[i]);
     const clash = calibIds.find((id) => evalSet.has(id));
-    if (clash) throw new VitqError(`${file}: /calibration: image ${clash} is in both calibration and evaluation sets`);
+    if (clash) {
+      throw new VitqError(
+        `${file}: /calibration: image ${clash} is in both calibration and evaluation sets`,
+      );
+    }
     const calibHash = await hashIds(calibIds);
     for (const pm of models) {
       for (const bits of manifest.bits) {
         for (const m of manifest.methods) {
           const key = {
             method: m.name,
+            label: m.label,
             options: m.options,
             model: pm.model.name,
             modelSha: pm.sha,
@@ -193,12 +202,27 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
     threads: manifest.threads,
     backend,
   });
-  await store.putIdSet(plan.evalHash, "eval", manifest.dataset.name, manifest.dataset.split, plan.evalIds);
+  await store.putIdSet(
+    plan.evalHash,
+    "eval",
+    manifest.dataset.name,
+    manifest.dataset.split,
+    plan.evalIds,
+  );
+  await store.putImages(
+    plan.evalHash,
+    plan.evalIds,
+    Int32Array.from(plan.evalIndices, (i) => plan.evalSplit.labels[i]),
+  );
   const stored = opts.force ? new Set<string>() : await store.storedCells();
   const todo = plan.cells.filter((c) => !stored.has(c.id));
   const progress = new Progress(todo.length, opts.quiet);
   if (plan.cells.length > todo.length) {
-    progress.log(`${plan.cells.length - todo.length} of ${plan.cells.length} cells already stored; skipping them`);
+    progress.log(
+      `${
+        plan.cells.length - todo.length
+      } of ${plan.cells.length} cells already stored; skipping them`,
+    );
   }
   let ran = 0, failed = 0;
   for (const pm of plan.models) {
@@ -207,6 +231,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
     const evalSrc = makeSource(plan.evalSplit, plan.evalIndices, pm.model.card);
     progress.log(`${pm.model.name}: FP32 baseline on ${evalSrc.length} images`);
     const fpEval = await evaluate(runtime, pm.bytes, evalSrc, manifest.batchSize);
+    const fpCell = `fp32:${pm.sha.slice(0, 16)}:${plan.evalHash.slice(0, 16)}:${backend}`;
     const fpSpeed: Speed | undefined = manifest.speed.enabled
       ? await measureSpeed(runtime, pm.bytes, evalSrc.shape, speedOpts(manifest))
       : undefined;
@@ -226,14 +251,22 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
       lat_p90_ms: fpSpeed?.latP90Ms ?? NaN,
       batch_size: manifest.batchSize,
       threads: manifest.threads,
+      fp_cell: fpCell,
       run_id: runId,
-    });
+    }, fpEval);
     progress.log(`${pm.model.name}: FP32 top-1 ${fpEval.top1.toFixed(2)}`);
     for (const cell of cells) {
       const method = METHODS[cell.method];
-      const tag = `${cell.label} ${pm.model.name} W${cell.bits.w}A${cell.bits.a} seed ${cell.calibSeed}`;
+      const tag =
+        `${cell.label} ${pm.model.name} W${cell.bits.w}A${cell.bits.a} seed ${cell.calibSeed}`;
       progress.start(tag);
-      await store.putIdSet(cell.calibHash, "calibration", manifest.dataset.name, manifest.calibration.split, cell.calibIds);
+      await store.putIdSet(
+        cell.calibHash,
+        "calibration",
+        manifest.dataset.name,
+        manifest.calibration.split,
+        cell.calibIds,
+      );
       const base: ResultRow = {
         cell_id: cell.id,
         run_id: runId,
@@ -273,6 +306,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
         batch_size: manifest.batchSize,
         backend,
         model_bytes: null,
+        fp_cell: fpCell,
         status: "ok",
         error: null,
         notes: null,
@@ -310,10 +344,12 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
           model_bytes: bytes.length,
           notes: q.notes ?? null,
         };
-        await store.putCell(row, q.layers);
+        await store.putCell(row, q.layers, ev);
         ran++;
         progress.finish(
-          `${tag}: top-1 ${ev.top1.toFixed(2)} (FP32 ${fpEval.top1.toFixed(2)}), calib ${calibSeconds.toFixed(1)}s`,
+          `${tag}: top-1 ${ev.top1.toFixed(2)} (FP32 ${fpEval.top1.toFixed(2)}), calib ${
+            calibSeconds.toFixed(1)
+          }s`,
         );
       } catch (e) {
         failed++;

@@ -5,6 +5,8 @@
  *
  * Correctness arrays hold one entry per image; any truthy / non-zero entry
  * (1, `true`) counts as correct, anything else (0, `false`, NaN) as wrong.
+ * The bootstrap also accepts fractions in [0, 1]: per-image correctness
+ * averaged over several calibration seeds.
  * Every function here is pure: no I/O, and randomness only from a seeded
  * {@link Rng}, so the same inputs and seed always give the same result.
  *
@@ -185,6 +187,12 @@ function quantileSorted(sorted: ArrayLike<number>, q: number): number {
   return sorted[i] + f * (sorted[i + 1] - sorted[i]);
 }
 
+/** Correctness of one image as a number in [0, 1]: booleans and 0/1, or a seed-averaged fraction. */
+function score(v: number | boolean): number {
+  if (typeof v === "boolean") return v ? 1 : 0;
+  return Number.isFinite(v) ? Math.min(1, Math.max(0, v)) : 0;
+}
+
 /**
  * Paired bootstrap interval for Top-1(a) - Top-1(b), in percentage points.
  *
@@ -217,12 +225,13 @@ export function pairedBootstrap(
     throw new Error(`pairedBootstrap: level must lie in (0, 1), got ${level}`);
   }
 
-  // Per-image difference in {-1, 0, 1}; only discordant images are non-zero.
-  const d = new Int8Array(n);
+  // Per-image difference: in {-1, 0, 1} for 0/1 correctness, a fraction when
+  // correctness was averaged over calibration seeds. Only non-zero images matter.
+  const d = new Float64Array(n);
   let total = 0;
   let discordant = 0;
   for (let i = 0; i < n; i++) {
-    const v = (a[i] ? 1 : 0) - (b[i] ? 1 : 0);
+    const v = score(a[i]) - score(b[i]);
     d[i] = v;
     total += v;
     if (v !== 0) discordant++;

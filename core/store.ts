@@ -6,7 +6,12 @@
  *
  * @module
  */
-import { DuckDBConnection, DuckDBInstance, type DuckDBValue } from "@duckdb/node-api";
+import {
+  type DuckDBConnection,
+  DuckDBInstance,
+  type DuckDBValue,
+  listValue,
+} from "@duckdb/node-api";
 import { VitqError } from "./errors.ts";
 import type { LayerRecord } from "../methods/types.ts";
 
@@ -27,7 +32,8 @@ create table if not exists fp_baselines (
   model varchar, model_sha varchar, dataset varchar, eval_hash varchar, backend varchar,
   n integer, correct integer, top1 double, top5 double, eval_seconds double,
   ips double, lat_med_ms double, lat_p90_ms double, batch_size integer, threads integer,
-  run_id varchar, created_at timestamp, primary key (model_sha, eval_hash, backend));
+  fp_cell varchar, run_id varchar, created_at timestamp,
+  primary key (model_sha, eval_hash, backend));
 create table if not exists results (
   cell_id varchar primary key, run_id varchar, manifest_name varchar,
   method varchar, label varchar, options varchar, paper varchar, approximations varchar,
@@ -38,8 +44,39 @@ create table if not exists results (
   calib_seconds double, eval_seconds double,
   fp_ips double, fp_lat_med_ms double, fp_lat_p90_ms double,
   sim_ips double, sim_lat_med_ms double, sim_lat_p90_ms double, timed_graph varchar,
-  threads integer, batch_size integer, backend varchar, model_bytes bigint,
+  threads integer, batch_size integer, backend varchar, model_bytes bigint, fp_cell varchar,
   status varchar, error varchar, notes varchar, created_at timestamp);
+create table if not exists images (
+  eval_hash varchar, image_idx integer, image_id varchar, label smallint,
+  primary key (eval_hash, image_idx));
+create table if not exists predictions (
+  cell_id varchar, image_idx integer, pred smallint, true_rank smallint);
+create or replace view flips as
+  select r.cell_id, r.manifest_name, r.label, r.method, r.model, r.w_bits, r.a_bits,
+         r.calib_seed, count(*)::integer as n,
+         sum(case when p.pred <> f.pred then 1 else 0 end)::integer as flipped,
+         avg(case when p.pred <> f.pred then 1.0 else 0.0 end) as flip_rate
+    from results r
+    join predictions p on p.cell_id = r.cell_id
+    join predictions f on f.cell_id = r.fp_cell and f.image_idx = p.image_idx
+   where r.status = 'ok'
+   group by all;
+create or replace view pairwise as
+  select a.cell_id as cell_a, b.cell_id as cell_b, a.model, a.w_bits, a.a_bits,
+         a.calib_seed, a.label as label_a, b.label as label_b,
+         a.manifest_name as manifest_a, b.manifest_name as manifest_b, count(*)::integer as n,
+         sum(case when pa.true_rank = 0 and pb.true_rank = 0 then 1 else 0 end)::integer as both_correct,
+         sum(case when pa.true_rank = 0 and pb.true_rank <> 0 then 1 else 0 end)::integer as only_a,
+         sum(case when pa.true_rank <> 0 and pb.true_rank = 0 then 1 else 0 end)::integer as only_b,
+         100.0 * (only_a - only_b) / n as diff_points,
+         avg(case when pa.pred <> pb.pred then 1.0 else 0.0 end) as flip_rate
+    from results a
+    join results b on a.model_sha = b.model_sha and a.eval_hash = b.eval_hash
+     and a.w_bits = b.w_bits and a.a_bits = b.a_bits and a.calib_hash = b.calib_hash
+     and a.cell_id <> b.cell_id and a.status = 'ok' and b.status = 'ok'
+    join predictions pa on pa.cell_id = a.cell_id
+    join predictions pb on pb.cell_id = b.cell_id and pb.image_idx = pa.image_idx
+   group by all;
 create table if not exists layers (
   cell_id varchar, site varchar, kind varchar, role varchar, block integer, tensor varchar,
   bits integer, scale double, quantizer varchar, sqnr_db double);
@@ -85,6 +122,7 @@ export interface ResultRow {
   batch_size: number;
   backend: string;
   model_bytes: number | null;
+  fp_cell: string;
   status: "ok" | "error";
   error: string | null;
   notes: string | null;
@@ -107,7 +145,18 @@ export interface FpRow {
   lat_p90_ms: number;
   batch_size: number;
   threads: number;
+  fp_cell: string;
   run_id: string;
+}
+
+/** Per-image predictions of one cell (or of an FP32 baseline). */
+export interface Predictions {
+  preds: Int32Array;
+  trueRank: Int32Array;
+}
+
+function listOf(xs: string[]): DuckDBValue {
+  return listValue(xs);
 }
 
 function placeholders(n: number): string {
@@ -175,22 +224,73 @@ export class Store {
     return rows[0] as unknown as FpRow | undefined;
   }
 
-  /** Store an FP32 baseline (replacing an earlier one for the same key). */
-  async putFp(row: FpRow): Promise<void> {
+  /** Record the images of an evaluation set (idempotent). */
+  async putImages(evalHash: string, ids: string[], labels: ArrayLike<number>): Promise<void> {
+    const have = await this.query(`select count(*)::int as n from images where eval_hash = $1`, [
+      evalHash,
+    ]);
+    if ((have[0].n as number) === ids.length) return;
+    await this.transaction(async () => {
+      await this.exec(`delete from images where eval_hash = $1`, [evalHash]);
+      const app = await this.conn.createAppender("images");
+      for (let i = 0; i < ids.length; i++) {
+        app.appendVarchar(evalHash);
+        app.appendInteger(i);
+        app.appendVarchar(ids[i]);
+        app.appendSmallInt(labels[i]);
+        app.endRow();
+      }
+      app.closeSync();
+    });
+  }
+
+  private async putPredictions(cellId: string, p: Predictions): Promise<void> {
+    await this.exec(`delete from predictions where cell_id = $1`, [cellId]);
+    const app = await this.conn.createAppender("predictions");
+    for (let i = 0; i < p.preds.length; i++) {
+      app.appendVarchar(cellId);
+      app.appendInteger(i);
+      app.appendSmallInt(p.preds[i]);
+      app.appendSmallInt(p.trueRank[i]);
+      app.endRow();
+    }
+    app.closeSync();
+  }
+
+  /** Per-image correctness (true class ranked first) of cells, in image order. */
+  async correctness(cellIds: string[]): Promise<Map<string, Uint8Array>> {
+    const out = new Map<string, Uint8Array>();
+    if (cellIds.length === 0) return out;
+    const rows = await this.query(
+      `select cell_id, list(true_rank order by image_idx) as r from predictions
+        where cell_id in (select unnest($1::varchar[])) group by cell_id`,
+      [listOf(cellIds)],
+    );
+    for (const r of rows) {
+      out.set(r.cell_id as string, Uint8Array.from(r.r as number[], (x) => (x === 0 ? 1 : 0)));
+    }
+    return out;
+  }
+
+  /** Store an FP32 baseline and its predictions (replacing an earlier one for the same key). */
+  async putFp(row: FpRow, preds: Predictions): Promise<void> {
     await this.transaction(async () => {
       await this.exec(
         `delete from fp_baselines where model_sha = $1 and eval_hash = $2 and backend = $3`,
         [row.model_sha, row.eval_hash, row.backend],
       );
       await this.insert("fp_baselines", { ...row, created_at: new Date().toISOString() });
+      await this.putPredictions(row.fp_cell, preds);
     });
   }
 
-  /** Write one cell (result row plus its layer records) in one transaction. */
-  async putCell(row: ResultRow, layers: LayerRecord[]): Promise<void> {
+  /** Write one cell (result row, layer records, predictions) in one transaction. */
+  async putCell(row: ResultRow, layers: LayerRecord[], preds?: Predictions): Promise<void> {
     await this.transaction(async () => {
       await this.exec(`delete from layers where cell_id = $1`, [row.cell_id]);
       await this.exec(`delete from results where cell_id = $1`, [row.cell_id]);
+      if (preds) await this.putPredictions(row.cell_id, preds);
+      else await this.exec(`delete from predictions where cell_id = $1`, [row.cell_id]);
       await this.insert("results", { ...row, created_at: new Date().toISOString() });
       for (const l of layers) {
         await this.insert("layers", {

@@ -6,6 +6,10 @@
  * @module
  */
 import type { Store } from "./store.ts";
+import { isDifferent, mcnemarExact, pairedBootstrap, pairedCounts } from "./stats.ts";
+
+/** Bootstrap settings used for every interval in the tables (recorded in legends). */
+export const BOOTSTRAP = { resamples: 1000, seed: 0, level: 0.95 };
 
 /** Aggregated accuracy of one method on one model at one bit setting. */
 export interface TableEntry {
@@ -21,6 +25,16 @@ export interface TableEntry {
   simLatMs: number | null;
   subsetSize: number;
   approximations: string;
+  /** Cells behind the entry (one per calibration seed), in seed order. */
+  cells: { id: string; seed: number }[];
+  /** Per-image correctness averaged over the entry's seeds. */
+  correct?: Float64Array;
+  /** Difference to the best entry of its column, with a paired-bootstrap interval. */
+  vsBest?: { diff: number; lo: number; hi: number };
+  /** Indistinguishable from the best entry (the interval contains 0). */
+  tied?: boolean;
+  /** The best entry of its column. */
+  best?: boolean;
 }
 
 /** FP32 baseline per model. */
@@ -41,6 +55,8 @@ export interface TableData {
   labels: string[];
   bits: { w: number; a: number }[];
   caption: string;
+  /** Per-image 0/1 correctness of every cell. */
+  perCell?: Map<string, Uint8Array>;
 }
 
 function meanStd(xs: number[]): [number, number] {
@@ -54,7 +70,11 @@ function meanStd(xs: number[]): [number, number] {
  * Gather table data for a manifest name, restricted to `cellIds` when given
  * (so stale cells of an older version of the manifest are left out).
  */
-export async function gatherTable(store: Store, manifest: string, cellIds?: string[]): Promise<TableData> {
+export async function gatherTable(
+  store: Store,
+  manifest: string,
+  cellIds?: string[],
+): Promise<TableData> {
   let rows = await store.query(
     `select cell_id, label, method, model, model_sha, w_bits, a_bits, calib_seed, top1, sim_ips,
             sim_lat_med_ms, subset_size, eval_hash, backend, dataset, split, subset_rule,
@@ -66,6 +86,7 @@ export async function gatherTable(store: Store, manifest: string, cellIds?: stri
     const keep = new Set(cellIds);
     rows = rows.filter((r) => keep.has(r.cell_id as string));
   }
+  const correctness = await store.correctness(rows.map((r) => r.cell_id as string));
   const groups = new Map<string, Record<string, unknown>[]>();
   for (const r of rows) {
     const k = `${r.label}|${r.model}|${r.w_bits}|${r.a_bits}`;
@@ -75,8 +96,21 @@ export async function gatherTable(store: Store, manifest: string, cellIds?: stri
   for (const g of groups.values()) {
     const r0 = g[0];
     const [m, s] = meanStd(g.map((r) => r.top1 as number));
-    const ips = g.map((r) => r.sim_ips as number | null).filter((x): x is number => x !== null && !isNaN(x));
-    const lat = g.map((r) => r.sim_lat_med_ms as number | null).filter((x): x is number => x !== null && !isNaN(x));
+    g.sort((x, y) => (x.calib_seed as number) - (y.calib_seed as number));
+    const cor = g.map((r) => correctness.get(r.cell_id as string)).filter((c): c is Uint8Array =>
+      !!c
+    );
+    let correct: Float64Array | undefined;
+    if (cor.length === g.length && cor.length > 0) {
+      correct = new Float64Array(cor[0].length);
+      for (const c of cor) for (let i = 0; i < c.length; i++) correct[i] += c[i] / cor.length;
+    }
+    const ips = g.map((r) => r.sim_ips as number | null).filter((x): x is number =>
+      x !== null && !isNaN(x)
+    );
+    const lat = g.map((r) => r.sim_lat_med_ms as number | null).filter((x): x is number =>
+      x !== null && !isNaN(x)
+    );
     entries.push({
       label: r0.label as string,
       method: r0.method as string,
@@ -90,11 +124,20 @@ export async function gatherTable(store: Store, manifest: string, cellIds?: stri
       simLatMs: lat.length ? meanStd(lat)[0] : null,
       subsetSize: r0.subset_size as number,
       approximations: r0.approximations as string,
+      cells: g.map((r) => ({ id: r.cell_id as string, seed: r.calib_seed as number })),
+      correct,
     });
   }
+  markTies(entries);
   const models = [...new Set(rows.map((r) => r.model as string))];
   const labels = [...new Set(rows.map((r) => r.label as string))];
-  const bits = [...new Map(rows.map((r) => [`${r.w_bits}/${r.a_bits}`, { w: r.w_bits as number, a: r.a_bits as number }])).values()]
+  const bits = [
+    ...new Map(
+      rows.map((
+        r,
+      ) => [`${r.w_bits}/${r.a_bits}`, { w: r.w_bits as number, a: r.a_bits as number }]),
+    ).values(),
+  ]
     .sort((x, y) => y.w - x.w || y.a - x.a);
   const fp: FpEntry[] = [];
   for (const model of models) {
@@ -105,28 +148,121 @@ export async function gatherTable(store: Store, manifest: string, cellIds?: stri
     );
     if (f[0]) {
       const num = (x: unknown) => (typeof x === "number" && !isNaN(x) ? x : null);
-      fp.push({ model, top1: f[0].top1 as number, ips: num(f[0].ips), latMs: num(f[0].lat_med_ms), n: f[0].n as number });
+      fp.push({
+        model,
+        top1: f[0].top1 as number,
+        ips: num(f[0].ips),
+        latMs: num(f[0].lat_med_ms),
+        n: f[0].n as number,
+      });
     }
   }
   const r0 = rows[0];
   const caption = r0
     ? `Top-1 (%) on ${r0.dataset} ${r0.split} (${r0.subset_rule}, ${r0.subset_size} images); calibration ${r0.calib_size} images from ${r0.calib_split}`
     : "no results";
-  return { manifest, entries, fp, models, labels, bits, caption };
+  return { manifest, entries, fp, models, labels, bits, caption, perCell: correctness };
 }
+
+/** Best entry per (bits, model); mark entries whose CI of the difference to it contains 0. */
+function markTies(entries: TableEntry[]): void {
+  const cols = new Map<string, TableEntry[]>();
+  for (const e of entries) {
+    const k = `${e.w}/${e.a}/${e.model}`;
+    (cols.get(k) ?? cols.set(k, []).get(k)!).push(e);
+  }
+  for (const col of cols.values()) {
+    const best = col.reduce((a, b) => (b.top1Mean > a.top1Mean ? b : a));
+    best.best = true;
+    for (const e of col) {
+      if (e === best || !e.correct || !best.correct || e.correct.length !== best.correct.length) {
+        continue;
+      }
+      const ci = pairedBootstrap(e.correct, best.correct, BOOTSTRAP);
+      e.vsBest = { diff: ci.diff, lo: ci.lo, hi: ci.hi };
+      e.tied = !isDifferent(ci);
+    }
+  }
+}
+
+/** One row of the pairwise comparison table. */
+export interface PairRow {
+  a: string;
+  b: string;
+  diff: number;
+  lo: number;
+  hi: number;
+  /** Exact McNemar p-value on the first calibration seed both entries share. */
+  p: number | null;
+  seed: number | null;
+  different: boolean;
+}
+
+/** All pairwise comparisons of the entries of one bit setting and model. */
+export function pairRows(d: TableData, w: number, a: number, model: string): PairRow[] {
+  const es = d.entries.filter((e) => e.w === w && e.a === a && e.model === model && e.correct)
+    .sort((x, y) => y.top1Mean - x.top1Mean);
+  const out: PairRow[] = [];
+  for (let i = 0; i < es.length; i++) {
+    for (let j = i + 1; j < es.length; j++) {
+      const A = es[i], B = es[j];
+      const ci = pairedBootstrap(A.correct!, B.correct!, BOOTSTRAP);
+      const seed = A.cells.map((c) => c.seed).find((s) => B.cells.some((c) => c.seed === s));
+      let p: number | null = null;
+      if (seed !== undefined && d.perCell) {
+        const ca = d.perCell.get(A.cells.find((c) => c.seed === seed)!.id);
+        const cb = d.perCell.get(B.cells.find((c) => c.seed === seed)!.id);
+        if (ca && cb) {
+          const k = pairedCounts(ca, cb);
+          p = mcnemarExact(k.onlyA, k.onlyB);
+        }
+      }
+      out.push({
+        a: A.label,
+        b: B.label,
+        diff: ci.diff,
+        lo: ci.lo,
+        hi: ci.hi,
+        p,
+        seed: seed ?? null,
+        different: isDifferent(ci),
+      });
+    }
+  }
+  return out;
+}
+
+/** Render the pairwise difference table of one bit setting and model as Markdown. */
+export function renderPairs(d: TableData, w: number, a: number, model: string): string {
+  const rows = pairRows(d, w, a, model);
+  const out = [
+    `## ${model} W${w}A${a}: pairwise Top-1 differences (A - B, points)`,
+    "",
+    `Paired over the same ${d.entries[0]?.subsetSize ?? 0} images. CI: ${
+      BOOTSTRAP.level * 100
+    }% paired bootstrap over images (${BOOTSTRAP.resamples} resamples, seed ${BOOTSTRAP.seed}) of the seed-averaged correctness; p: exact McNemar test on the first shared calibration seed.`,
+    "",
+    "| A | B | A - B | 95% CI | McNemar p | different? |",
+    "|---|---|---:|---|---:|---|",
+  ];
+  for (const r of rows) {
+    out.push(
+      `| ${r.a} | ${r.b} | ${r.diff.toFixed(2)} | [${r.lo.toFixed(2)}, ${r.hi.toFixed(2)}] | ${
+        r.p === null ? "–" : r.p < 1e-4 ? r.p.toExponential(1) : r.p.toFixed(4)
+      } | ${r.different ? "yes" : "no (tied)"} |`,
+    );
+  }
+  return out.join("\n");
+}
+
+const TIE_LEGEND =
+  `**Bold**: best quantized entry per column. †: statistically tied with the best (the ${
+    BOOTSTRAP.level * 100
+  }% paired-bootstrap interval of the Top-1 difference over the same images contains 0; ${BOOTSTRAP.resamples} resamples, seed ${BOOTSTRAP.seed}). ± is the standard deviation over calibration seeds, a different source of spread than image sampling.`;
 
 function fmt(e: TableEntry | undefined): string {
   if (!e) return "–";
   return e.seeds > 1 ? `${e.top1Mean.toFixed(2)} ± ${e.top1Std.toFixed(2)}` : e.top1Mean.toFixed(2);
-}
-
-function bestPerModel(d: TableData, w: number, a: number): Map<string, number> {
-  const best = new Map<string, number>();
-  for (const e of d.entries) {
-    if (e.w !== w || e.a !== a) continue;
-    if (!best.has(e.model) || e.top1Mean > best.get(e.model)!) best.set(e.model, e.top1Mean);
-  }
-  return best;
 }
 
 function find(d: TableData, label: string, model: string, w: number, a: number) {
@@ -137,20 +273,27 @@ function find(d: TableData, label: string, model: string, w: number, a: number) 
 export function renderMarkdown(d: TableData): string {
   const out: string[] = [`# ${d.manifest}`, "", d.caption + ".", ""];
   for (const { w, a } of d.bits) {
-    const best = bestPerModel(d, w, a);
     out.push(`## W${w}A${a}: Top-1 (%)`, "");
-    out.push(`| Method | ${d.models.join(" | ")} |`, `|---|${d.models.map(() => "---:").join("|")}|`);
-    out.push(`| FP32 | ${d.models.map((m) => d.fp.find((f) => f.model === m)?.top1.toFixed(2) ?? "–").join(" | ")} |`);
+    out.push(
+      `| Method | ${d.models.join(" | ")} |`,
+      `|---|${d.models.map(() => "---:").join("|")}|`,
+    );
+    out.push(
+      `| FP32 | ${
+        d.models.map((m) => d.fp.find((f) => f.model === m)?.top1.toFixed(2) ?? "–").join(" | ")
+      } |`,
+    );
     for (const label of d.labels) {
       const cells = d.models.map((m) => {
         const e = find(d, label, m, w, a);
         const s = fmt(e);
-        return e && e.top1Mean === best.get(m) ? `**${s}**` : s;
+        if (e?.best) return `**${s}**`;
+        return e?.tied ? `${s} †` : s;
       });
       if (cells.every((c) => c === "–")) continue;
       out.push(`| ${label} | ${cells.join(" | ")} |`);
     }
-    out.push("", "Bold: best quantized entry per column.", "");
+    out.push("", TIE_LEGEND, "");
   }
   return out.join("\n");
 }
@@ -165,11 +308,20 @@ export function renderSpeedMarkdown(d: TableData): string[] {
     `| Graph | ${d.models.join(" | ")} |`,
     `|---|${d.models.map(() => "---:").join("|")}|`,
   ];
-  const sp = (ips: number | null, lat: number | null) => ips === null ? "–" : `${ips.toFixed(0)} (${lat?.toFixed(2) ?? "–"})`;
-  out.push(`| FP32 | ${d.models.map((m) => { const f = d.fp.find((x) => x.model === m); return f ? sp(f.ips, f.latMs) : "–"; }).join(" | ")} |`);
+  const sp = (ips: number | null, lat: number | null) =>
+    ips === null ? "–" : `${ips.toFixed(0)} (${lat?.toFixed(2) ?? "–"})`;
+  out.push(`| FP32 | ${
+    d.models.map((m) => {
+      const f = d.fp.find((x) => x.model === m);
+      return f ? sp(f.ips, f.latMs) : "–";
+    }).join(" | ")
+  } |`);
   for (const { w, a } of d.bits) {
     for (const label of d.labels) {
-      const cells = d.models.map((m) => { const e = find(d, label, m, w, a); return e ? sp(e.simIps, e.simLatMs) : "–"; });
+      const cells = d.models.map((m) => {
+        const e = find(d, label, m, w, a);
+        return e ? sp(e.simIps, e.simLatMs) : "–";
+      });
       if (cells.every((c) => c === "–")) continue;
       out.push(`| ${label} W${w}A${a} (fake-quant) | ${cells.join(" | ")} |`);
     }
@@ -186,16 +338,21 @@ function texEscape(s: string): string {
 export function renderLatex(d: TableData): string {
   const out: string[] = [`% ${d.manifest}: generated by vitq (deno task tables); do not edit`];
   for (const { w, a } of d.bits) {
-    const best = bestPerModel(d, w, a);
     out.push(
       "\\begin{table}[t]",
       "\\centering",
-      `\\caption{W${w}A${a}. ${texEscape(d.caption)}. Bold: best quantized entry per column.}`,
+      `\\caption{W${w}A${a}. ${
+        texEscape(d.caption)
+      }. Bold: best quantized entry per column; $\\dagger$: tied with the best (${
+        BOOTSTRAP.level * 100
+      }\\% paired-bootstrap interval of the difference contains 0).}`,
       `\\begin{tabular}{l${"r".repeat(d.models.length)}}`,
       "\\toprule",
       `Method & ${d.models.map(texEscape).join(" & ")} \\\\`,
       "\\midrule",
-      `FP32 & ${d.models.map((m) => d.fp.find((f) => f.model === m)?.top1.toFixed(2) ?? "--").join(" & ")} \\\\`,
+      `FP32 & ${
+        d.models.map((m) => d.fp.find((f) => f.model === m)?.top1.toFixed(2) ?? "--").join(" & ")
+      } \\\\`,
       "\\midrule",
     );
     for (const label of d.labels) {
@@ -203,7 +360,8 @@ export function renderLatex(d: TableData): string {
         const e = find(d, label, m, w, a);
         if (!e) return "--";
         const s = fmt(e).replace("±", "$\\pm$");
-        return e.top1Mean === best.get(m) ? `\\textbf{${s}}` : s;
+        if (e.best) return `\\textbf{${s}}`;
+        return e.tied ? `${s}$^\\dagger$` : s;
       });
       if (cells.every((c) => c === "--")) continue;
       out.push(`${texEscape(label)} & ${cells.join(" & ")} \\\\`);
@@ -215,7 +373,9 @@ export function renderLatex(d: TableData): string {
 
 /** Render the accuracy CSV (deterministic: no timings). */
 export function renderCsv(d: TableData): string {
-  const out = ["w_bits,a_bits,method,label,model,seeds,top1_mean,top1_std,fp_top1,subset_size"];
+  const out = [
+    "w_bits,a_bits,method,label,model,seeds,top1_mean,top1_std,fp_top1,subset_size,mark,diff_to_best,ci_lo,ci_hi",
+  ];
   for (const { w, a } of d.bits) {
     for (const label of d.labels) {
       for (const m of d.models) {
@@ -223,7 +383,18 @@ export function renderCsv(d: TableData): string {
         if (!e) continue;
         const fp = d.fp.find((f) => f.model === m)?.top1;
         out.push(
-          [w, a, e.method, JSON.stringify(label), m, e.seeds, e.top1Mean.toFixed(4), e.top1Std.toFixed(4), fp?.toFixed(4) ?? "", e.subsetSize].join(","),
+          [
+            w,
+            a,
+            e.method,
+            JSON.stringify(label),
+            m,
+            e.seeds,
+            e.top1Mean.toFixed(4),
+            e.top1Std.toFixed(4),
+            fp?.toFixed(4) ?? "",
+            e.subsetSize,
+          ].join(","),
         );
       }
     }
@@ -234,9 +405,25 @@ export function renderCsv(d: TableData): string {
 /** Render the speed CSV. */
 export function renderSpeedCsv(d: TableData): string {
   const out = ["w_bits,a_bits,label,model,graph,images_per_s,lat_med_ms"];
-  for (const f of d.fp) out.push(["", "", "FP32", f.model, "fp32", f.ips?.toFixed(1) ?? "", f.latMs?.toFixed(3) ?? ""].join(","));
+  for (const f of d.fp) {
+    out.push(
+      ["", "", "FP32", f.model, "fp32", f.ips?.toFixed(1) ?? "", f.latMs?.toFixed(3) ?? ""].join(
+        ",",
+      ),
+    );
+  }
   for (const e of d.entries) {
-    out.push([e.w, e.a, JSON.stringify(e.label), e.model, "fake-quant", e.simIps?.toFixed(1) ?? "", e.simLatMs?.toFixed(3) ?? ""].join(","));
+    out.push(
+      [
+        e.w,
+        e.a,
+        JSON.stringify(e.label),
+        e.model,
+        "fake-quant",
+        e.simIps?.toFixed(1) ?? "",
+        e.simLatMs?.toFixed(3) ?? "",
+      ].join(","),
+    );
   }
   return out.join("\n") + "\n";
 }

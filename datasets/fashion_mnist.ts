@@ -93,7 +93,10 @@ export async function loadFashionMnist(dir: string, split: "test" | "train"): Pr
   if (indices && indices.length !== n) {
     throw new VitqError(`${dir}/calib-ids.txt: ${indices.length} ids for ${n} images`);
   }
-  const ids = Array.from({ length: n }, (_, i) => `${split}/${String(indices ? indices[i] : i).padStart(5, "0")}`);
+  const ids = Array.from(
+    { length: n },
+    (_, i) => `${split}/${String(indices ? indices[i] : i).padStart(5, "0")}`,
+  );
   return {
     dataset: "fashion-mnist",
     split,

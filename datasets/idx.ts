@@ -35,7 +35,9 @@ export function decodeIdx(bytes: Uint8Array, source: string): IdxArray {
   const n = dims.reduce((a, c) => a * c, 1);
   const off = 4 + 4 * ndim;
   if (b.length - off !== n) {
-    throw new VitqError(`${source}: IDX payload has ${b.length - off} bytes, dims [${dims}] need ${n}`);
+    throw new VitqError(
+      `${source}: IDX payload has ${b.length - off} bytes, dims [${dims}] need ${n}`,
+    );
   }
   return { dims, data: b.subarray(off) };
 }

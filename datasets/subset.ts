@@ -68,14 +68,18 @@ export function selectSubset(
     }
     case "stratified": {
       if (rule.total > cand.length) {
-        throw new VitqError(`subset: total ${rule.total} exceeds the ${cand.length} available images`);
+        throw new VitqError(
+          `subset: total ${rule.total} exceeds the ${cand.length} available images`,
+        );
       }
       // largest-remainder allocation proportional to class sizes
       const sizes = keys.map((k) => classes.get(k)!.length);
       const exact = sizes.map((s) => (s * rule.total) / cand.length);
       const alloc = exact.map(Math.floor);
       let left = rule.total - alloc.reduce((a, b) => a + b, 0);
-      const order = exact.map((e, i) => [e - Math.floor(e), i]).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+      const order = exact.map((e, i) => [e - Math.floor(e), i]).sort((a, b) =>
+        b[0] - a[0] || a[1] - b[1]
+      );
       for (const [, i] of order) {
         if (left-- <= 0) break;
         alloc[i]++;

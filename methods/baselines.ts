@@ -126,7 +126,9 @@ export const percentile: QuantMethod = {
   checkOptions(o) {
     for (const k of ["percentile", "weightPercentile"]) {
       const v = o[k];
-      if (typeof v !== "number" || !(v > 50 && v <= 100)) return `${k} must be a number in (50, 100]`;
+      if (typeof v !== "number" || !(v > 50 && v <= 100)) {
+        return `${k} must be a number in (50, 100]`;
+      }
     }
     return undefined;
   },

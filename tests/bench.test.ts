@@ -54,14 +54,24 @@ Deno.test("bench end to end: rows in DuckDB, tables rendered, resume, force, det
   assert.match(forced.stdout, /cells: 4 run/);
   const res2 = await rows(db, "select * from results order by label, w_bits");
   assert.equal(res2.length, 4);
-  assert.deepEqual(res2.map((r) => [r.cell_id, r.top1, r.correct]), res.map((r) => [r.cell_id, r.top1, r.correct]));
+  assert.deepEqual(
+    res2.map((r) => [r.cell_id, r.top1, r.correct]),
+    res.map((r) => [r.cell_id, r.top1, r.correct]),
+  );
 
   // a new bit setting adds only its cells
-  const m2 = await writeManifest(dir, smallManifest({ bits: [{ w: 8, a: 8 }, { w: 4, a: 4 }, { w: 6, a: 6 }] }));
+  const m2 = await writeManifest(
+    dir,
+    smallManifest({ bits: [{ w: 8, a: 8 }, { w: 4, a: 4 }, { w: 6, a: 6 }] }),
+  );
   const more = await cli("bench", [m2, "--db", db, "--tables", tables, "--quiet"]);
   assert.match(more.stdout, /cells: 2 run, 4 already stored, 0 failed/);
 
-  const sql = await cli("sql", ["select method, count(*) as n from results group by 1 order by 1", "--db", db]);
+  const sql = await cli("sql", [
+    "select method, count(*) as n from results group by 1 order by 1",
+    "--db",
+    db,
+  ]);
   assert.equal(sql.code, 0, sql.stderr);
   assert.match(sql.stdout, /minmax\s+3/);
   await Deno.remove(dir, { recursive: true });
@@ -70,13 +80,16 @@ Deno.test("bench end to end: rows in DuckDB, tables rendered, resume, force, det
 Deno.test("several calibration seeds give mean ± std in the table", async () => {
   const dir = await tmpDir();
   const db = `${dir}/r.duckdb`;
-  const m = await writeManifest(dir, smallManifest({
-    name: "seeds",
-    methods: ["minmax"],
-    bits: [{ w: 4, a: 4 }],
-    calibration: { size: 4, seeds: [0, 1, 2], split: "train" },
-    speed: { enabled: false },
-  }));
+  const m = await writeManifest(
+    dir,
+    smallManifest({
+      name: "seeds",
+      methods: ["minmax"],
+      bits: [{ w: 4, a: 4 }],
+      calibration: { size: 4, seeds: [0, 1, 2], split: "train" },
+      speed: { enabled: false },
+    }),
+  );
   const r = await cli("bench", [m, "--db", db, "--tables", `${dir}/t`, "--quiet"]);
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /\| minmax \| \*\*\d+\.\d\d ± \d+\.\d\d\*\* \|/);

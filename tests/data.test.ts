@@ -34,11 +34,20 @@ Deno.test("shipped Fashion-MNIST: full test split and a disjoint train sample", 
 Deno.test("the loader reads IDX files from any folder and reports what is missing", async () => {
   const dir = await tmpDir();
   const px = Uint8Array.from({ length: 3 * 784 }, (_, i) => i % 251);
-  await Deno.writeFile(`${dir}/t10k-images-idx3-ubyte`, encodeIdx({ dims: [3, 28, 28], data: px }, false));
-  await Deno.writeFile(`${dir}/t10k-labels-idx1-ubyte.gz`, encodeIdx({ dims: [3], data: Uint8Array.of(4, 0, 9) }));
+  await Deno.writeFile(
+    `${dir}/t10k-images-idx3-ubyte`,
+    encodeIdx({ dims: [3, 28, 28], data: px }, false),
+  );
+  await Deno.writeFile(
+    `${dir}/t10k-labels-idx1-ubyte.gz`,
+    encodeIdx({ dims: [3], data: Uint8Array.of(4, 0, 9) }),
+  );
   const s = await loadFashionMnist(dir, "test");
   assert.deepEqual(Array.from(s.labels), [4, 0, 9]);
-  await assert.rejects(() => loadFashionMnist(dir, "train"), (e: Error) => e instanceof VitqError && e.message.includes("train-images-idx3-ubyte"));
+  await assert.rejects(
+    () => loadFashionMnist(dir, "train"),
+    (e: Error) => e instanceof VitqError && e.message.includes("train-images-idx3-ubyte"),
+  );
   await assert.rejects(() => loadFashionMnist(`${dir}/nope`, "test"), /does not exist/);
   await Deno.remove(dir, { recursive: true });
 });

@@ -17,7 +17,9 @@ Deno.test("site counts on the shipped ViT", async () => {
     residual: 12,
   });
   for (let b = 0; b < 6; b++) {
-    for (const r of ["qkv", "proj", "fc1", "fc2", "qk", "av", "softmax", "gelu", "norm1", "norm2"]) {
+    for (
+      const r of ["qkv", "proj", "fc1", "fc2", "qk", "av", "softmax", "gelu", "norm1", "norm2"]
+    ) {
       assert.ok(sites.find((s) => s.id === `b${b}.${r}` && s.block === b), `b${b}.${r}`);
     }
     assert.ok(sites.find((s) => s.id === `b${b}.res_attn`));

@@ -448,7 +448,9 @@ export class Graph {
   /** Keep only the given graph outputs (in that order) and drop nodes no longer needed. */
   setOutputs(names: string[]): void {
     const byName = new Map(this.outputs.map((o) => [o.name, o]));
-    this.outputs = names.map((n) => byName.get(n) ?? { name: n, type: { tensorType: { elemType: 1 } } });
+    this.outputs = names.map((n) =>
+      byName.get(n) ?? { name: n, type: { tensorType: { elemType: 1 } } }
+    );
     this.prune();
   }
 

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { Graph, GraphIndex, Node } from "./graph.ts";
+import type { Graph, GraphIndex, Node } from "./graph.ts";
 import { VitqError } from "../errors.ts";
 
 /** Kinds of quantization sites. */
@@ -82,7 +82,7 @@ function dataValues(g: Graph): Set<string> {
   const data = new Set<string>(g.inputNames);
   for (const n of g.nodes) {
     if (n.opType === "Shape" || n.opType === "Size" || n.opType === "ConstantOfShape") continue;
-    if (n.inputs.some((v) => data.has(v))) for (const o of n.outputs) data.add(o);
+    if (n.inputs.some((v) => data.has(v))) { for (const o of n.outputs) data.add(o); }
   }
   return data;
 }
@@ -117,7 +117,9 @@ function forward(c: Ctx, v: string, pred: (n: Node) => boolean, limit = 40): Nod
     for (const n of consumers(c, val)) {
       if (pred(n)) {
         if (!found.includes(n)) found.push(n);
-      } else if (passes(c, n)) for (const o of n.outputs) if (c.data.has(o)) queue.push([o, d + 1]);
+      } else if (passes(c, n)) {
+        for (const o of n.outputs) if (c.data.has(o)) queue.push([o, d + 1]);
+      }
     }
   }
   return found;
@@ -136,7 +138,9 @@ function backward(c: Ctx, v: string, pred: (n: Node) => boolean, limit = 40): No
     if (!n) continue;
     if (pred(n)) {
       if (!found.includes(n)) found.push(n);
-    } else if (passes(c, n)) for (const i of n.inputs) if (c.data.has(i)) queue.push([i, d + 1]);
+    } else if (passes(c, n)) {
+      for (const i of n.inputs) if (c.data.has(i)) queue.push([i, d + 1]);
+    }
   }
   return found;
 }
@@ -207,7 +211,9 @@ function findLayerNorms(c: Ctx): LayerNorm[] {
     if (n.opType !== "Sub") continue;
     const mean = node(c, n.inputs[1]);
     if (!mean || mean.opType !== "ReduceMean" || mean.inputs[0] !== n.inputs[0]) continue;
-    const div = consumers(c, n.outputs[0]).find((m) => m.opType === "Div" && m.inputs[0] === n.outputs[0]);
+    const div = consumers(c, n.outputs[0]).find((m) =>
+      m.opType === "Div" && m.inputs[0] === n.outputs[0]
+    );
     if (!div) continue;
     let last = div;
     for (const op of ["Mul", "Add"]) {
@@ -311,7 +317,9 @@ export function findSites(g: Graph, source = "<graph>"): Site[] {
     const kSrc = backward(c, a.qk.inputs[1], isLinear)[0];
     const vSrc = backward(c, a.av.inputs[1], isLinear)[0];
     if (!qSrc || !kSrc || !vSrc) {
-      throw new VitqError(`${source}: block ${b}: cannot trace q/k/v of ${a.qk.name} to a linear layer`);
+      throw new VitqError(
+        `${source}: block ${b}: cannot trace q/k/v of ${a.qk.name} to a linear layer`,
+      );
     }
     if (qSrc === kSrc && kSrc === vSrc) role.set(byNode.get(qSrc)!, { role: "qkv", block: b });
     else {
@@ -419,7 +427,9 @@ export function findSites(g: Graph, source = "<graph>"): Site[] {
     const r = role.get(l)!;
     let id = r.block >= 0 && r.role !== "reduction" ? `b${r.block}.${r.role}` : r.role;
     if (r.role === "reduction") id = `b${r.block}.reduction`;
-    if (sites.some((s) => s.id === id)) id = `${id}_${sites.filter((s) => s.id.startsWith(id)).length}`;
+    if (sites.some((s) => s.id === id)) {
+      id = `${id}_${sites.filter((s) => s.id.startsWith(id)).length}`;
+    }
     sites.push({
       id,
       kind: "linear",

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { Graph, Tensor } from "../onnx/graph.ts";
+import { type Graph, Tensor } from "../onnx/graph.ts";
 import type { Site } from "../onnx/sites.ts";
 import { emitFakeQuant, fakeQuant, sqnrDb, type UniformQuantizer } from "./uniform.ts";
 

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { Graph } from "../onnx/graph.ts";
+import type { Graph } from "../onnx/graph.ts";
 
 /** Round half to even, as torch.round and ONNX Round do. */
 export function roundHalfEven(x: number): number {
@@ -113,7 +113,11 @@ export function emitFakeQuant(
   let v = g.addNode("Div", [input, s]);
   v = g.addNode("Round", [v]);
   if (hasZp) v = g.addNode("Add", [v, g.constFloat(`${prefix}_zp`, q.zeroPoint, dims)]);
-  v = g.addNode("Clip", [v, g.constFloat(`${prefix}_qmin`, qmin), g.constFloat(`${prefix}_qmax`, qmax)]);
+  v = g.addNode("Clip", [
+    v,
+    g.constFloat(`${prefix}_qmin`, qmin),
+    g.constFloat(`${prefix}_qmax`, qmax),
+  ]);
   if (hasZp) v = g.addNode("Sub", [v, g.constFloat(`${prefix}_zp`, q.zeroPoint, dims)]);
   return g.addNode("Mul", [v, s]);
 }

@@ -71,11 +71,15 @@ class OrtRuntime implements Runtime {
       outputNames: s.outputNames,
       async run(feeds) {
         const f: Record<string, unknown> = {};
-        for (const [k, v] of Object.entries(feeds)) f[k] = new ort.Tensor("float32", v.data, v.dims);
+        for (const [k, v] of Object.entries(feeds)) {
+          f[k] = new ort.Tensor("float32", v.data, v.dims);
+        }
         const out = await s.run(f);
         const res: Record<string, TensorData> = {};
         for (const [k, v] of Object.entries(out) as [string, Ort][]) {
-          const data = v.data instanceof Float32Array ? v.data : Float32Array.from(v.data as ArrayLike<number>);
+          const data = v.data instanceof Float32Array
+            ? v.data
+            : Float32Array.from(v.data as ArrayLike<number>);
           res[k] = { data, dims: Array.from(v.dims as number[]) };
         }
         return res;
