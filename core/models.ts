@@ -37,7 +37,7 @@ export interface ResolvedModel {
 }
 
 /** Repository root (folder above `core/`). */
-export const ROOT = new URL("../", import.meta.url).pathname;
+export const ROOT: string = new URL("../", import.meta.url).pathname;
 
 /** Resolve a path relative to the repository root (absolute paths pass through). */
 export function fromRoot(p: string): string {

@@ -9,7 +9,7 @@ import { readIdx } from "./idx.ts";
 import { VitqError } from "../core/errors.ts";
 
 /** Folder of the shipped Fashion-MNIST files. */
-export const SHIPPED_FMNIST = new URL("./fashion-mnist/", import.meta.url).pathname;
+export const SHIPPED_FMNIST: string = new URL("./fashion-mnist/", import.meta.url).pathname;
 
 /** Class names of Fashion-MNIST, by label index. */
 export const FMNIST_CLASSES = [
