@@ -101,3 +101,51 @@ export async function collectStats(
   }
   return acc as Map<string, ValueStats>;
 }
+
+/** A captured tensor: all calibration images concatenated along axis 0. */
+export interface Captured {
+  data: Float32Array;
+  dims: number[];
+}
+
+/**
+ * Capture the full FP values of `values` over the calibration images,
+ * concatenated along the first axis (images, or windows for Swin).
+ */
+export async function captureValues(
+  runtime: Runtime,
+  graph: Graph,
+  values: string[],
+  calib: ImageSource,
+  batchSize: number,
+): Promise<Map<string, Captured>> {
+  const uniq = [...new Set(values)];
+  const parts = new Map<string, { chunks: Float32Array[]; dims: number[] }>();
+  const session = await runtime.createSession(captureGraph(graph, uniq), "capture graph");
+  try {
+    await runBatches(session, calib, batchSize, (out) => {
+      for (const v of uniq) {
+        const t = out[v];
+        const p = parts.get(v);
+        if (p) {
+          p.chunks.push(t.data.slice());
+          p.dims[0] += t.dims[0];
+        } else parts.set(v, { chunks: [t.data.slice()], dims: [...t.dims] });
+      }
+    });
+  } finally {
+    await session.release();
+  }
+  const out = new Map<string, Captured>();
+  for (const [v, p] of parts) {
+    const n = p.chunks.reduce((a, c) => a + c.length, 0);
+    const data = new Float32Array(n);
+    let off = 0;
+    for (const c of p.chunks) {
+      data.set(c, off);
+      off += c.length;
+    }
+    out.set(v, { data, dims: p.dims });
+  }
+  return out;
+}

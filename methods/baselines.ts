@@ -87,7 +87,7 @@ async function uniformBaseline(
       block: s.site.block,
       tensor: s.tensor,
       bits: bits.a,
-      scale: acts[i].q.scale[0],
+      scale: acts[i].q!.scale[0],
       quantizer: "per-tensor sym",
       sqnrDb: null,
     })

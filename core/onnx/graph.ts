@@ -273,6 +273,24 @@ export class Graph {
     this.model = modelRest;
   }
 
+  /** An empty graph with the default ONNX domain at `opset` (for small helper graphs). */
+  static create(opset = 17, name = "vitq"): Graph {
+    return new Graph({
+      irVersion: 8,
+      producerName: "vitq",
+      opsetImport: [{ domain: "", version: opset }],
+      graph: { name },
+    });
+  }
+
+  /** Declare a float32 graph input with the given dims (-1 or a string for a symbolic dim). */
+  addInput(name: string, dims: (number | string)[], elemType: number = DataType.FLOAT): void {
+    const dim = dims.map((
+      d,
+    ) => (typeof d === "number" && d >= 0 ? { dimValue: d } : { dimParam: String(d) }));
+    this.inputs.push({ name, type: { tensorType: { elemType, shape: { dim } } } });
+  }
+
   /** Decode an ONNX model from bytes. `source` names the file in errors. */
   static fromBytes(bytes: Uint8Array, source = "<bytes>"): Graph {
     let model: Proto;

@@ -46,6 +46,8 @@ export interface Site {
   weight?: string;
   /** Axis of the weight initializer that indexes output channels. */
   weightOutAxis?: number;
+  /** Bias initializer of a linear site, if it has one. */
+  bias?: string;
   /** The two operands of a matmul site (A, B as the MatMul node sees them). */
   operands?: [string, string];
 }
@@ -163,6 +165,7 @@ interface Linear {
   weight: string;
   outAxis: number;
   output: string;
+  bias?: string;
 }
 
 function findLinears(c: Ctx): Linear[] {
@@ -183,12 +186,16 @@ function findLinears(c: Ctx): Linear[] {
     if (!weight) continue;
     // the linear's output is after a bias Add with a constant operand, if there is one
     let output = n.outputs[0];
+    let bias = n.opType !== "MatMul" && n.inputs[2] ? weightSource(c, n.inputs[2]) : undefined;
     const cons = consumers(c, output);
     if (
       n.opType === "MatMul" && cons.length === 1 && cons[0].opType === "Add" &&
       cons[0].inputs.filter((v) => c.data.has(v)).length === 1
-    ) output = cons[0].outputs[0];
-    out.push({ node: n, input: n.inputs[0], weight, outAxis, output });
+    ) {
+      output = cons[0].outputs[0];
+      bias = weightSource(c, cons[0].inputs.find((v) => !c.data.has(v))!);
+    }
+    out.push({ node: n, input: n.inputs[0], weight, outAxis, output, bias });
   }
   return out;
 }
@@ -440,6 +447,7 @@ export function findSites(g: Graph, source = "<graph>"): Site[] {
       output: l.output,
       weight: l.weight,
       weightOutAxis: l.outAxis,
+      bias: l.bias,
     });
   }
   for (const l of lns) {

@@ -16,11 +16,16 @@ export interface WeightPlan {
   q: UniformQuantizer;
 }
 
-/** Quantize input `slot` of the site's node (linear input: slot 0; matmul operands: 0 and 1). */
+/**
+ * Quantize input `slot` of the site's node (linear input: slot 0; matmul operands:
+ * 0 and 1) with a uniform quantizer `q`, or with a custom emitter `emit` (twin,
+ * log and other non-uniform quantizers) that returns the quantized value's name.
+ */
 export interface ActPlan {
   site: Site;
   slot: number;
-  q: UniformQuantizer;
+  q?: UniformQuantizer;
+  emit?: (g: Graph, input: string, prefix: string) => string;
   rank?: number;
 }
 
@@ -57,7 +62,9 @@ export function applyPlan(
   for (const a of acts) {
     const n = nodeByName.get(a.site.node)!;
     const prefix = `${a.site.id}_in${a.slot}`;
-    n.inputs[a.slot] = emitFakeQuant(g, n.inputs[a.slot], a.q, prefix, a.rank);
+    n.inputs[a.slot] = a.emit
+      ? a.emit(g, n.inputs[a.slot], prefix)
+      : emitFakeQuant(g, n.inputs[a.slot], a.q!, prefix, a.rank);
   }
   g.prune();
   g.topoSort();

@@ -1,0 +1,101 @@
+import assert from "node:assert/strict";
+import { CandidateScorer, type Metric } from "../core/search.ts";
+import { fakeQuant, symmetric } from "../core/quant/uniform.ts";
+import { randomData, runtime } from "./helpers.ts";
+
+/** Direct TypeScript scoring of Ô = A·B (+bias) against O, for cross-checking the ORT graph. */
+function direct(
+  a: Float32Array,
+  b: Float32Array,
+  m: number,
+  k: number,
+  n: number,
+  o: Float32Array,
+  g: Float32Array,
+  metric: Metric,
+): number {
+  let total = 0, cosSum = 0;
+  for (let i = 0; i < m; i++) {
+    let dot = 0, ny = 0, no = 0;
+    for (let j = 0; j < n; j++) {
+      let y = 0;
+      for (let t = 0; t < k; t++) y += a[i * k + t] * b[t * n + j];
+      const d = y - o[i * n + j];
+      total += metric === "hessian" ? (d * g[i * n + j]) ** 2 : d * d;
+      dot += y * o[i * n + j];
+      ny += y * y;
+      no += o[i * n + j] ** 2;
+    }
+    cosSum += dot / Math.sqrt(ny * no);
+  }
+  return metric === "cosine" ? -cosSum / m : total;
+}
+
+Deno.test("batched candidate scoring equals a direct computation, for every metric", async () => {
+  const m = 40, k = 12, n = 9;
+  const x = randomData(m * k, 1, 2);
+  const w = randomData(k * n, 2, 0.5);
+  const o = new Float32Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let y = 0;
+      for (let t = 0; t < k; t++) y += x[i * k + t] * w[t * n + j];
+      o[i * n + j] = y;
+    }
+  }
+  const g = randomData(m * n, 3, 1);
+  const steps = [0.05, 0.1, 0.2, 0.4, 0.8];
+  for (const metric of ["hessian", "mse", "cosine"] as Metric[]) {
+    const rt = await runtime();
+    const sc = await CandidateScorer.create(rt, {
+      vary: "a",
+      aDims: [m, k],
+      bDims: [k, n],
+      oDims: [m, n],
+      metric,
+    });
+    const cands = steps.map((s) => fakeQuant(x, [m, k], symmetric(4, s)));
+    const got = await sc.score(cands.length, (i) => cands[i], w, o, g);
+    await sc.release();
+    const want = cands.map((c) => direct(c, w, m, k, n, o, g, metric));
+    for (let i = 0; i < steps.length; i++) {
+      assert.ok(
+        Math.abs(got[i][0] - want[i]) <= 1e-4 * Math.max(1, Math.abs(want[i])),
+        `${metric} ${i}: ${got[i][0]} vs ${want[i]}`,
+      );
+    }
+  }
+});
+
+Deno.test("the search picks the known optimum of a synthetic layer", async () => {
+  // O is produced by an input already on a 4-bit grid of step 0.25: that step
+  // (factor 1 of the grid) reproduces O exactly, so it must win.
+  const m = 64, k = 16, n = 8;
+  const x = fakeQuant(randomData(m * k, 4, 1.5), [m * k], symmetric(4, 0.25));
+  const w = randomData(k * n, 5, 1);
+  const o = new Float32Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      for (let t = 0; t < k; t++) o[i * n + j] += x[i * k + t] * w[t * n + j];
+    }
+  }
+  const factors = Array.from({ length: 40 }, (_, i) => 0.5 + i * 0.025); // includes exactly 1.0 at i = 20
+  const rt = await runtime();
+  const sc = await CandidateScorer.create(rt, {
+    vary: "a",
+    aDims: [m, k],
+    bDims: [k, n],
+    oDims: [m, n],
+    metric: "mse",
+  }, 4096);
+  const scores = await sc.score(
+    factors.length,
+    (i) => fakeQuant(x, [m, k], symmetric(4, 0.25 * factors[i])),
+    w,
+    o,
+  );
+  await sc.release();
+  const best = scores.reduce((bi, s, i) => (s[0] < scores[bi][0] ? i : bi), 0);
+  assert.equal(factors[best], 1);
+  assert.ok(scores[best][0] < 1e-6);
+});
