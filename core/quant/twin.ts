@@ -1,0 +1,243 @@
+/**
+ * PTQ4ViT twin uniform quantizers: two uniform grids with different steps for
+ * one tensor, one for post-softmax values (small and large range split at a
+ * power of two) and one for post-GELU values (fixed negative step, searched
+ * positive step).
+ *
+ * Like {@link ./uniform.ts}, each quantizer has a TypeScript reference that
+ * computes in float32 (`Math.fround` wherever ONNX Runtime rounds a float32
+ * result) and an ONNX emitter built from standard ops; the two agree bit for
+ * bit when ONNX Runtime runs the emission (tests assert it).
+ *
+ * Clamping keeps the IEEE sign of zero the way ONNX Runtime's Clip does
+ * (a value equal to a bound is returned unchanged, so -0 stays -0).
+ *
+ * @module
+ */
+import type { Graph } from "../onnx/graph.ts";
+import { roundHalfEven } from "./uniform.ts";
+
+/**
+ * Which semantics of the post-softmax twin quantizer to use.
+ * - `paper`: disjoint ranges; `x < split` uses the small step, otherwise the large step.
+ * - `reference`: the PTQ4ViT reference code, the sum of both branches evaluated on
+ *   `x` clamped into each range (`clamp(x, 0, split)` and `clamp(x, split, 1)`).
+ */
+export type TwinVariant = "paper" | "reference";
+
+/** Parameters of the post-softmax twin uniform quantizer. */
+export interface TwinSoftmaxQuantizer {
+  /** Bit width k; each range has codes 0..2^(k-1)-1. */
+  bits: number;
+  /** Split point between the ranges, `2^-i` in PTQ4ViT (stored as float32). */
+  split: number;
+  /** Semantics, see {@link TwinVariant}. */
+  variant: TwinVariant;
+}
+
+/** Parameters of the post-GELU twin uniform quantizer. */
+export interface TwinGeluQuantizer {
+  /** Bit width k: negative codes -2^(k-1)..0, positive codes 0..2^(k-1)-1. */
+  bits: number;
+  /** Step of the positive range (searched during calibration). */
+  posScale: number;
+}
+
+/** Magnitude of GELU's minimum as used by PTQ4ViT for the fixed negative range. */
+export const GELU_NEG_RANGE = 0.16997124254703522;
+
+/** Clamp that returns `v` itself when it equals a bound (keeps -0), like ONNX Runtime Clip. */
+function clamp(v: number, lo: number, hi: number): number {
+  return v < lo ? lo : v > hi ? hi : v;
+}
+
+function checkBits(bits: number, what: string): void {
+  if (!Number.isInteger(bits) || bits < 2 || bits > 16) {
+    throw new Error(`${what}: bits must be an integer in [2, 16], got ${bits}`);
+  }
+}
+
+/**
+ * Steps and code range of a post-softmax twin quantizer, as float32 values:
+ * `qmax = 2^(k-1) - 1`, `small = split / qmax`, `large = 1 / qmax`.
+ * The large branch is computed as `round(x * qmax) / qmax`, as in the reference code.
+ */
+export function twinSoftmaxSteps(
+  bits: number,
+  split: number,
+): { qmax: number; split: number; small: number; large: number } {
+  checkBits(bits, "twin softmax quantizer");
+  const s = Math.fround(split);
+  if (!(s > 0 && s <= 1)) {
+    throw new Error(`twin softmax quantizer: split must be in (0, 1], got ${split}`);
+  }
+  const qmax = 2 ** (bits - 1) - 1;
+  return { qmax, split: s, small: Math.fround(s / qmax), large: Math.fround(1 / qmax) };
+}
+
+/** Small-range branch: `clamp(round(x / Δs), 0, qmax) * Δs` in float32. */
+function lowBranch(x: number, small: number, qmax: number): number {
+  return Math.fround(clamp(roundHalfEven(Math.fround(x / small)), 0, qmax) * small);
+}
+
+/** Large-range branch: `clamp(round(x * qmax), 0, qmax) / qmax` in float32. */
+function highBranch(x: number, qmax: number): number {
+  return Math.fround(clamp(roundHalfEven(Math.fround(x * qmax)), 0, qmax) / qmax);
+}
+
+/** Fake-quantize one value with the post-softmax twin quantizer (float32 arithmetic). */
+export function twinSoftmaxValue(x: number, q: TwinSoftmaxQuantizer): number {
+  const { qmax, split, small } = twinSoftmaxSteps(q.bits, q.split);
+  if (q.variant !== "paper" && q.variant !== "reference") {
+    throw new Error(`twin softmax quantizer: unknown variant ${q.variant}`);
+  }
+  return twinSoftmaxValueWith(x, q.variant, qmax, split, small);
+}
+
+function twinSoftmaxValueWith(
+  x: number,
+  variant: TwinVariant,
+  qmax: number,
+  split: number,
+  small: number,
+): number {
+  if (variant === "paper") return x < split ? lowBranch(x, small, qmax) : highBranch(x, qmax);
+  const lo = lowBranch(clamp(x, 0, split), small, qmax);
+  const hi = highBranch(clamp(x, split, 1), qmax);
+  return Math.fround(hi + lo);
+}
+
+/** TypeScript reference: fake-quantize `x` with the post-softmax twin quantizer. Returns a new array. */
+export function twinSoftmax(x: Float32Array, q: TwinSoftmaxQuantizer): Float32Array {
+  const { qmax, split, small } = twinSoftmaxSteps(q.bits, q.split);
+  if (q.variant !== "paper" && q.variant !== "reference") {
+    throw new Error(`twin softmax quantizer: unknown variant ${q.variant}`);
+  }
+  const out = new Float32Array(x.length);
+  for (let i = 0; i < x.length; i++) {
+    out[i] = twinSoftmaxValueWith(x[i], q.variant, qmax, split, small);
+  }
+  return out;
+}
+
+/** Emit `clamp(round(v / Δs), 0, qmax) * Δs`. */
+function emitLow(g: Graph, v: string, small: string, zero: string, qmax: string): string {
+  let y = g.addNode("Div", [v, small]);
+  y = g.addNode("Round", [y]);
+  y = g.addNode("Clip", [y, zero, qmax]);
+  return g.addNode("Mul", [y, small]);
+}
+
+/** Emit `clamp(round(v * qmax), 0, qmax) / qmax`. */
+function emitHigh(g: Graph, v: string, zero: string, qmax: string): string {
+  let y = g.addNode("Mul", [v, qmax]);
+  y = g.addNode("Round", [y]);
+  y = g.addNode("Clip", [y, zero, qmax]);
+  return g.addNode("Div", [y, qmax]);
+}
+
+/**
+ * Emit the post-softmax twin fake-quant subgraph for value `input` into `g` and
+ * return the name of its output. `paper` uses GreaterOrEqual + Where to pick a branch;
+ * `reference` clips the input into each range and adds both branches.
+ */
+export function emitTwinSoftmax(
+  g: Graph,
+  input: string,
+  q: TwinSoftmaxQuantizer,
+  prefix: string,
+): string {
+  const { qmax, split, small } = twinSoftmaxSteps(q.bits, q.split);
+  const cSmall = g.constFloat(`${prefix}_small`, small);
+  const cZero = g.constFloat(`${prefix}_zero`, 0);
+  const cQmax = g.constFloat(`${prefix}_qmax`, qmax);
+  const cSplit = g.constFloat(`${prefix}_split`, split);
+  if (q.variant === "paper") {
+    const lo = emitLow(g, input, cSmall, cZero, cQmax);
+    const hi = emitHigh(g, input, cZero, cQmax);
+    // ONNX Runtime's CPU Where returns the "false" input's +0 when the selected "true"
+    // value is -0, so the branch that can produce -0 (lo, for x = -0 or tiny negatives)
+    // goes in the "false" slot, and the "true" slot (x >= split > 0) never holds -0.
+    const isHigh = g.addNode("GreaterOrEqual", [input, cSplit]);
+    return g.addNode("Where", [isHigh, hi, lo]);
+  }
+  if (q.variant !== "reference") {
+    throw new Error(`twin softmax quantizer: unknown variant ${q.variant}`);
+  }
+  const cOne = g.constFloat(`${prefix}_one`, 1);
+  const lo = emitLow(g, g.addNode("Clip", [input, cZero, cSplit]), cSmall, cZero, cQmax);
+  const hi = emitHigh(g, g.addNode("Clip", [input, cSplit, cOne]), cZero, cQmax);
+  return g.addNode("Add", [hi, lo]);
+}
+
+/**
+ * Steps and code ranges of a post-GELU twin quantizer as float32 values:
+ * negative step `0.16997124254703522 / 2^(k-1)` with codes `[-2^(k-1), 0]`,
+ * positive step `posScale` with codes `[0, 2^(k-1) - 1]`.
+ */
+export function twinGeluSteps(
+  bits: number,
+  posScale: number,
+): { neg: number; pos: number; nmin: number; pmax: number } {
+  checkBits(bits, "twin GELU quantizer");
+  const pos = Math.fround(posScale);
+  if (!(pos > 0 && Number.isFinite(pos))) {
+    throw new Error(`twin GELU quantizer: posScale must be positive, got ${posScale}`);
+  }
+  const half = 2 ** (bits - 1);
+  return { neg: Math.fround(GELU_NEG_RANGE / half), pos, nmin: -half, pmax: half - 1 };
+}
+
+/**
+ * Fake-quantize one value with the post-GELU twin quantizer (float32):
+ * `clamp(round(x/Δpos), 0, pmax)·Δpos + clamp(round(x/Δneg), nmin, 0)·Δneg`.
+ */
+export function twinGeluValue(x: number, q: TwinGeluQuantizer): number {
+  const s = twinGeluSteps(q.bits, q.posScale);
+  return twinGeluValueWith(x, s.neg, s.pos, s.nmin, s.pmax);
+}
+
+function twinGeluValueWith(
+  x: number,
+  neg: number,
+  pos: number,
+  nmin: number,
+  pmax: number,
+): number {
+  const p = Math.fround(clamp(roundHalfEven(Math.fround(x / pos)), 0, pmax) * pos);
+  const n = Math.fround(clamp(roundHalfEven(Math.fround(x / neg)), nmin, 0) * neg);
+  return Math.fround(p + n);
+}
+
+/** TypeScript reference: fake-quantize `x` with the post-GELU twin quantizer. Returns a new array. */
+export function twinGelu(x: Float32Array, q: TwinGeluQuantizer): Float32Array {
+  const { neg, pos, nmin, pmax } = twinGeluSteps(q.bits, q.posScale);
+  const out = new Float32Array(x.length);
+  for (let i = 0; i < x.length; i++) out[i] = twinGeluValueWith(x[i], neg, pos, nmin, pmax);
+  return out;
+}
+
+/**
+ * Emit the post-GELU twin fake-quant subgraph for value `input` into `g` and
+ * return the name of its output (positive branch + negative branch).
+ */
+export function emitTwinGelu(
+  g: Graph,
+  input: string,
+  q: TwinGeluQuantizer,
+  prefix: string,
+): string {
+  const { neg, pos, nmin, pmax } = twinGeluSteps(q.bits, q.posScale);
+  const cPos = g.constFloat(`${prefix}_pos`, pos);
+  const cNeg = g.constFloat(`${prefix}_neg`, neg);
+  const cZero = g.constFloat(`${prefix}_zero`, 0);
+  let p = g.addNode("Div", [input, cPos]);
+  p = g.addNode("Round", [p]);
+  p = g.addNode("Clip", [p, cZero, g.constFloat(`${prefix}_pmax`, pmax)]);
+  p = g.addNode("Mul", [p, cPos]);
+  let n = g.addNode("Div", [input, cNeg]);
+  n = g.addNode("Round", [n]);
+  n = g.addNode("Clip", [n, g.constFloat(`${prefix}_nmin`, nmin), cZero]);
+  n = g.addNode("Mul", [n, cNeg]);
+  return g.addNode("Add", [p, n]);
+}
