@@ -243,6 +243,39 @@ def augment(x, gen):
     return out
 
 
+def load_onnx_weights(model, path):
+    """Load weights exported by this script back into `model` (to continue training).
+
+    Initializers keep their torch names except MatMul weights, which the exporter
+    stores transposed under generated names; those are matched through the name of
+    the MatMul node (e.g. /blocks.0/attn/qkv/MatMul -> blocks.0.attn.qkv.weight).
+    """
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(path)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    producers = {}
+    for n in m.graph.node:
+        if n.op_type == "Identity" and n.input[0] in inits:
+            inits[n.output[0]] = inits[n.input[0]]
+        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
+            producers[n.name] = (n.op_type, n.input[1], n)
+    state = model.state_dict()
+    new = {}
+    for name, (op, w, node) in producers.items():
+        key = name.strip("/").replace("/", ".").rsplit(".", 1)[0] + ".weight"
+        arr = inits[w]
+        trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+        new[key] = arr if (op == "Gemm" and trans_b) else arr.T
+    for k in state:
+        if k not in new and k in inits:
+            new[k] = inits[k]
+    missing = [k for k in state if k not in new]
+    if missing:
+        raise SystemExit(f"{path}: cannot map parameters {missing}")
+    model.load_state_dict({k: torch.from_numpy(v.copy()).reshape(state[k].shape) for k, v in new.items()})
+
+
 def evaluate(model, x, y, bs=500):
     model.eval()
     correct = 0
@@ -262,6 +295,8 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--opset", type=int, default=17)
+    ap.add_argument("--init", help="continue training from an ONNX file written by this script")
+    ap.add_argument("--warmup", type=int, default=1, help="warm-up epochs")
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     torch.manual_seed(args.seed)
@@ -274,10 +309,13 @@ def main():
     xtr, ytr = norm(tr_x), torch.from_numpy(tr_y.astype(np.int64))
     xte, yte = norm(te_x), torch.from_numpy(te_y.astype(np.int64))
     model = build(args.arch)
+    if args.init:
+        load_onnx_weights(model, args.init)
+        print(f"initialized from {args.init}: test top1 {evaluate(model, xte, yte) * 100:.2f}", flush=True)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     steps = args.epochs * (len(xtr) // args.batch)
-    warm = len(xtr) // args.batch
+    warm = max(1, args.warmup * (len(xtr) // args.batch))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     t0 = time.time()
@@ -300,6 +338,10 @@ def main():
     torch.onnx.export(model, torch.zeros(1, 1, 28, 28), onnx_path, opset_version=args.opset,
                       input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True)
+    prev = None
+    if args.init and os.path.exists(args.init.replace(".onnx", ".json")):
+        with open(args.init.replace(".onnx", ".json")) as f:
+            prev = json.load(f).get("training")
     card = {
         "name": os.path.basename(args.out),
         "arch": args.arch,
@@ -314,7 +356,8 @@ def main():
         "fp32_top1_source": "PyTorch, full 10,000-image test set, at training time",
         "training": {
             "script": "models/train_fmnist.py", "arch": args.arch, "epochs": args.epochs, "batch": args.batch,
-            "optimizer": "AdamW", "lr": args.lr, "weight_decay": 0.05, "schedule": "1-epoch linear warm-up, cosine",
+            "optimizer": "AdamW", "lr": args.lr, "weight_decay": 0.05, "schedule": f"{args.warmup}-epoch linear warm-up, cosine",
+            "init": args.init, "previous_training": prev,
             "label_smoothing": 0.1, "augmentation": "random 2-pixel translation, horizontal flip",
             "seed": args.seed, "torch": torch.__version__, "onnx_opset": args.opset,
             "seconds": round(time.time() - t0),

@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""Export a pretrained timm image classifier to ONNX with a vitq model card.
+
+    python3 tools/export_timm.py --model deit_small_patch16_224 --out models/deit_s \\
+        [--top1 79.85] [--opset 17] [--pretrained-tag fb_in1k] [--check]
+
+Needs torch and timm (pip install torch timm; onnx and onnxruntime are optional, for
+--check). Weights come from timm's usual download (Hugging Face Hub) unless they are in
+its cache already.
+
+Writes
+  <out>.onnx  float32 graph, input "input" [batch, 3, H, W] with a dynamic batch
+              dimension, output "logits" [batch, classes]
+  <out>.json  model card: name, arch, file, input size, normalization (mean, std,
+              scale x/255), crop_pct, interpolation, classes, dataset "imagenet",
+              timm model name, pretrained tag and version, torch version, opset,
+              parameter count, the ONNX file's SHA-256 and, with --top1, the FP32
+              ImageNet Top-1 (%) you report for this model.
+
+Pretrained tags: timm >= 0.9 names weights `<model>.<tag>`, and its default tag for some
+names is not the checkpoint the PTQ papers evaluated (vit_base_patch16_224 defaults to
+augreg2_in21k_ft_in1k, swin_small_patch4_window7_224 to ms_in22k_ft_in1k); pass
+--pretrained-tag (models/paper_registry.json lists the paper tags). With timm < 0.9,
+which has no tags, the tag is ignored with a note and timm's default weights are used.
+
+The preprocessing fields are timm's pretrained data config for the model
+(timm.data.resolve_model_data_config), the same values timm's own validate.py uses.
+vitq reproduces timm's eval transform for square inputs and center crops only; the
+script refuses other crop modes.
+
+--check runs the ONNX file with onnxruntime at batch sizes 1 and 3 on random inputs and
+compares with PyTorch (max abs difference of logits), so a broken export or a batch
+dimension that is not dynamic is caught here rather than in a benchmark.
+"""
+import argparse
+import hashlib
+import inspect
+import json
+import math
+import os
+import sys
+
+
+def fail(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def data_config(timm, model):
+    """timm's pretrained eval data config for `model` (works with timm 0.6 to 1.x)."""
+    data = timm.data
+    if hasattr(data, "resolve_model_data_config"):
+        return data.resolve_model_data_config(model)
+    return data.resolve_data_config({}, model=model)
+
+
+def timm_major_minor(timm):
+    try:
+        parts = timm.__version__.split(".")
+        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+    except (AttributeError, IndexError, ValueError):
+        return (99, 0)
+
+
+def arch_of(name):
+    for prefix in ("deit", "swin", "vit"):
+        if name.startswith(prefix):
+            return prefix
+    return name.split("_")[0]
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_onnx(torch, model, dummy, path, opset):
+    kwargs = dict(
+        opset_version=opset,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        do_constant_folding=True,
+        export_params=True,
+    )
+    # torch >= 2.5 also has the dynamo exporter (default in recent releases); vitq's graph
+    # tools are tested on the TorchScript exporter's graphs, so ask for it explicitly
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False
+    with torch.no_grad():
+        torch.onnx.export(model, dummy, path, **kwargs)
+
+
+def check_onnx(torch, model, path, size, classes):
+    try:
+        import numpy as np
+        import onnxruntime as ort
+    except ImportError:
+        print("--check: onnxruntime or numpy not installed; skipped")
+        return
+    try:
+        import onnx
+        onnx.checker.check_model(path)
+    except ImportError:
+        pass
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, size[0], size[1], generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            ref = model(x).numpy()
+        out = sess.run(["logits"], {"input": x.numpy()})[0]
+        if out.shape != (batch, classes):
+            fail(f"{path}: output shape {out.shape} at batch {batch}, expected ({batch}, {classes})")
+        diff = float(np.abs(out - ref).max())
+        worst = max(worst, diff)
+        if not (diff < 1e-3 * max(1.0, float(np.abs(ref).max()))):
+            fail(f"{path}: ONNX Runtime differs from PyTorch by {diff:.3g} at batch {batch}")
+    print(f"--check: ONNX Runtime matches PyTorch at batch 1 and 3 (max |diff| {worst:.2e})")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="timm model name, e.g. deit_small_patch16_224")
+    ap.add_argument("--out", required=True,
+                    help="output path without extension, e.g. models/deit_s")
+    ap.add_argument("--top1", type=float, default=None,
+                    help="FP32 ImageNet-1k val Top-1 in percent that you report for this model")
+    ap.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    ap.add_argument("--pretrained-tag", default=None,
+                    help="timm pretrained tag, e.g. augreg_in21k_ft_in1k (default: timm's default)")
+    ap.add_argument("--check", action="store_true",
+                    help="compare ONNX Runtime with PyTorch on random inputs (needs onnxruntime)")
+    args = ap.parse_args()
+
+    if args.top1 is not None and not (0.0 < args.top1 <= 100.0):
+        fail(f"--top1 {args.top1}: expected a percentage in (0, 100]")
+    if args.opset < 13:
+        fail(f"--opset {args.opset}: vitq needs opset 13 or newer")
+    try:
+        import torch
+        import timm
+    except ImportError as e:
+        fail(f"this script needs torch and timm ({e}); pip install torch timm")
+
+    out = args.out[:-5] if args.out.endswith(".onnx") else args.out
+    name = os.path.basename(out)
+    out_dir = os.path.dirname(out) or "."
+    os.makedirs(out_dir, exist_ok=True)
+    onnx_path, card_path = out + ".onnx", out + ".json"
+
+    full_name = args.model + (f".{args.pretrained_tag}" if args.pretrained_tag else "")
+    tag_used = args.pretrained_tag
+    try:
+        model = timm.create_model(full_name, pretrained=True)
+    except Exception as e:  # unknown name, no network, missing weights
+        if args.pretrained_tag and timm_major_minor(timm) < (0, 9):
+            # timm < 0.9 has no pretrained tags; its default weights are the ones papers used
+            print(f"note: timm {timm.__version__} has no pretrained tags; using {args.model}'s "
+                  f"default weights instead of .{args.pretrained_tag}")
+            full_name, tag_used = args.model, None
+            try:
+                model = timm.create_model(full_name, pretrained=True)
+            except Exception as e2:
+                fail(f"--model {full_name}: timm cannot create it with pretrained weights ({e2})")
+        else:
+            fail(f"--model {full_name}: timm cannot create it with pretrained weights ({e})")
+    model.eval()
+
+    cfg = data_config(timm, model)
+    c, h, w = cfg["input_size"]
+    if c != 3:
+        fail(f"{full_name}: input has {c} channels, vitq expects 3")
+    if h != w:
+        fail(f"{full_name}: input {h}x{w} is not square; vitq's timm eval transform supports square inputs")
+    crop_mode = cfg.get("crop_mode", "center")
+    if crop_mode != "center":
+        fail(f"{full_name}: crop_mode {crop_mode!r}; vitq reproduces timm's 'center' crop mode only")
+    interpolation = cfg.get("interpolation", "bicubic")
+    if interpolation not in ("bicubic", "bilinear"):
+        fail(f"{full_name}: interpolation {interpolation!r}; vitq supports bicubic and bilinear")
+    crop_pct = float(cfg.get("crop_pct", 0.875))
+    classes = int(getattr(model, "num_classes", 0) or 0)
+    if classes <= 0:
+        fail(f"{full_name}: cannot read the number of classes")
+
+    dummy = torch.zeros(1, 3, h, w)
+    export_onnx(torch, model, dummy, onnx_path, args.opset)
+    if args.check:
+        check_onnx(torch, model, onnx_path, (h, w), classes)
+
+    pretrained_cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", {}) or {}
+    card = {
+        "name": name,
+        "arch": arch_of(args.model),
+        "file": os.path.basename(onnx_path),
+        "input": {"name": "input", "channels": 3, "height": int(h), "width": int(w)},
+        "normalization": {
+            "mean": [float(v) for v in cfg["mean"]],
+            "std": [float(v) for v in cfg["std"]],
+            "scale": "x/255",
+        },
+        "crop_pct": crop_pct,
+        "interpolation": interpolation,
+        "resize_shorter_side": math.floor(h / crop_pct),
+        "classes": classes,
+        "dataset": "imagenet",
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "timm": {
+            "model": args.model,
+            "pretrained_tag": pretrained_cfg.get("tag") or tag_used,
+            "hf_hub_id": pretrained_cfg.get("hf_hub_id"),
+            "version": getattr(timm, "__version__", "?"),
+        },
+        "torch_version": torch.__version__,
+        "opset": args.opset,
+        "onnx_sha256": sha256_file(onnx_path),
+        "export_command": "python3 tools/export_timm.py " + " ".join(sys.argv[1:]),
+    }
+    if args.top1 is not None:
+        card["fp32_top1"] = round(args.top1, 2)
+        card["fp32_top1_source"] = "reported by the user at export (ImageNet-1k val, 50,000 images)"
+    with open(card_path, "w") as f:
+        json.dump(card, f, indent=2)
+        f.write("\n")
+    size_mb = os.path.getsize(onnx_path) / 2**20
+    print(f"{onnx_path} ({size_mb:.1f} MiB), {card_path}: {full_name}, {h}x{w}, crop_pct {crop_pct}, "
+          f"{interpolation}, {classes} classes, opset {args.opset}")
+
+
+if __name__ == "__main__":
+    main()
