@@ -77,16 +77,22 @@ export function fakeQuant(x: Float32Array, dims: number[], q: UniformQuantizer):
   const { qmin, qmax } = qRange(q.bits, q.signed);
   const out = new Float32Array(x.length);
   const withZp = q.zeroPoint.some((z) => z !== 0);
-  if (q.axis === undefined || q.scale.length === 1) {
-    const s = q.scale[0], z = q.zeroPoint[0];
-    for (let i = 0; i < x.length; i++) out[i] = fakeQuantValue(x[i], s, z, qmin, qmax, withZp);
-    return out;
-  }
-  const inner = dims.slice(q.axis + 1).reduce((a, b) => a * b, 1);
-  const ch = dims[q.axis];
-  for (let i = 0; i < x.length; i++) {
-    const c = Math.floor(i / inner) % ch;
-    out[i] = fakeQuantValue(x[i], q.scale[c], q.zeroPoint[c], qmin, qmax, withZp);
+  const perTensor = q.axis === undefined || q.scale.length === 1;
+  const inner = perTensor ? x.length : dims.slice(q.axis! + 1).reduce((a, b) => a * b, 1);
+  const ch = perTensor ? 1 : dims[q.axis!];
+  // hot loop: the same arithmetic as fakeQuantValue, inlined
+  for (let start = 0, c = 0; start < x.length; start += inner, c = (c + 1) % ch) {
+    const s = q.scale[c], z = withZp ? q.zeroPoint[c] : 0;
+    const end = start + inner;
+    for (let i = start; i < end; i++) {
+      const v = Math.fround(x[i] / s);
+      let r = Math.round(v);
+      if (r - v === 0.5 && r % 2 !== 0) r -= 1;
+      if (withZp) r += z;
+      if (r < qmin) r = qmin;
+      else if (r > qmax) r = qmax;
+      out[i] = withZp ? (r - z) * s : r * s;
+    }
   }
   return out;
 }
