@@ -4,10 +4,13 @@
  * @module
  */
 import { minmax, percentile } from "./baselines.ts";
+import { baseptq, ptq4vit } from "./ptq4vit.ts";
 import type { QuantMethod } from "./types.ts";
 
 /** All registered methods. Add a method by importing it and listing it here. */
 export const METHODS: Record<string, QuantMethod> = {
   [minmax.name]: minmax,
   [percentile.name]: percentile,
+  [baseptq.name]: baseptq,
+  [ptq4vit.name]: ptq4vit,
 };
