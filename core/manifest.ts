@@ -24,8 +24,13 @@ export interface Manifest {
   models: string[];
   methods: MethodSpec[];
   bits: { w: number; a: number }[];
-  dataset: { name: "fashion-mnist"; path?: string; split: "test" | "train"; subset: SubsetRule };
-  calibration: { size: number; seeds: number[]; split: "train" | "test" };
+  dataset: {
+    name: "fashion-mnist" | "imagenet";
+    path?: string;
+    split: "test" | "train" | "val";
+    subset: SubsetRule;
+  };
+  calibration: { size: number; seeds: number[]; split: "train" | "test" | "val" };
   batchSize: number;
   threads: number;
   backend: "node" | "wasm";
@@ -99,7 +104,7 @@ export async function normalizeManifest(raw: unknown, file: string): Promise<Man
     dataset: {
       name: m.dataset.name,
       path: m.dataset.path,
-      split: m.dataset.split ?? "test",
+      split: m.dataset.split ?? (m.dataset.name === "imagenet" ? "val" : "test"),
       subset: m.dataset.subset ?? { rule: "all" },
     },
     calibration: {

@@ -10,7 +10,7 @@ import { Graph } from "./onnx/graph.ts";
 import { findSites, type Site } from "./onnx/sites.ts";
 import { createRuntime, type Runtime } from "./runtime/runtime.ts";
 import type { Manifest } from "./manifest.ts";
-import { fromRoot, type ResolvedModel, resolveModel } from "./models.ts";
+import { fromRoot, loadRegistry, type ResolvedModel, resolveModel } from "./models.ts";
 import { canonicalJson, sha256Hex } from "./hash.ts";
 import { VitqError } from "./errors.ts";
 import { evaluate } from "./evaluate.ts";
@@ -18,9 +18,8 @@ import { measureSpeed, type Speed } from "./speed.ts";
 import type { ResultRow, Store } from "./store.ts";
 import { Progress } from "./progress.ts";
 import { envInfo } from "./env.ts";
-import { type ImageSplit, loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
+import { type DatasetSplit, IMAGENET_LAYOUT, openDataset } from "../datasets/dataset.ts";
 import { describeRule, drawCalibration, hashIds, selectSubset } from "../datasets/subset.ts";
-import { makeSource } from "../datasets/source.ts";
 import { METHODS } from "../methods/registry.ts";
 
 /** Options of one bench invocation. */
@@ -71,16 +70,64 @@ export interface BenchSummary {
 export interface Plan {
   manifest: Manifest;
   models: PreparedModel[];
-  evalSplit: ImageSplit;
-  calibSplit: ImageSplit;
+  evalSplit: DatasetSplit;
+  calibSplit: DatasetSplit;
+  /** Where calibration images come from ("train", "test-held-out", "val-held-out"). */
+  calibSource: string;
   evalIndices: number[];
   evalIds: string[];
   evalHash: string;
   cells: Cell[];
 }
 
+/**
+ * Before loading anything: list every model file and dataset folder the manifest
+ * needs that is not there, with how to get it, in one error.
+ */
+async function checkMissing(manifest: Manifest, file: string): Promise<void> {
+  const exists = async (p: string) => {
+    try {
+      await Deno.stat(p);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const reg = await loadRegistry();
+  const missing: string[] = [];
+  const commands: string[] = [];
+  for (const name of manifest.models) {
+    const e = reg[name] as { file?: string; export?: string } | undefined;
+    if (!e?.file || await exists(fromRoot(e.file))) continue;
+    missing.push(e.file);
+    if (e.export) commands.push(e.export);
+  }
+  const p = manifest.dataset.path;
+  const dataMissing = p !== undefined && !(await exists(fromRoot(p)));
+  if (missing.length === 0 && !dataMissing) return;
+  const parts: string[] = [];
+  if (missing.length) {
+    parts.push(
+      `missing model files ${
+        missing.join(", ")
+      } (export each with tools/export_timm.py, which needs torch and timm; the commands are in models/registry.json, e.g. ${
+        commands[0] ?? "python3 tools/export_timm.py --help"
+      })`,
+    );
+  }
+  if (dataMissing) {
+    parts.push(
+      manifest.dataset.name === "imagenet"
+        ? `/dataset/path: ImageNet folder ${p} does not exist (${IMAGENET_LAYOUT})`
+        : `/dataset/path: folder ${p} does not exist`,
+    );
+  }
+  throw new VitqError(`${file}: nothing was run: ${parts.join("; and ")}`);
+}
+
 /** Load models and data, choose subsets, expand cells; throws VitqError on bad input. */
 export async function planBench(manifest: Manifest, file: string): Promise<Plan> {
+  await checkMissing(manifest, file);
   const models: PreparedModel[] = [];
   for (const [i, name] of manifest.models.entries()) {
     const model = await resolveModel(name, `${file}: /models/${i}`);
@@ -96,30 +143,17 @@ export async function planBench(manifest: Manifest, file: string): Promise<Plan>
     const sites = findSites(graph, model.path);
     models.push({ model, graph, bytes, sha: await sha256Hex(bytes), sites });
   }
-  const dir = manifest.dataset.path ? fromRoot(manifest.dataset.path) : SHIPPED_FMNIST;
-  if (manifest.dataset.path) {
-    try {
-      await Deno.stat(dir);
-    } catch {
-      throw new VitqError(`${file}: /dataset/path: folder ${manifest.dataset.path} does not exist`);
-    }
-  }
-  const evalSplit = await loadFashionMnist(dir, manifest.dataset.split);
-  const sameSplit = manifest.calibration.split === manifest.dataset.split;
-  const calibSplit = sameSplit
-    ? evalSplit
-    : await loadFashionMnist(dir, manifest.calibration.split);
-  const evalIndices = selectSubset(evalSplit.labels, manifest.dataset.subset);
-  let pool = Array.from({ length: calibSplit.ids.length }, (_, i) => i);
-  if (sameSplit) {
-    const used = new Set(evalIndices);
-    pool = pool.filter((i) => !used.has(i));
-    if (pool.length < manifest.calibration.size) {
-      throw new VitqError(
-        `${file}: /calibration/split: calibration from the "${manifest.calibration.split}" split would overlap the evaluation subset (only ${pool.length} images are left outside it); use "train" or a smaller evaluation subset`,
-      );
-    }
-  }
+  const { data, evalIndices } = await openDataset(
+    {
+      ...manifest.dataset,
+      path: manifest.dataset.path ? fromRoot(manifest.dataset.path) : undefined,
+    },
+    manifest.calibration,
+    (labels) => selectSubset(labels, manifest.dataset.subset),
+    file,
+  );
+  const { evalSplit, calibSplit, calibPool: pool } = data;
+  for (const pm of models) evalSplit.checkModel(pm.model.card, pm.model.name);
   const evalIds = evalIndices.map((i) => evalSplit.ids[i]);
   const evalHash = await hashIds(evalIds);
   const evalSet = new Set(evalIds);
@@ -149,7 +183,7 @@ export async function planBench(manifest: Manifest, file: string): Promise<Plan>
             evalHash,
             calibSize: manifest.calibration.size,
             calibSeed: seed,
-            calibSplit: manifest.calibration.split,
+            calibSplit: data.calibSource,
             calibHash,
             backend: manifest.backend,
           };
@@ -170,7 +204,17 @@ export async function planBench(manifest: Manifest, file: string): Promise<Plan>
       }
     }
   }
-  return { manifest, models, evalSplit, calibSplit, evalIndices, evalIds, evalHash, cells };
+  return {
+    manifest,
+    models,
+    evalSplit,
+    calibSplit,
+    calibSource: data.calibSource,
+    evalIndices,
+    evalIds,
+    evalHash,
+    cells,
+  };
 }
 
 function speedOpts(m: Manifest) {
@@ -228,7 +272,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
   for (const pm of plan.models) {
     const cells = todo.filter((c) => c.model === pm.model.name);
     if (cells.length === 0) continue;
-    const evalSrc = makeSource(plan.evalSplit, plan.evalIndices, pm.model.card);
+    const evalSrc = await plan.evalSplit.source(plan.evalIndices, pm.model.card);
     progress.log(`${pm.model.name}: FP32 baseline on ${evalSrc.length} images`);
     const fpEval = await evaluate(runtime, pm.bytes, evalSrc, manifest.batchSize);
     const fpCell = `fp32:${pm.sha.slice(0, 16)}:${plan.evalHash.slice(0, 16)}:${backend}`;
@@ -264,7 +308,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
         cell.calibHash,
         "calibration",
         manifest.dataset.name,
-        manifest.calibration.split,
+        plan.calibSource,
         cell.calibIds,
       );
       const base: ResultRow = {
@@ -287,7 +331,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
         eval_hash: plan.evalHash,
         calib_size: manifest.calibration.size,
         calib_seed: cell.calibSeed,
-        calib_split: manifest.calibration.split,
+        calib_split: plan.calibSource,
         calib_hash: cell.calibHash,
         top1: null,
         top5: null,
@@ -312,7 +356,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
         notes: null,
       };
       try {
-        const calib = makeSource(plan.calibSplit, cell.calibIndices, pm.model.card);
+        const calib = await plan.calibSplit.source(cell.calibIndices, pm.model.card);
         const t0 = performance.now();
         const q = await method.quantize({
           graph: pm.graph,

@@ -85,10 +85,11 @@ class Block(nn.Module):
 class ViT(nn.Module):
     """ViT (one class token) or DeiT (class + distillation token, heads averaged)."""
 
-    def __init__(self, dim=64, depth=6, heads=4, mlp_ratio=2.0, patch=4, img=28, classes=10, distilled=False):
+    def __init__(self, dim=64, depth=6, heads=4, mlp_ratio=2.0, patch=4, img=28, classes=10, distilled=False,
+                 in_chans=1):
         super().__init__()
         self.distilled = distilled
-        self.patch_embed = nn.Conv2d(1, dim, patch, patch)
+        self.patch_embed = nn.Conv2d(in_chans, dim, patch, patch)
         n = (img // patch) ** 2
         extra = 2 if distilled else 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
