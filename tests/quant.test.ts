@@ -82,3 +82,28 @@ Deno.test("Tensor.fromFloat32 copies its input", () => {
   a[0] = 9;
   assert.equal(t.float32()[0], 1);
 });
+
+Deno.test("applyPlan in place gives the same weights as a copy", async () => {
+  const { findSites } = await import("../core/onnx/sites.ts");
+  const { applyPlan } = await import("../core/quant/apply.ts");
+  const a = await Graph.load(`${FIXTURES}tiny_vit_op17.onnx`);
+  const b = await Graph.load(`${FIXTURES}tiny_vit_op17.onnx`);
+  const plan = (g: Graph) =>
+    findSites(g).filter((s) => s.kind === "linear").map((site) => ({
+      site,
+      q: symmetric(4, 0.02),
+    }));
+  const copy = applyPlan(a, plan(a), []).graph;
+  const inPlace = applyPlan(b, plan(b), [], { inPlace: true }).graph;
+  const x = randomData(2 * 784, 4);
+  const rt = await runtime();
+  const run = async (g: Graph) => {
+    const s = await rt.createSession(g);
+    const out = await s.run({ input: { data: x, dims: [2, 1, 28, 28] } });
+    await s.release();
+    return out.logits.data;
+  };
+  assert.deepEqual(await run(inPlace), await run(copy));
+  // the copy left its input untouched
+  assert.deepEqual(await run(a), await run(await Graph.load(`${FIXTURES}tiny_vit_op17.onnx`)));
+});

@@ -41,23 +41,33 @@ export function siteWeight(g: Graph, site: Site): { data: Float32Array; dims: nu
   return { data: t.float32(), dims: t.dims };
 }
 
-/** Build the fake-quant graph for a plan; the input graph is left unchanged. */
+/**
+ * Build the fake-quant graph for a plan. The input graph is left unchanged
+ * unless `inPlace` is set: then it is edited and its weight bytes are
+ * overwritten (no second copy of the weights: for big graphs that are not
+ * needed in FP any more).
+ */
 export function applyPlan(
   graph: Graph,
   weights: WeightPlan[],
   acts: ActPlan[],
+  opts: { inPlace?: boolean } = {},
 ): { graph: Graph; weights: AppliedWeight[] } {
-  const g = graph.clone();
+  const g = opts.inPlace ? graph : graph.clone();
   const nodeByName = new Map(g.nodes.map((n) => [n.name, n]));
   const applied: AppliedWeight[] = [];
   for (const w of weights) {
     const n = nodeByName.get(w.site.node)!;
     const { data, dims } = siteWeight(g, w.site);
     const wq = fakeQuant(data, dims, w.q);
+    applied.push({ site: w.site, sqnrDb: sqnrDb(data, wq) });
+    if (opts.inPlace) {
+      g.initializers.get(w.site.weight!)!.raw.set(new Uint8Array(wq.buffer));
+      continue;
+    }
     const name = g.uniqueName(`${w.site.weight}_wq`);
     g.setInitializer(Tensor.fromFloat32(name, dims, wq));
     n.inputs[1] = name;
-    applied.push({ site: w.site, sqnrDb: sqnrDb(data, wq) });
   }
   for (const a of acts) {
     const n = nodeByName.get(a.site.node)!;
