@@ -144,6 +144,7 @@ export class CandidateScorer {
         o: { data: o, dims: p.oDims },
       };
       if (p.metric === "hessian") feeds.g = { data: g!, dims: p.oDims };
+      if (p.bias) feeds.bias = { data: p.bias, dims: [p.bias.length] };
       const res = await this.session.run(feeds);
       const s = Object.values(res)[0].data;
       const cols = s.length / kn;
@@ -154,8 +155,8 @@ export class CandidateScorer {
     return out;
   }
 
-  /** Free the session. */
-  async release(): Promise<void> {
-    await this.session.release();
+  /** Done with this scorer (its session stays cached for problems of the same shape). */
+  release(): Promise<void> {
+    return Promise.resolve();
   }
 }
