@@ -386,6 +386,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
           sim_lat_med_ms: sp?.latMedMs ?? null,
           sim_lat_p90_ms: sp?.latP90Ms ?? null,
           model_bytes: bytes.length,
+          timed_graph: q.graphKind ?? base.timed_graph,
           notes: q.notes ?? null,
         };
         await store.putCell(row, q.layers, ev);

@@ -25,6 +25,8 @@ export interface TableEntry {
   simLatMs: number | null;
   subsetSize: number;
   approximations: string;
+  /** Which graph was timed (fake-quant or integer-only). */
+  timedGraph: string;
   /** Cells behind the entry (one per calibration seed), in seed order. */
   cells: { id: string; seed: number }[];
   /** Per-image correctness averaged over the entry's seeds. */
@@ -78,7 +80,7 @@ export async function gatherTable(
   let rows = await store.query(
     `select cell_id, label, method, model, model_sha, w_bits, a_bits, calib_seed, top1, sim_ips,
             sim_lat_med_ms, subset_size, eval_hash, backend, dataset, split, subset_rule,
-            calib_size, calib_split, approximations, created_at
+            calib_size, calib_split, approximations, timed_graph, created_at
        from results where manifest_name = $1 and status = 'ok' order by created_at`,
     [manifest],
   );
@@ -124,6 +126,7 @@ export async function gatherTable(
       simLatMs: lat.length ? meanStd(lat)[0] : null,
       subsetSize: r0.subset_size as number,
       approximations: r0.approximations as string,
+      timedGraph: (r0.timed_graph as string) ?? "",
       cells: g.map((r) => ({ id: r.cell_id as string, seed: r.calib_seed as number })),
       correct,
     });
@@ -303,7 +306,7 @@ export function renderSpeedMarkdown(d: TableData): string[] {
   const out: string[] = [
     "## Speed: images/s at the manifest's batch size (batch-1 median latency, ms)",
     "",
-    "Timed graphs: FP32 = the original graph; methods = their fake-quant graph (quantize-dequantize in float32), which simulates quantization and is not faster than FP32.",
+    "Timed graphs: FP32 = the original graph; fake-quant = the method's quantize-dequantize graph in float32, which simulates quantization and is not faster than FP32; integer-only = I-ViT's deployable integer graph.",
     "",
     `| Graph | ${d.models.join(" | ")} |`,
     `|---|${d.models.map(() => "---:").join("|")}|`,
@@ -323,7 +326,13 @@ export function renderSpeedMarkdown(d: TableData): string[] {
         return e ? sp(e.simIps, e.simLatMs) : "–";
       });
       if (cells.every((c) => c === "–")) continue;
-      out.push(`| ${label} W${w}A${a} (fake-quant) | ${cells.join(" | ")} |`);
+      const kind = d.entries.find((e) => e.label === label && e.w === w && e.a === a)?.timedGraph ??
+        "";
+      out.push(
+        `| ${label} W${w}A${a} (${kind.startsWith("integer") ? "integer-only" : "fake-quant"}) | ${
+          cells.join(" | ")
+        } |`,
+      );
     }
   }
   out.push("");

@@ -57,6 +57,12 @@ export interface QuantizedModel {
   layers: LayerRecord[];
   /** Free-text notes for the result row (what was approximated, settings). */
   notes?: string;
+  /**
+   * What `graph` computes, as stored in the result row and the speed table:
+   * default "fake-quant (simulated quantization in float32)"; an integer-only
+   * method says so, since its graph is the deployable one.
+   */
+  graphKind?: string;
 }
 
 /** A quantization method behind the common interface. */

@@ -1,0 +1,459 @@
+/**
+ * ONNX emission of an {@link IntProgram}: every integer kernel becomes ONNX
+ * operators that ONNX Runtime's CPU provider runs on integers
+ * (MatMulInteger, ConvInteger, MatMul on int32, Add/Sub/Mul/Div/Mod, Max/Min,
+ * Clip, ReduceSum/ReduceMax, Gather from small int32 tables, Cast between
+ * integer types). Division is ONNX integer Div, which truncates toward zero;
+ * wherever the dividend can be negative, floor division is written as
+ * `(x − Mod(x, d)) / d` (ONNX Mod with fmod = 0 takes the divisor's sign, so
+ * the subtraction lands on a multiple of d). No bool tensor carries data:
+ * comparisons are `Clip(x, 0, 1)` on integers.
+ *
+ * The float image enters through `QuantizeLinear` (int8); the integer graph's
+ * outputs are int32 codes. {@link emitFloatWrapper} adds the output
+ * dequantizer (`Cast` to float, `Mul` by the scale) so that the graph is
+ * float in, float out.
+ *
+ * @module
+ */
+import { DataType, Graph, makeAttr, Tensor } from "../onnx/graph.ts";
+import { INT31_MAX } from "../quant/ivit.ts";
+import { int32Tensor, int8Tensor, onnxType, uint8Tensor } from "./lower.ts";
+import type {
+  IntProgram,
+  IntType,
+  LayerNormStep,
+  RequantStep,
+  ShiftGeluStep,
+  ShiftmaxStep,
+  Step,
+} from "./program.ts";
+
+/** Options of {@link emitIntegerGraph}. */
+export interface EmitOptions {
+  /** Append the output dequantizer (float outputs named as in the original graph). */
+  dequantize?: boolean;
+  /** Integer values of the program to expose as extra graph outputs (for tests). */
+  extraOutputs?: string[];
+}
+
+class Emitter {
+  readonly g: Graph;
+  private n = 0;
+  private readonly cache = new Map<string, string>();
+
+  constructor(readonly p: IntProgram) {
+    this.g = Graph.create(p.opset, "vitq_ivit");
+  }
+
+  name(base: string): string {
+    return `ivit${this.n++}_${base}`;
+  }
+
+  /** Add a node; returns its (single) output. */
+  op(
+    opType: string,
+    inputs: string[],
+    attributes: unknown[] = [],
+    out?: string,
+  ): string {
+    const o = out ?? this.name(opType.toLowerCase());
+    this.g.nodes.push({
+      name: this.name(opType),
+      opType,
+      domain: "",
+      inputs,
+      outputs: [o],
+      attributes: attributes as never[],
+    });
+    return o;
+  }
+
+  /** int32 constant: scalar (dims []) or a vector shaped `dims`. */
+  i32(values: number[] | number, dims: number[] = []): string {
+    const arr = typeof values === "number" ? [values] : values;
+    const key = `i32|${dims}|${arr.join(",")}`;
+    const hit = this.cache.get(key);
+    if (hit) return hit;
+    const name = this.name("c");
+    this.g.setInitializer(int32Tensor(name, dims, arr));
+    this.cache.set(key, name);
+    return name;
+  }
+
+  /** Per-channel int32 constant broadcasting along `axis` of a rank-`rank` tensor. */
+  chan(values: number[], axis: number, rank: number): string {
+    if (axis < 0 || values.every((v) => v === values[0])) return this.i32(values[0]);
+    return this.i32(values, [values.length, ...new Array(rank - 1 - axis).fill(1)]);
+  }
+
+  i64(values: number[]): string {
+    const key = `i64|${values.join(",")}`;
+    const hit = this.cache.get(key);
+    if (hit) return hit;
+    const name = this.name("axes");
+    this.g.setInitializer(Tensor.fromInt64(name, [values.length], values));
+    this.cache.set(key, name);
+    return name;
+  }
+
+  /** A scalar zero-point initializer of an 8-bit type. */
+  zp(v: number, type: IntType): string {
+    return type === "int8" ? this.i8(v) : this.u8(v);
+  }
+
+  u8(v: number): string {
+    const key = `u8|${v}`;
+    const hit = this.cache.get(key);
+    if (hit) return hit;
+    const name = this.name("u8");
+    this.g.setInitializer(uint8Tensor(name, [], [v]));
+    this.cache.set(key, name);
+    return name;
+  }
+
+  i8(v: number): string {
+    const key = `i8|${v}`;
+    const hit = this.cache.get(key);
+    if (hit) return hit;
+    const name = this.name("i8");
+    this.g.setInitializer(int8Tensor(name, [], [v]));
+    this.cache.set(key, name);
+    return name;
+  }
+
+  /** x − zp as int32. */
+  centered(x: string, type: IntType, zp: number): string {
+    const x32 = this.toInt32(x, type);
+    return zp ? this.op("Sub", [x32, this.i32(zp)]) : x32;
+  }
+
+  cast(x: string, to: IntType | "float", out?: string): string {
+    const t = to === "float" ? DataType.FLOAT : onnxType(to);
+    return this.op("Cast", [x], [makeAttr("to", t)], out);
+  }
+
+  toInt32(x: string, type: IntType): string {
+    return type === "int32" ? x : this.cast(x, "int32");
+  }
+
+  reduceMax(x: string): string {
+    if (this.p.opset >= 18) {
+      return this.op("ReduceMax", [x, this.i64([-1])], [makeAttr("keepdims", 1)]);
+    }
+    return this.op("ReduceMax", [x], [makeAttr("axes", [-1]), makeAttr("keepdims", 1)]);
+  }
+
+  reduceSum(x: string): string {
+    return this.op("ReduceSum", [x, this.i64([-1])], [makeAttr("keepdims", 1)]);
+  }
+
+  /** floor(x / d) for d > 0 and any sign of x: (x − Mod(x, d)) / d. */
+  floorDiv(x: string, d: string): string {
+    return this.op("Div", [this.op("Sub", [x, this.op("Mod", [x, d])]), d]);
+  }
+
+  clip(x: string, lo: number, hi: number): string {
+    return this.op("Clip", [x, this.i32(lo), this.i32(hi)]);
+  }
+
+  /**
+   * ShiftExp of d ≤ 0 (int32), output e = floor((r − 2·x0)·2^(n−1−q)):
+   * v = d + floor(d/2) − floor(d/16) (floors of non-positive numbers as
+   * trunc((d − (D−1))/D)), v = max(v, n·x0), q = v / x0 (both ≤ 0: exact
+   * floor), r = v − x0·q, e = (r − 2x0)·2^(n−1) / 2^q with 2^q from a table.
+   */
+  shiftExpNonPositive(d: string, x0: number, n: number): string {
+    const h2 = this.op("Div", [this.op("Sub", [d, this.i32(1)]), this.i32(2)]);
+    const h16 = this.op("Div", [this.op("Sub", [d, this.i32(15)]), this.i32(16)]);
+    let v = this.op("Sub", [this.op("Add", [d, h2]), h16]);
+    v = this.op("Max", [v, this.i32(n * x0)]);
+    const q = this.op("Div", [v, this.i32(x0)]);
+    const r = this.op("Sub", [v, this.op("Mul", [q, this.i32(x0)])]);
+    const num = this.op("Sub", [r, this.i32(2 * x0)]);
+    const table = Array.from({ length: n + 1 }, (_, i) => 2 ** i);
+    const pw = this.op("Gather", [this.i32(table, [n + 1]), q]);
+    return this.op("Div", [this.op("Mul", [num, this.i32(2 ** (n - 1))]), pw]);
+  }
+
+  /**
+   * ShiftExp of any-sign w, saturated at 2^31 − 1: as above with floors by
+   * Mod, q = floor(−v / −x0), and the final power 2^(n−1−q) from tables of
+   * multipliers, divisors and overflow limits indexed by min(n−1−q, 31) + 1.
+   */
+  shiftExpSaturated(w: string, x0: number, n: number): string {
+    const f2 = this.floorDiv(w, this.i32(2));
+    const f16 = this.floorDiv(w, this.i32(16));
+    let v = this.op("Sub", [this.op("Add", [w, f2]), f16]);
+    v = this.op("Max", [v, this.i32(n * x0)]);
+    const q = this.floorDiv(this.op("Neg", [v]), this.i32(-x0));
+    const r = this.op("Sub", [v, this.op("Mul", [q, this.i32(x0)])]);
+    const num = this.op("Sub", [r, this.i32(2 * x0)]);
+    const t = this.op("Sub", [this.i32(n - 1), q]);
+    const idx = this.op("Add", [this.op("Min", [t, this.i32(31)]), this.i32(1)]);
+    const mulT: number[] = [], divT: number[] = [], limT: number[] = [];
+    for (let i = 0; i <= 32; i++) {
+      if (i === 0) {
+        mulT.push(1), divT.push(2), limT.push(INT31_MAX);
+      } else if (i <= 31) {
+        mulT.push(2 ** (i - 1)), divT.push(1), limT.push(Math.floor(INT31_MAX / 2 ** (i - 1)));
+      } else {
+        mulT.push(0), divT.push(1), limT.push(0);
+      }
+    }
+    const mul = this.op("Gather", [this.i32(mulT, [33]), idx]);
+    const div = this.op("Gather", [this.i32(divT, [33]), idx]);
+    const lim = this.op("Gather", [this.i32(limT, [33]), idx]);
+    const prod = this.op("Div", [this.op("Mul", [this.op("Min", [num, lim]), mul]), div]);
+    const sat = this.clip(this.op("Sub", [num, lim]), 0, 1);
+    return this.op("Max", [prod, this.op("Mul", [sat, this.i32(INT31_MAX)])]);
+  }
+
+  requant(s: RequantStep): void {
+    const { plan, axis, rank } = s;
+    let z = this.toInt32(s.x, s.xType);
+    const ch = (vals: number[]) => this.chan(vals, axis, rank);
+    const addC = (x: string, vals: number[]) =>
+      vals.some((v) => v !== 0) ? this.op("Add", [x, ch(vals)]) : x;
+    if (plan.clip) {
+      z = this.op("Min", [this.op("Max", [z, ch(plan.clip.lo)]), ch(plan.clip.hi)]);
+    }
+    const m = plan.consts.map((c) => c.m);
+    const S = plan.split;
+    const dv = plan.consts.map((c, i) => 2 ** (c.k - S[i]));
+    const cll = plan.consts.map((c, i) => Number(c.cl % (1n << BigInt(S[i]))));
+    const clh = plan.consts.map((c, i) => Number(c.cl >> BigInt(S[i])));
+    const split = S.some((v) => v > 0);
+    let f: string;
+    if (plan.offsets) {
+      // every dividend is non-negative: Div is floor division
+      const { z: oz, h: oh } = plan.offsets;
+      let hp: string;
+      const k2 = clh.map((v, i) => v - (oz[i] / 2 ** S[i]) * m[i] + oh[i]);
+      if (split) {
+        const p2s = ch(S.map((v) => 2 ** v));
+        const zo = addC(z, oz);
+        const zh = this.op("Div", [zo, p2s]);
+        const zl = this.op("Sub", [zo, this.op("Mul", [zh, p2s])]);
+        const q = addC(this.op("Mul", [zl, ch(m)]), cll);
+        hp = this.op("Add", [this.op("Mul", [zh, ch(m)]), this.op("Div", [q, p2s])]);
+        hp = addC(hp, k2);
+      } else {
+        hp = addC(this.op("Mul", [z, ch(m)]), k2);
+      }
+      f = dv.every((v) => v === 1) ? hp : this.op("Div", [hp, ch(dv)]);
+      f = addC(f, plan.chClamped.map((c, i) => c - oh[i] / dv[i] + s.outZp));
+    } else {
+      let h: string;
+      if (split) {
+        const p2s = ch(S.map((v) => 2 ** v));
+        const zl = this.op("Mod", [z, p2s]);
+        const zh = this.op("Div", [this.op("Sub", [z, zl]), p2s]);
+        const q = addC(this.op("Mul", [zl, ch(m)]), cll);
+        h = addC(this.op("Add", [this.op("Mul", [zh, ch(m)]), this.op("Div", [q, p2s])]), clh);
+      } else {
+        h = addC(this.op("Mul", [z, ch(m)]), clh);
+      }
+      f = dv.every((v) => v === 1) ? h : this.floorDiv(h, ch(dv));
+      f = addC(f, plan.chClamped.map((c) => c + s.outZp));
+    }
+    if (s.bits !== null && plan.finalClamp) {
+      f = this.clip(f, s.outZp - 2 ** (s.bits - 1), s.outZp + 2 ** (s.bits - 1) - 1);
+    }
+    if (s.outType === "int32") this.op("Identity", [f], [], s.out);
+    else this.cast(f, s.outType, s.out);
+  }
+
+  shiftmax(s: ShiftmaxStep): void {
+    const x = this.toInt32(s.x, this.p.types.get(s.x) ?? "int32");
+    const d = this.op("Sub", [x, this.reduceMax(x)]);
+    const e = this.shiftExpNonPositive(d, s.x0, s.n);
+    let sum: string;
+    if (!s.splitSum) sum = this.reduceSum(e);
+    else {
+      const base = this.i32(65536);
+      const eh = this.op("Div", [e, base]);
+      const el = this.op("Sub", [e, this.op("Mul", [eh, base])]);
+      const sl = this.reduceSum(el);
+      const hi = this.op("Add", [this.reduceSum(eh), this.op("Div", [sl, base])]);
+      const lo = this.op("Mod", [sl, base]);
+      const raw = this.op("Add", [
+        this.op("Mul", [this.op("Min", [hi, this.i32(32767)]), base]),
+        lo,
+      ]);
+      const sat = this.clip(this.op("Sub", [hi, this.i32(32767)]), 0, 1);
+      sum = this.op("Max", [raw, this.op("Mul", [sat, this.i32(INT31_MAX)])]);
+    }
+    const f = this.op("Div", [this.i32(INT31_MAX), sum]);
+    const out = this.op("Div", [this.op("Mul", [e, f]), this.i32(2 ** (32 - s.bits))]);
+    if (s.outType === "int32") this.op("Identity", [out], [], s.out);
+    else this.cast(out, s.outType, s.out);
+  }
+
+  shiftGelu(s: ShiftGeluStep): void {
+    const x = this.centered(s.x, this.p.types.get(s.x) ?? "uint8", s.xZp);
+    const mx = this.reduceMax(x);
+    const e = this.shiftExpNonPositive(this.op("Sub", [x, mx]), s.x0, s.n);
+    const em = this.shiftExpSaturated(this.op("Neg", [mx]), s.x0, s.n);
+    const room = this.op("Sub", [this.i32(INT31_MAX), e]);
+    const sum = this.op("Add", [e, this.op("Min", [em, room])]);
+    const f = this.op("Div", [this.i32(INT31_MAX), sum]);
+    const sigma = this.op("Div", [this.op("Mul", [e, f]), this.i32(2 ** (32 - s.bits))]);
+    this.op("Mul", [x, sigma], [], s.out);
+  }
+
+  layerNorm(s: LayerNormStep, xType: IntType, yMax: number): void {
+    const x = this.toInt32(s.x, xType);
+    const C = this.i32(s.channels);
+    const sum = this.reduceSum(x);
+    const rem = this.op("Mod", [sum, C]);
+    const qf = this.op("Div", [this.op("Sub", [sum, rem]), C]);
+    // round half to even: up = clip(2·rem − C + (qf mod 2), 0, 1)
+    const t = this.op("Sub", [this.op("Mul", [rem, this.i32(2)]), C]);
+    const up = this.clip(this.op("Add", [t, this.op("Mod", [qf, this.i32(2)])]), 0, 1);
+    const mean = this.op("Add", [qf, up]);
+    let yp: string;
+    if (s.prescale > 0) {
+      // floor(y / 2^a) = (y + off) / 2^a − off / 2^a with off ≥ |y| a multiple of 2^a
+      const p = 2 ** s.prescale;
+      const off = Math.ceil(yMax / p) * p;
+      const yo = this.op("Sub", [x, this.op("Sub", [mean, this.i32(off)])]);
+      yp = this.op("Sub", [this.op("Div", [yo, this.i32(p)]), this.i32(off / p)]);
+    } else yp = this.op("Sub", [x, mean]);
+    if (s.sign) yp = this.op("Mul", [yp, this.i32(s.sign, [s.channels])]);
+    const v = this.reduceSum(this.op("Mul", [yp, yp]));
+    let k = this.i32(s.k0);
+    for (let i = 0; i < s.steps; i++) {
+      k = this.op("Div", [this.op("Add", [k, this.op("Div", [v, k])]), this.i32(2)]);
+    }
+    const f = this.op("Div", [this.i32(INT31_MAX), k]);
+    // floor(y'·f/2) = y'·floor(f/2) + (f mod 2)·floor(y'/2), |y'| < 2^16
+    const fh = this.op("Div", [f, this.i32(2)]);
+    const fl = this.op("Sub", [f, this.op("Mul", [fh, this.i32(2)])]);
+    const half = this.op("Div", [this.op("Add", [yp, this.i32(65536)]), this.i32(2)]);
+    const lowTerm = this.op("Mul", [half, fl]);
+    const sum2 = this.op("Add", [this.op("Mul", [yp, fh]), lowTerm]);
+    this.op("Sub", [sum2, this.op("Mul", [fl, this.i32(32768)])], [], s.out);
+  }
+
+  step(s: Step): void {
+    const types = this.p.types;
+    switch (s.kind) {
+      case "quantize": {
+        const sc = this.name("scale");
+        this.g.setInitializer(Tensor.fromFloat32(sc, [], [s.scale]));
+        const zp = this.u8(s.zp);
+        if (s.bits >= 8) this.op("QuantizeLinear", [s.x, sc, zp], [], s.out);
+        else {
+          const q = this.op("QuantizeLinear", [s.x, sc, zp]);
+          const lo = this.u8(s.zp - 2 ** (s.bits - 1)), hi = this.u8(s.zp + 2 ** (s.bits - 1) - 1);
+          this.op("Clip", [q, lo, hi], [], s.out);
+        }
+        break;
+      }
+      case "matmul":
+        if (s.mode === "integer") {
+          const zps = s.aZp || s.bZp ? [this.zp(s.aZp, s.aType), this.zp(s.bZp, s.bType)] : [];
+          this.op("MatMulInteger", [s.a, s.b, ...zps], [], s.out);
+        } else if (s.mode === "split16") {
+          // a = 256·hi + lo, hi in [0, 127], lo in [0, 255]: two uint8 MatMulIntegers
+          const a = this.toInt32(s.a, s.aType);
+          const hi = this.op("Div", [a, this.i32(256)]);
+          const lo = this.op("Sub", [a, this.op("Mul", [hi, this.i32(256)])]);
+          const zps = [this.u8(0), this.zp(s.bZp, s.bType)];
+          const mHi = this.op("MatMulInteger", [this.cast(hi, "uint8"), s.b, ...zps]);
+          const mLo = this.op("MatMulInteger", [this.cast(lo, "uint8"), s.b, ...zps]);
+          this.op("Add", [this.op("Mul", [mHi, this.i32(256)]), mLo], [], s.out);
+        } else {
+          const a = this.centered(s.a, s.aType, s.aZp), b = this.centered(s.b, s.bType, s.bZp);
+          this.op("MatMul", [a, b], [], s.out);
+        }
+        break;
+      case "conv": {
+        const w = this.p.initializers.get(s.w)!;
+        const zps = s.xZp ? [this.zp(s.xZp, this.p.types.get(s.x) ?? "uint8")] : [];
+        this.op("ConvInteger", [s.x, s.w, ...zps], [
+          makeAttr("kernel_shape", w.dims.slice(2)),
+          makeAttr("strides", s.strides),
+          makeAttr("pads", s.pads),
+          makeAttr("dilations", s.dilations),
+          makeAttr("group", s.group),
+        ], s.out);
+        break;
+      }
+      case "requant":
+        this.requant(s);
+        break;
+      case "add": {
+        const sum = this.op("Add", [s.a, s.b]);
+        const c = this.clip(sum, -(2 ** (s.bits - 1)), 2 ** (s.bits - 1) - 1);
+        this.cast(c, s.outType, s.out);
+        break;
+      }
+      case "shiftmax":
+        this.shiftmax(s);
+        break;
+      case "shiftgelu":
+        this.shiftGelu(s);
+        break;
+      case "layernorm":
+        this.layerNorm(s, types.get(s.x) ?? "int32", s.yMax);
+        break;
+      case "bias": {
+        const add = s.add.length === 1 ? this.i32(s.add[0]) : this.i32(s.add, [s.add.length]);
+        this.op("Add", [this.toInt32(s.x, s.xType), add], [], s.out);
+        break;
+      }
+      case "node":
+        this.g.nodes.push({
+          ...s.node,
+          inputs: [...s.node.inputs],
+          outputs: [...s.node.outputs],
+          attributes: [...s.node.attributes],
+        });
+        break;
+    }
+  }
+}
+
+/**
+ * The integer ONNX graph of a program: float image in (QuantizeLinear), int32
+ * codes out (`ProgramOutput.value`), or, with `dequantize`, float outputs
+ * named as in the original graph.
+ */
+export function emitIntegerGraph(p: IntProgram, opts: EmitOptions = {}): Graph {
+  const e = new Emitter(p);
+  const g = e.g;
+  g.addInput(
+    p.input.name,
+    p.input.dims,
+    p.input.type === "int32" ? DataType.INT32 : DataType.FLOAT,
+  );
+  for (const t of p.initializers.values()) g.setInitializer(t);
+  for (const s of p.steps) e.step(s);
+  if (opts.dequantize) {
+    for (const o of p.outputs) {
+      const f = e.cast(o.value, "float");
+      const sc = e.name("dq_scale");
+      g.setInitializer(
+        o.scale.length === 1
+          ? Tensor.fromFloat32(sc, [], [o.scale[0]])
+          : Tensor.fromFloat32(sc, [o.scale.length], o.scale),
+      );
+      e.op("Mul", [f, sc], [], o.name);
+      g.addOutput(o.name, DataType.FLOAT);
+    }
+  } else {
+    for (const o of p.outputs) g.addOutput(o.value, onnxType(p.types.get(o.value) ?? "int32"));
+  }
+  for (const v of opts.extraOutputs ?? []) {
+    g.addOutput(v, onnxType(p.types.get(v) ?? "int32"));
+  }
+  g.prune();
+  return g;
+}
+
+/** The float-in/float-out graph: the integer graph plus the output dequantizer. */
+export function emitFloatWrapper(p: IntProgram): Graph {
+  return emitIntegerGraph(p, { dequantize: true });
+}

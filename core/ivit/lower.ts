@@ -1,0 +1,1134 @@
+/**
+ * The I-ViT lowering: a float ViT/DeiT ONNX graph plus calibrated activation
+ * ranges → an {@link IntProgram} whose every data tensor after the input
+ * quantizer is an integer.
+ *
+ * The walk visits the float graph in topological order. Shape computations
+ * (values that depend on the image only through `Shape`) and constants are
+ * copied unchanged. Every data node is lowered by its role:
+ *
+ * - linear layers (site finder: qkv/proj/fc1/fc2/head/patch_embed):
+ *   per-channel symmetric int8 weights, `MatMulInteger`/`ConvInteger` with
+ *   int32 accumulation, the bias folded as `round(b/(s_x·s_w))`, then I-ViT's
+ *   QuantAct: a dyadic requantization to 8 bits (16 for proj and fc2 in the
+ *   `reference` variant); the head keeps its int32 accumulator;
+ * - attention matmuls: integer matmul of the 8-bit operands (16-bit softmax
+ *   × V as an int32 MatMul);
+ * - 8-bit activations that feed a matmul are stored as uint8 codes with zero
+ *   point 128 (the value is code − 128, exactly the signed code): ONNX
+ *   Runtime's fast MatMulInteger/ConvInteger kernels take uint8 × int8;
+ * - `Mul`/`Div` by a positive scalar constant (the 1/√d of attention, DeiT's
+ *   head average): folded into the scale, no operator;
+ * - Softmax → Shiftmax (8-bit input, 16- or 8-bit output); GELU → ShiftGELU;
+ *   LayerNorm → I-LayerNorm with γ/β folded into the scale and a bias;
+ * - residual `Add` of two data values → integer add of both operands
+ *   requantized to the calibrated output scale (I-ViT's QuantAct with an
+ *   identity branch); `Add` of a constant (position embedding) → the constant
+ *   quantized to 8 bits, requantized, added;
+ * - `Concat` (class token) → inputs requantized to one scale, constants
+ *   quantized at that scale;
+ * - data movement (Reshape, Transpose, Gather, Slice, ...) → the same node on
+ *   the integer tensor.
+ *
+ * Any other data operator throws a {@link VitqError} naming the op and node;
+ * {@link checkLowerable} runs the same classification before any calibration.
+ *
+ * @module
+ */
+import { DataType, type Graph, type GraphIndex, type Node, Tensor } from "../onnx/graph.ts";
+import type { Site } from "../onnx/sites.ts";
+import { VitqError } from "../errors.ts";
+import {
+  INT31_MAX,
+  ivitSymmetricStep,
+  quantizeSymmetric,
+  quantizeWeightsPerChannel,
+} from "../quant/ivit.ts";
+import { roundHalfEven } from "../quant/uniform.ts";
+import {
+  dyadic15,
+  dyadicBits,
+  INT32_MAX,
+  layerNormPrescale,
+  layerNormStart,
+  planRequant,
+  requantConst,
+  requantValue,
+} from "./kernels.ts";
+import type { IntProgram, IntType, QuantRecord, Step } from "./program.ts";
+
+/** What the lowering needs to know about the float graph's values. */
+export interface LowerEnv {
+  /** Dims of a float data value for one image (batch 1). */
+  dims(value: string): number[];
+  /** Calibrated range of a float data value (running min/max). */
+  range(value: string): { min: number; max: number };
+}
+
+/** Bit-width variant: `reference` follows the PyTorch code, `paper` is 8-bit throughout. */
+export type IvitVariant = "reference" | "paper";
+
+/** Options of the lowering. */
+export interface LowerOptions {
+  /** Bit-width variant. */
+  variant: IvitVariant;
+  /** Weight bits (2..8). */
+  wBits: number;
+  /** Activation bits of the 8-bit quantizers (2..8). */
+  aBits: number;
+  /** Name of the model in error messages. */
+  source?: string;
+}
+
+/** An integer data value: the integer tensor that stands for a float value. */
+interface IVal {
+  name: string;
+  type: IntType;
+  lo: number;
+  hi: number;
+  /** Real value = (code + add_c)·scale_c; one entry per tensor or one per channel. */
+  scale: number[];
+  /** Channel axis (non-negative) for per-channel scales, −1 per tensor. */
+  axis: number;
+  rank: number;
+  add: bigint[] | null;
+  /** Zero point of the stored codes: value = code − zp (128 for uint8 activations). */
+  zp: number;
+  /** Softmax output: non-negative, accepted as the left operand of the attention matmul. */
+  nonneg?: boolean;
+}
+
+const STRUCT = new Set([
+  "Reshape",
+  "Transpose",
+  "Flatten",
+  "Squeeze",
+  "Unsqueeze",
+  "Identity",
+  "Expand",
+  "Slice",
+  "Gather",
+  "Split",
+]);
+
+/** Values that depend on the graph input through data (not shape) computation. */
+export function dataValues(g: Graph): Set<string> {
+  const data = new Set<string>(g.inputNames);
+  for (const n of g.nodes) {
+    if (n.opType === "Shape" || n.opType === "Size" || n.opType === "ConstantOfShape") continue;
+    if (n.inputs.some((v) => data.has(v))) { for (const o of n.outputs) data.add(o); }
+  }
+  return data;
+}
+
+/** A constant value, read through Identity nodes (initializer or Constant node). */
+export function constTensor(g: Graph, idx: GraphIndex, name: string): Tensor | undefined {
+  let cur = name;
+  for (let i = 0; i < 8; i++) {
+    const t = g.constant(cur, idx);
+    if (t) return t;
+    const p = idx.producer.get(cur);
+    if (p === undefined || g.nodes[p].opType !== "Identity") return undefined;
+    cur = g.nodes[p].inputs[0];
+  }
+  return undefined;
+}
+
+/** Nodes strictly after `from` up to the producer of `to` (data paths only). */
+function between(g: Graph, idx: GraphIndex, data: Set<string>, from: string, to: string): Node[] {
+  const out = new Set<Node>();
+  const stack = [to];
+  const seen = new Set<string>();
+  while (stack.length) {
+    const v = stack.pop()!;
+    if (v === from || seen.has(v)) continue;
+    seen.add(v);
+    const p = idx.producer.get(v);
+    if (p === undefined) continue;
+    out.add(g.nodes[p]);
+    for (const i of g.nodes[p].inputs) if (data.has(i)) stack.push(i);
+  }
+  return [...out];
+}
+
+function attrNum(n: Node, name: string, dflt: number): number {
+  const a = n.attributes.find((x) => x.name === name);
+  if (!a) return dflt;
+  if (a.type === 1) return a.f;
+  return Number(a.i);
+}
+
+function attrInts(n: Node, name: string): number[] | undefined {
+  const a = n.attributes.find((x) => x.name === name);
+  return a ? (a.ints as unknown[]).map(Number) : undefined;
+}
+
+function typeOfBits(bits: number): IntType {
+  return bits <= 8 ? "int8" : bits <= 16 ? "int16" : "int32";
+}
+
+function typeRange(bits: number): [number, number] {
+  return [-(2 ** (bits - 1)), 2 ** (bits - 1) - 1];
+}
+
+/** ONNX element type of an integer type. */
+export function onnxType(t: IntType): number {
+  return t === "int8"
+    ? DataType.INT8
+    : t === "uint8"
+    ? DataType.UINT8
+    : t === "int16"
+    ? DataType.INT16
+    : DataType.INT32;
+}
+
+/** An int8 initializer. */
+export function int8Tensor(name: string, dims: number[], values: ArrayLike<number>): Tensor {
+  const a = Int8Array.from(values);
+  return new Tensor(name, DataType.INT8, dims, new Uint8Array(a.buffer));
+}
+
+/** A uint8 initializer. */
+export function uint8Tensor(name: string, dims: number[], values: ArrayLike<number>): Tensor {
+  const a = Uint8Array.from(values);
+  return new Tensor(name, DataType.UINT8, dims, a);
+}
+
+/** An int32 initializer. */
+export function int32Tensor(name: string, dims: number[], values: ArrayLike<number>): Tensor {
+  const a = Int32Array.from(values);
+  return new Tensor(name, DataType.INT32, dims, new Uint8Array(a.buffer));
+}
+
+/** How one data node of the float graph is lowered. */
+type Role =
+  | { kind: "absorbed" }
+  | { kind: "linear"; site: Site }
+  | { kind: "gelu"; site: Site }
+  | { kind: "ln"; site: Site }
+  | { kind: "matmul" }
+  | { kind: "softmax" }
+  | { kind: "scale"; data: number; factor: number }
+  | { kind: "add2" }
+  | { kind: "addconst"; data: number }
+  | { kind: "concat" }
+  | { kind: "struct" }
+  | { kind: "shape" };
+
+/** Classification of the data nodes of a graph (shared by the pre-check and the lowering). */
+class Classifier {
+  readonly g: Graph;
+  readonly idx: GraphIndex;
+  readonly data: Set<string>;
+  readonly roles = new Map<Node, Role>();
+
+  constructor(graph: Graph, sites: Site[], source: string) {
+    const g = graph.clone();
+    g.topoSort();
+    this.g = g;
+    this.idx = g.index();
+    this.data = dataValues(g);
+    const byName = new Map(g.nodes.map((n) => [n.name, n]));
+    const producer = (v: string) => {
+      const p = this.idx.producer.get(v);
+      return p === undefined ? undefined : g.nodes[p];
+    };
+    for (const s of sites) {
+      const node = byName.get(s.node);
+      if (!node) continue;
+      if (s.kind === "linear") {
+        this.roles.set(node, { kind: "linear", site: s });
+        if (s.output !== node.outputs[0]) {
+          const add = producer(s.output);
+          if (add) this.roles.set(add, { kind: "absorbed" });
+        }
+      } else if (s.kind === "gelu_out" || s.kind === "ln") {
+        const inner = between(g, this.idx, this.data, s.input!, s.output);
+        for (const n of inner) {
+          if (n === node) continue;
+          for (const o of n.outputs) {
+            const outside = (this.idx.consumers.get(o) ?? []).some((u) =>
+              !inner.includes(g.nodes[u.node])
+            );
+            if (outside || g.outputNames.includes(o)) {
+              throw new VitqError(
+                `${source}: ${
+                  s.kind === "ln" ? "LayerNorm" : "GELU"
+                } ${s.id}: intermediate ${o} of node ${n.name} is used outside the pattern`,
+              );
+            }
+          }
+          this.roles.set(n, { kind: "absorbed" });
+        }
+        this.roles.set(node, { kind: s.kind === "ln" ? "ln" : "gelu", site: s });
+      }
+    }
+    for (const n of g.nodes) {
+      if (this.roles.has(n)) continue;
+      const role = this.classify(n);
+      if (role) this.roles.set(n, role);
+    }
+  }
+
+  /** Role of a data node not covered by a site, or undefined (no integer lowering). */
+  private classify(n: Node): Role | undefined {
+    const dataIn = n.inputs.map((v) => this.data.has(v));
+    const nData = dataIn.filter(Boolean).length;
+    if (nData === 0 || n.opType === "Shape" || n.opType === "Size") return { kind: "shape" };
+    switch (n.opType) {
+      case "MatMul":
+        return nData === 2 ? { kind: "matmul" } : undefined;
+      case "Softmax":
+        return { kind: "softmax" };
+      case "Mul":
+      case "Div": {
+        if (nData !== 1 || n.inputs.length !== 2) return undefined;
+        const d = dataIn.indexOf(true);
+        if (n.opType === "Div" && d !== 0) return undefined;
+        const t = constTensor(this.g, this.idx, n.inputs[1 - d]);
+        if (!t || t.size !== 1) return undefined;
+        const c = t.numbers()[0];
+        if (!(c > 0) || !Number.isFinite(c)) return undefined;
+        return { kind: "scale", data: d, factor: n.opType === "Mul" ? c : 1 / c };
+      }
+      case "Add": {
+        if (nData === 2) return { kind: "add2" };
+        const d = dataIn.indexOf(true);
+        const t = constTensor(this.g, this.idx, n.inputs[1 - d]);
+        return t ? { kind: "addconst", data: d } : undefined;
+      }
+      case "Concat":
+        return { kind: "concat" };
+      default:
+        if (STRUCT.has(n.opType) && dataIn[0] && nData === 1) return { kind: "struct" };
+        return undefined;
+    }
+  }
+
+  /** The first data node without an integer lowering, if any. */
+  firstUnsupported(): Node | undefined {
+    return this.g.nodes.find((n) => !this.roles.has(n));
+  }
+}
+
+/**
+ * Throw a {@link VitqError} naming the op and node of the first data operator
+ * of `graph` that has no integer lowering (static; runs no session).
+ */
+export function checkLowerable(graph: Graph, sites: Site[], source = "<graph>"): void {
+  const c = new Classifier(graph, sites, source);
+  const bad = c.firstUnsupported();
+  if (bad) {
+    throw new VitqError(
+      `${source}: I-ViT: no integer lowering for op ${bad.opType} (node ${bad.name})`,
+    );
+  }
+  const inputs = graph.inputNames;
+  if (inputs.length !== 1) {
+    throw new VitqError(`${source}: I-ViT expects one image input, found ${inputs.length}`);
+  }
+  if (graph.opset < 13) {
+    throw new VitqError(`${source}: I-ViT lowering needs opset ≥ 13, graph has ${graph.opset}`);
+  }
+}
+
+/** Lower a float ViT graph to an integer program (see the module doc). */
+export function lowerIvit(
+  graph: Graph,
+  sites: Site[],
+  env: LowerEnv,
+  opts: LowerOptions,
+): IntProgram {
+  return new Lowering(graph, sites, env, opts).run();
+}
+
+class Lowering {
+  private readonly cls: Classifier;
+  private readonly g: Graph;
+  private readonly source: string;
+  private readonly A: number;
+  private readonly R: number;
+  private readonly SM: number;
+  private readonly SIGMA = 8;
+  private readonly vals = new Map<string, IVal>();
+  private readonly memo = new Map<string, IVal>();
+  private readonly recorded = new Set<string>();
+  private counter = 0;
+  private readonly prog: IntProgram;
+
+  constructor(
+    graph: Graph,
+    sites: Site[],
+    private readonly env: LowerEnv,
+    private readonly opts: LowerOptions,
+  ) {
+    this.source = opts.source ?? "<graph>";
+    checkLowerable(graph, sites, this.source);
+    this.cls = new Classifier(graph, sites, this.source);
+    this.g = this.cls.g;
+    this.A = opts.aBits;
+    this.R = opts.variant === "reference" ? 16 : opts.aBits;
+    this.SM = opts.variant === "reference" ? 16 : opts.aBits;
+    const input = graph.inputs.find((v) => v.name === graph.inputNames[0]);
+    const dims = (input?.type?.tensorType?.shape?.dim ?? []).map((d: Record<string, unknown>) =>
+      d.dimValue !== undefined && d.dimValue !== null && Number(d.dimValue) > 0
+        ? Number(d.dimValue)
+        : String(d.dimParam ?? "N")
+    );
+    this.prog = {
+      opset: graph.opset,
+      input: { name: graph.inputNames[0], dims },
+      outputs: [],
+      initializers: new Map(),
+      steps: [],
+      types: new Map(),
+      records: [],
+      facts: [],
+    };
+  }
+
+  private fresh(base: string): string {
+    return `${base}__i${this.counter++}`;
+  }
+
+  private push(step: Step): void {
+    this.prog.steps.push(step);
+  }
+
+  private init(t: Tensor): string {
+    this.prog.initializers.set(t.name, t);
+    return t.name;
+  }
+
+  private setVal(fp: string, v: IVal): void {
+    this.vals.set(fp, v);
+    this.prog.types.set(v.name, v.type);
+  }
+
+  private get(fp: string): IVal {
+    const v = this.vals.get(fp);
+    if (!v) throw new VitqError(`${this.source}: I-ViT: value ${fp} has no integer form`);
+    return v;
+  }
+
+  private rank(fp: string): number {
+    return this.env.dims(fp).length;
+  }
+
+  /** I-ViT QuantAct step of a float value at `bits` from its calibrated range. */
+  private actStep(fp: string, bits: number): number {
+    const r = this.env.range(fp);
+    const s = ivitSymmetricStep(Math.max(Math.abs(r.min), Math.abs(r.max)), bits);
+    const key = `${fp}|${bits}`;
+    if (!this.recorded.has(key)) {
+      this.recorded.add(key);
+      this.prog.records.push({
+        value: fp,
+        tensor: "activation",
+        bits,
+        scale: s,
+        quantizer: "per-tensor sym, running min/max (EMA 0.95)",
+        sqnrDb: null,
+      });
+    }
+    return s;
+  }
+
+  /**
+   * Requantize `iv` to one scale `sOut` (clamped to `bits` unless null). The
+   * result is stored as `form`: `signed` (int8/int16 by bits), `u8` (uint8
+   * codes with zero point 128, the MatMulInteger operand form, bits ≤ 8) or
+   * `int32` (for int32 consumers: Shiftmax, ShiftGELU).
+   */
+  private requant(
+    iv: IVal,
+    sOut: number,
+    bits: number | null,
+    where: string,
+    form: "signed" | "u8" | "int32" = "signed",
+  ): IVal {
+    const dy = iv.scale.map((s) => dyadic15(s / sOut));
+    // the plan sees the stored codes: z = value + zp, so the zero point joins the folded add
+    const zlo = iv.lo + iv.zp, zhi = iv.hi + iv.zp;
+    const add = iv.zp === 0
+      ? iv.add
+      : iv.scale.map((_, c) => (iv.add ? iv.add[c % iv.add.length] : 0n) - BigInt(iv.zp));
+    let plan = planRequant(dy, add, bits, zlo, zhi, where);
+    if (bits !== null && plan.split.some((v) => v > 0)) {
+      // a 12..14-bit multiplier may let z·m of a saturating requantization fit
+      // int32 without splitting z (relative error of the ratio ≤ 2^-12)
+      for (const mb of [14, 13, 12]) {
+        const dyb = iv.scale.map((s) => dyadicBits(s / sOut, mb));
+        const pb = planRequant(dyb, add, bits, zlo, zhi, where);
+        if (pb.split.every((v) => v === 0) && pb.offsets) {
+          plan = pb;
+          break;
+        }
+      }
+    }
+    const asU8 = form === "u8" && bits !== null && bits <= 8;
+    const outType = bits === null || form === "int32" ? "int32" : asU8 ? "uint8" : typeOfBits(bits);
+    const out = this.fresh(iv.name.replace(/__i\d+$/, "") + (bits === null ? "_rq" : `_q${bits}`));
+    this.push({
+      kind: "requant",
+      x: iv.name,
+      out,
+      xType: iv.type,
+      axis: iv.scale.length === 1 ? -1 : iv.axis,
+      rank: iv.rank,
+      plan,
+      bits,
+      outType,
+      outZp: asU8 ? 128 : 0,
+    });
+    this.prog.types.set(out, outType);
+    return {
+      name: out,
+      type: outType,
+      lo: plan.outLo,
+      hi: plan.outHi,
+      scale: [sOut],
+      axis: -1,
+      rank: iv.rank,
+      add: null,
+      zp: asU8 ? 128 : 0,
+    };
+  }
+
+  /**
+   * The integer form of float value `fp` as a consumer needs it: `act8` (per
+   * tensor, uint8 codes with zero point 128 holding aBits values, no folded
+   * bias: the operand form of MatMulInteger), `val8` (per tensor, aBits
+   * values in any integer type: Shiftmax and ShiftGELU inputs, requantized
+   * straight to int32) or `small` (per tensor, 8- or 16-bit codes).
+   * Otherwise inserts a QuantAct (requantization at the value's calibrated
+   * scale with `bits`).
+   */
+  private need(fp: string, kind: "act8" | "val8" | "small", bits = this.A): IVal {
+    const iv = this.get(fp);
+    const [lo, hi] = typeRange(this.A);
+    const plain = iv.axis === -1 && iv.scale.length === 1 && !iv.add;
+    const in8 = iv.lo >= lo && iv.hi <= hi;
+    if (kind === "act8" && plain && iv.type === "uint8" && iv.zp === 128 && in8) return iv;
+    if (kind === "val8" && plain && in8) return iv;
+    if (kind === "small" && plain && iv.type !== "int32") return iv;
+    const b = kind === "small" ? bits : this.A;
+    const form = kind === "val8" ? "int32" : b <= 8 ? "u8" : "signed";
+    const key = `${fp}|${b}|${form}`;
+    const hit = this.memo.get(key);
+    if (hit) return hit;
+    const out = this.requant(iv, this.actStep(fp, b), b, `value ${fp}`, form);
+    this.memo.set(key, out);
+    this.prog.types.set(out.name, out.type);
+    return out;
+  }
+
+  run(): IntProgram {
+    const { g } = this;
+    const inputName = this.prog.input.name;
+    // the image: I-ViT's qact_input, an 8-bit symmetric QuantAct
+    const s0 = Math.fround(this.actStep(inputName, this.A));
+    const q0 = this.fresh(inputName);
+    this.push({ kind: "quantize", x: inputName, out: q0, scale: s0, bits: this.A, zp: 128 });
+    const [lo0, hi0] = typeRange(this.A);
+    this.setVal(inputName, {
+      name: q0,
+      type: "uint8",
+      lo: lo0,
+      hi: hi0,
+      scale: [s0],
+      axis: -1,
+      rank: this.rank(inputName),
+      add: null,
+      zp: 128,
+    });
+    for (const n of g.nodes) {
+      const role = this.cls.roles.get(n)!;
+      switch (role.kind) {
+        case "absorbed":
+          break;
+        case "shape":
+          this.copyNode(n);
+          break;
+        case "linear":
+          this.linear(n, role.site);
+          break;
+        case "gelu":
+          this.gelu(role.site);
+          break;
+        case "ln":
+          this.layerNorm(n, role.site);
+          break;
+        case "matmul":
+          this.matmul(n);
+          break;
+        case "softmax":
+          this.softmax(n);
+          break;
+        case "scale": {
+          const iv = this.get(n.inputs[role.data]);
+          this.vals.set(n.outputs[0], { ...iv, scale: iv.scale.map((s) => s * role.factor) });
+          break;
+        }
+        case "add2":
+          this.add2(n);
+          break;
+        case "addconst":
+          this.addConst(n, role.data);
+          break;
+        case "concat":
+          this.concat(n);
+          break;
+        case "struct":
+          this.struct(n);
+          break;
+      }
+    }
+    for (const o of g.outputNames) {
+      let iv = this.get(o);
+      if (iv.axis !== -1 && iv.axis !== iv.rank - 1) iv = this.need(o, "small", 16);
+      let value = iv.name;
+      if (iv.add || iv.zp !== 0 || iv.type !== "int32") {
+        const add = iv.scale.map((_, c) =>
+          (iv.add ? Number(iv.add[c % iv.add.length]) : 0) - iv.zp
+        );
+        const maxAdd = Math.max(...add.map(Math.abs));
+        if (Math.max(Math.abs(iv.lo), Math.abs(iv.hi)) + maxAdd > INT32_MAX) {
+          throw new VitqError(`${this.source}: I-ViT: output ${o} plus its bias exceeds int32`);
+        }
+        value = this.fresh(`${o}_acc`);
+        this.push({ kind: "bias", x: iv.name, xType: iv.type, out: value, add });
+        this.prog.types.set(value, "int32");
+      }
+      this.prog.outputs.push({ name: o, value, scale: iv.scale });
+    }
+    return this.prog;
+  }
+
+  /** Copy a shape/constant node (inputs that are data are renamed to their integer tensors). */
+  private copyNode(n: Node): void {
+    const inputs = n.inputs.map((v) => (v && this.cls.data.has(v) ? this.get(v).name : v));
+    for (const v of inputs) {
+      const t = v ? this.g.initializers.get(v) : undefined;
+      if (t) this.prog.initializers.set(v, t);
+    }
+    this.push({ kind: "node", node: { ...n, inputs } });
+  }
+
+  private weightRecord(name: string, w: ArrayLike<number>, codes: number[], steps: number[]) {
+    const per = w.length / steps.length;
+    let sig = 0, err = 0;
+    for (let i = 0; i < w.length; i++) {
+      const d = w[i] - codes[i] * steps[Math.floor(i / per)];
+      sig += w[i] * w[i];
+      err += d * d;
+    }
+    const rec: QuantRecord = {
+      value: name,
+      tensor: "weight",
+      bits: this.opts.wBits,
+      scale: steps[0],
+      quantizer: steps.length > 1 ? "per-channel sym" : "per-tensor sym",
+      sqnrDb: err > 0 ? 10 * Math.log10(sig / err) : null,
+    };
+    this.prog.records.push(rec);
+  }
+
+  private linear(n: Node, site: Site): void {
+    const { g } = this;
+    const x = this.need(site.input!, "act8");
+    const wt = g.initializers.get(site.weight!) ?? constTensor(g, this.cls.idx, n.inputs[1]);
+    if (!wt) throw new VitqError(`${this.source}: I-ViT: weight of ${n.name} is not a constant`);
+    const w = wt.float32();
+    const xMax = Math.max(Math.abs(x.lo), Math.abs(x.hi));
+    let biasT: Tensor | undefined;
+    let alpha = 1, beta = 1;
+    let N: number, K: number;
+    let chanFirst: Float32Array; // [N, rest]
+    if (n.opType === "Conv") {
+      if (attrNum(n, "group", 1) !== 1) {
+        throw new VitqError(`${this.source}: I-ViT: grouped Conv ${n.name} is not supported`);
+      }
+      const autoPad = n.attributes.find((a) => a.name === "auto_pad");
+      if (autoPad && new TextDecoder().decode(autoPad.s) !== "NOTSET") {
+        throw new VitqError(`${this.source}: I-ViT: Conv ${n.name} with auto_pad`);
+      }
+      N = wt.dims[0];
+      K = wt.size / N;
+      chanFirst = w;
+      if (n.inputs[2]) biasT = constTensor(g, this.cls.idx, n.inputs[2]);
+    } else {
+      if (wt.dims.length !== 2) {
+        throw new VitqError(`${this.source}: I-ViT: weight of ${n.name} is not a matrix`);
+      }
+      const transB = n.opType === "Gemm" && attrNum(n, "transB", 0) === 1;
+      if (n.opType === "Gemm") {
+        if (attrNum(n, "transA", 0) !== 0) {
+          throw new VitqError(`${this.source}: I-ViT: Gemm ${n.name} with transA`);
+        }
+        alpha = attrNum(n, "alpha", 1);
+        beta = attrNum(n, "beta", 1);
+        if (n.inputs[2]) biasT = constTensor(g, this.cls.idx, n.inputs[2]);
+      } else if (site.output !== n.outputs[0]) {
+        const add = g.nodes[this.cls.idx.producer.get(site.output)!];
+        const other = add.inputs.find((v) => v !== n.outputs[0])!;
+        biasT = constTensor(g, this.cls.idx, other);
+      }
+      [K, N] = transB ? [wt.dims[1], wt.dims[0]] : [wt.dims[0], wt.dims[1]];
+      if (transB) chanFirst = w;
+      else {
+        chanFirst = new Float32Array(w.length);
+        for (let k = 0; k < K; k++) for (let c = 0; c < N; c++) chanFirst[c * K + k] = w[k * N + c];
+      }
+    }
+    const q = quantizeWeightsPerChannel(chanFirst, N, this.opts.wBits);
+    this.weightRecord(site.weight!, chanFirst, q.values, q.steps);
+    // accumulator bound per channel: max|x| · Σ|w|
+    let accMax = 0;
+    for (let c = 0; c < N; c++) {
+      let s = 0;
+      for (let k = 0; k < K; k++) s += Math.abs(q.values[c * K + k]);
+      accMax = Math.max(accMax, s * xMax);
+    }
+    if (accMax > INT32_MAX) {
+      throw new VitqError(`${this.source}: I-ViT: accumulator of ${n.name} may exceed int32`);
+    }
+    const acc = this.fresh(`${site.id}_acc`);
+    let axis: number;
+    if (n.opType === "Conv") {
+      const wName = this.init(int8Tensor(this.fresh(`${site.id}_w`), wt.dims, q.values));
+      this.push({
+        kind: "conv",
+        x: x.name,
+        xZp: x.zp,
+        w: wName,
+        out: acc,
+        strides: attrInts(n, "strides") ?? wt.dims.slice(2).map(() => 1),
+        pads: attrInts(n, "pads") ?? wt.dims.slice(2).flatMap(() => [0, 0]),
+        dilations: attrInts(n, "dilations") ?? wt.dims.slice(2).map(() => 1),
+        group: 1,
+      });
+      axis = 1;
+    } else {
+      const codes = new Int8Array(K * N);
+      for (let c = 0; c < N; c++) {
+        for (let k = 0; k < K; k++) codes[k * N + c] = q.values[c * K + k];
+      }
+      const wName = this.init(int8Tensor(this.fresh(`${site.id}_w`), [K, N], codes));
+      this.push({
+        kind: "matmul",
+        a: x.name,
+        b: wName,
+        out: acc,
+        aType: x.type,
+        bType: "int8",
+        aZp: x.zp,
+        bZp: 0,
+        mode: "integer",
+      });
+      axis = this.rank(site.output) - 1;
+    }
+    this.prog.types.set(acc, "int32");
+    const sx = x.scale[0];
+    const scale = q.steps.map((sw) => sx * sw * alpha);
+    let add: bigint[] | null = null;
+    if (biasT) {
+      const b = biasT.numbers();
+      add = scale.map((s, c) => BigInt(roundHalfEven((b[c % b.length] * beta) / s)));
+    }
+    const accVal: IVal = {
+      name: acc,
+      type: "int32",
+      lo: -accMax,
+      hi: accMax,
+      scale,
+      axis,
+      rank: this.rank(site.output),
+      add,
+      zp: 0,
+    };
+    if (site.role === "head") {
+      this.setVal(site.output, accVal);
+      return;
+    }
+    const bits = site.role === "proj" || site.role === "fc2" ? this.R : this.A;
+    // fc1 feeds ShiftGELU, which computes in int32
+    const form = site.role === "fc1" ? "int32" : bits <= 8 ? "u8" : "signed";
+    const out = this.requant(
+      accVal,
+      this.actStep(site.output, bits),
+      bits,
+      `${site.id} output`,
+      form,
+    );
+    this.setVal(site.output, out);
+  }
+
+  private matmul(n: Node): void {
+    const a0 = this.get(n.inputs[0]);
+    const a = a0.nonneg && a0.axis === -1 && !a0.add ? a0 : this.need(n.inputs[0], "act8");
+    const b = this.need(n.inputs[1], "act8");
+    const K = this.env.dims(n.inputs[0]).at(-1)!;
+    const bound = K * Math.max(Math.abs(a.lo), Math.abs(a.hi)) *
+      Math.max(Math.abs(b.lo), Math.abs(b.hi));
+    if (bound > INT32_MAX) {
+      throw new VitqError(`${this.source}: I-ViT: accumulator of ${n.name} may exceed int32`);
+    }
+    const out = this.fresh(n.outputs[0]);
+    const mode = a.type === "uint8" && b.type === "uint8"
+      ? "integer"
+      : a.zp === 0 && a.lo >= 0 && a.hi < 2 ** 15 && b.type === "uint8"
+      ? "split16"
+      : "int32";
+    this.push({
+      kind: "matmul",
+      a: a.name,
+      b: b.name,
+      out,
+      aType: a.type,
+      bType: b.type,
+      aZp: a.zp,
+      bZp: b.zp,
+      mode,
+    });
+    this.setVal(n.outputs[0], {
+      name: out,
+      type: "int32",
+      lo: -bound,
+      hi: bound,
+      scale: [a.scale[0] * b.scale[0]],
+      axis: -1,
+      rank: this.rank(n.outputs[0]),
+      add: null,
+      zp: 0,
+    });
+  }
+
+  private softmax(n: Node): void {
+    const rank = this.rank(n.inputs[0]);
+    const axis = attrNum(n, "axis", this.g.opset >= 13 ? -1 : 1);
+    if (axis !== -1 && axis !== rank - 1) {
+      throw new VitqError(`${this.source}: I-ViT: Softmax ${n.name} is not over the last axis`);
+    }
+    const x = this.need(n.inputs[0], "val8");
+    const s = x.scale[0];
+    const nExp = 15;
+    const x0 = Math.floor(-1 / s);
+    const eMax = -x0 * 2 ** nExp;
+    if (eMax > INT31_MAX) {
+      throw new VitqError(
+        `${this.source}: I-ViT: Softmax ${n.name}: input step ${s} too small for int32 ShiftExp`,
+      );
+    }
+    const N = this.env.dims(n.inputs[0]).at(-1)!;
+    const splitSum = N * eMax > INT31_MAX;
+    if (splitSum) {
+      if (N >= 2 ** 15) throw new VitqError(`${this.source}: I-ViT: Softmax row too long`);
+      this.prog.facts.push(`${n.name}: Σexp may pass 2^31−1, summed in 16-bit halves`);
+    }
+    const out = this.fresh(n.outputs[0]);
+    // 8-bit output: uint8 operand of MatMulInteger; 16-bit: kept in int32 for the int32 MatMul
+    const outType = this.SM <= 8 ? "uint8" : "int32";
+    this.push({
+      kind: "shiftmax",
+      x: x.name,
+      out,
+      scale: s,
+      x0,
+      n: nExp,
+      bits: this.SM,
+      outType,
+      rowLength: N,
+      splitSum,
+    });
+    this.setVal(n.outputs[0], {
+      name: out,
+      type: outType,
+      lo: 0,
+      hi: 2 ** (this.SM - 1) - 1,
+      scale: [1 / 2 ** (this.SM - 1)],
+      axis: -1,
+      rank,
+      add: null,
+      zp: 0,
+      nonneg: true,
+    });
+  }
+
+  private gelu(site: Site): void {
+    const x = this.need(site.input!, "val8");
+    const s = x.scale[0];
+    const x0 = Math.floor(-1 / (1.702 * s));
+    let nExp = 23;
+    while (nExp > 1 && -x0 * 2 ** nExp > INT31_MAX) nExp--;
+    if (-x0 * 2 ** nExp > INT31_MAX) {
+      throw new VitqError(`${this.source}: I-ViT: GELU ${site.id}: input step ${s} too small`);
+    }
+    if (nExp !== 23) this.prog.facts.push(`${site.id}: ShiftGELU n = ${nExp} (23 overflows int32)`);
+    const out = this.fresh(site.output);
+    const N = this.env.dims(site.input!).at(-1)!;
+    this.push({
+      kind: "shiftgelu",
+      x: x.name,
+      out,
+      scale: s,
+      x0,
+      xZp: x.zp,
+      n: nExp,
+      bits: this.SIGMA,
+      rowLength: N,
+    });
+    const bound = Math.max(Math.abs(x.lo), Math.abs(x.hi)) * (2 ** (this.SIGMA - 1) - 1);
+    this.setVal(site.output, {
+      name: out,
+      type: "int32",
+      lo: -bound,
+      hi: bound,
+      scale: [s / 2 ** (this.SIGMA - 1)],
+      axis: -1,
+      rank: this.rank(site.output),
+      add: null,
+      zp: 0,
+    });
+  }
+
+  /** γ and β of a LayerNorm site (LayerNormalization op or the decomposed pattern). */
+  private lnParams(n: Node, C: number): { gamma: number[]; beta: number[] } {
+    const { g } = this;
+    const idx = this.cls.idx;
+    const vec = (v: string | undefined, dflt: number): number[] => {
+      if (!v) return new Array(C).fill(dflt);
+      const t = constTensor(g, idx, v);
+      if (!t) throw new VitqError(`${this.source}: I-ViT: LayerNorm ${n.name}: γ/β not constant`);
+      const a = t.numbers();
+      return Array.from({ length: C }, (_, i) => a[i % a.length]);
+    };
+    if (n.opType === "LayerNormalization") {
+      const rank = this.rank(n.inputs[0]);
+      const axis = attrNum(n, "axis", -1);
+      if (axis !== -1 && axis !== rank - 1) {
+        throw new VitqError(`${this.source}: I-ViT: LayerNorm ${n.name} not over the last axis`);
+      }
+      return { gamma: vec(n.inputs[1], 1), beta: vec(n.inputs[2], 0) };
+    }
+    // decomposed: ... Div(y, sqrt) [-> Mul(γ)] [-> Add(β)]
+    let cur = n;
+    let beta = new Array(C).fill(0), gamma = new Array(C).fill(1);
+    const constIn = (m: Node) => m.inputs.find((v) => !this.cls.data.has(v));
+    const dataIn = (m: Node) => m.inputs.find((v) => this.cls.data.has(v))!;
+    if (cur.opType === "Add" && constIn(cur)) {
+      beta = vec(constIn(cur), 0);
+      cur = g.nodes[idx.producer.get(dataIn(cur))!];
+    }
+    if (cur.opType === "Mul" && constIn(cur)) gamma = vec(constIn(cur), 1);
+    return { gamma, beta };
+  }
+
+  private layerNorm(n: Node, site: Site): void {
+    const x = this.need(site.input!, "small", this.R);
+    const C = this.env.dims(site.input!).at(-1)!;
+    const { gamma, beta } = this.lnParams(n, C);
+    const a = layerNormPrescale(C, x.hi - x.lo);
+    const k0 = layerNormStart(a);
+    if (a > 0) this.prog.facts.push(`${site.id}: Σy² after a right shift by ${a}, sqrt from ${k0}`);
+    const sLn = Math.sqrt(C) / 2 ** 30;
+    const sign = gamma.map((gm, c) => {
+      if (!(gm !== 0 && Number.isFinite(gm))) {
+        throw new VitqError(`${this.source}: I-ViT: LayerNorm ${site.id}: γ[${c}] = ${gm}`);
+      }
+      return gm < 0 ? -1 : 1;
+    });
+    const add = gamma.map((gm, c) => {
+      const b = Math.floor(beta[c] / gm / sLn);
+      if (!Number.isSafeInteger(b)) {
+        throw new VitqError(`${this.source}: I-ViT: LayerNorm ${site.id}: bias of channel ${c}`);
+      }
+      return BigInt(sign[c] * b);
+    });
+    const out = this.fresh(site.output);
+    this.push({
+      kind: "layernorm",
+      x: x.name,
+      out,
+      channels: C,
+      prescale: a,
+      yMax: x.hi - x.lo,
+      k0,
+      steps: 10,
+      sign: sign.some((v) => v < 0) ? sign : null,
+    });
+    const rank = this.rank(site.output);
+    this.setVal(site.output, {
+      name: out,
+      type: "int32",
+      lo: -(2 ** 30),
+      hi: 2 ** 30 - 1,
+      scale: gamma.map((gm) => sLn * Math.abs(gm)),
+      axis: rank - 1,
+      rank,
+      add,
+      zp: 0,
+    });
+  }
+
+  /** An operand of an add: per tensor or per channel along the last axis. */
+  private addOperand(fp: string): IVal {
+    const iv = this.get(fp);
+    if (iv.scale.length === 1 || iv.axis === iv.rank - 1) return iv;
+    return this.need(fp, "small", this.R);
+  }
+
+  private add2(n: Node): void {
+    const a = this.addOperand(n.inputs[0]);
+    const b = this.addOperand(n.inputs[1]);
+    const sOut = this.actStep(n.outputs[0], this.R);
+    const qa = this.requant(a, sOut, null, `${n.name} operand 0`);
+    const qb = this.requant(b, sOut, null, `${n.name} operand 1`);
+    if (
+      qa.hi + qb.hi > INT32_MAX || qa.lo + qb.lo < -INT32_MAX - 1
+    ) throw new VitqError(`${this.source}: I-ViT: sum of ${n.name} may exceed int32`);
+    const out = this.fresh(n.outputs[0]);
+    const outType = typeOfBits(this.R);
+    this.push({ kind: "add", a: qa.name, b: qb.name, out, bits: this.R, outType });
+    const [lo, hi] = typeRange(this.R);
+    this.setVal(n.outputs[0], {
+      name: out,
+      type: outType,
+      lo: Math.max(lo, qa.lo + qb.lo),
+      hi: Math.min(hi, qa.hi + qb.hi),
+      scale: [sOut],
+      axis: -1,
+      rank: this.rank(n.outputs[0]),
+      add: null,
+      zp: 0,
+    });
+  }
+
+  private addConst(n: Node, d: number): void {
+    const a = this.addOperand(n.inputs[d]);
+    const t = constTensor(this.g, this.cls.idx, n.inputs[1 - d])!;
+    const c = t.numbers();
+    const absMax = c.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    const sc = ivitSymmetricStep(absMax, this.A);
+    const codes = quantizeSymmetric(c, sc, this.A);
+    this.weightRecord(n.inputs[1 - d], c, codes, [sc]);
+    const sOut = this.actStep(n.outputs[0], this.R);
+    const qa = this.requant(a, sOut, null, `${n.name} data operand`);
+    const rc = requantConst(dyadic15(sc / sOut), 0n);
+    const qc = codes.map((v) => requantValue(v, rc, null));
+    const cLo = Math.min(...qc), cHi = Math.max(...qc);
+    if (qa.hi + cHi > INT32_MAX || qa.lo + cLo < -INT32_MAX - 1) {
+      throw new VitqError(`${this.source}: I-ViT: sum of ${n.name} may exceed int32`);
+    }
+    const cName = this.init(int32Tensor(this.fresh(`${n.inputs[1 - d]}_q`), t.dims, qc));
+    const out = this.fresh(n.outputs[0]);
+    const outType = typeOfBits(this.R);
+    this.push({ kind: "add", a: qa.name, b: cName, out, bits: this.R, outType });
+    const [lo, hi] = typeRange(this.R);
+    this.setVal(n.outputs[0], {
+      name: out,
+      type: outType,
+      lo: Math.max(lo, qa.lo + cLo),
+      hi: Math.min(hi, qa.hi + cHi),
+      scale: [sOut],
+      axis: -1,
+      rank: this.rank(n.outputs[0]),
+      add: null,
+      zp: 0,
+    });
+  }
+
+  /** Trace a non-data operand to a constant through data-movement nodes. */
+  private traceConst(v: string): { base: Tensor; chain: Node[] } {
+    const chain: Node[] = [];
+    let cur = v;
+    for (let i = 0; i < 16; i++) {
+      const t = constTensor(this.g, this.cls.idx, cur);
+      if (t) return { base: t, chain: chain.reverse() };
+      const p = this.cls.idx.producer.get(cur);
+      const node = p === undefined ? undefined : this.g.nodes[p];
+      if (!node || !STRUCT.has(node.opType) && node.opType !== "Tile") break;
+      chain.push(node);
+      cur = node.inputs[0];
+    }
+    throw new VitqError(`${this.source}: I-ViT: cannot quantize the constant operand ${v}`);
+  }
+
+  private concat(n: Node): void {
+    const sOut = this.actStep(n.outputs[0], this.A);
+    const inputs = n.inputs.map((v) => {
+      if (this.cls.data.has(v)) {
+        return this.requant(this.get(v), sOut, this.A, `${n.name} input ${v}`, "u8").name;
+      }
+      const { base, chain } = this.traceConst(v);
+      const codes = quantizeSymmetric(base.numbers(), sOut, this.A).map((q) => q + 128);
+      let name = this.init(uint8Tensor(this.fresh(`${base.name}_q`), base.dims, codes));
+      for (const c of chain) {
+        const out = this.fresh(c.outputs[0]);
+        for (const i of c.inputs.slice(1)) {
+          const t = i ? this.g.initializers.get(i) : undefined;
+          if (t) this.prog.initializers.set(i, t);
+        }
+        this.push({
+          kind: "node",
+          node: {
+            ...c,
+            name: this.fresh(c.name),
+            inputs: [name, ...c.inputs.slice(1)],
+            outputs: [out],
+          },
+        });
+        this.prog.types.set(out, "uint8");
+        name = out;
+      }
+      return name;
+    });
+    const out = this.fresh(n.outputs[0]);
+    this.push({ kind: "node", node: { ...n, inputs, outputs: [out] } });
+    const [lo, hi] = typeRange(this.A);
+    this.setVal(n.outputs[0], {
+      name: out,
+      type: "uint8",
+      lo,
+      hi,
+      scale: [sOut],
+      axis: -1,
+      rank: this.rank(n.outputs[0]),
+      add: null,
+      zp: 128,
+    });
+  }
+
+  private struct(n: Node): void {
+    const iv0 = this.get(n.inputs[0]);
+    const rankIn = iv0.rank;
+    let passChannels = false;
+    if (n.opType === "Identity") passChannels = true;
+    if (n.opType === "Gather" && iv0.axis === rankIn - 1) {
+      let axis = attrNum(n, "axis", 0);
+      if (axis < 0) axis += rankIn;
+      passChannels = axis < rankIn - 1;
+    }
+    const plain = iv0.scale.length === 1 && !iv0.add &&
+      (iv0.type === "int8" || iv0.type === "int16");
+    const iv = plain || passChannels ? iv0 : this.need(n.inputs[0], "small", this.A);
+    for (const v of n.inputs.slice(1)) {
+      const t = v ? this.g.initializers.get(v) : undefined;
+      if (t) this.prog.initializers.set(v, t);
+    }
+    const outs = n.outputs.map((o) => this.fresh(o));
+    this.push({
+      kind: "node",
+      node: { ...n, inputs: [iv.name, ...n.inputs.slice(1)], outputs: outs },
+    });
+    n.outputs.forEach((o, i) => {
+      const rank = this.rank(o);
+      this.setVal(o, {
+        ...iv,
+        name: outs[i],
+        rank,
+        axis: iv.scale.length === 1 ? -1 : rank - 1,
+      });
+    });
+  }
+}

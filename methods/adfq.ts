@@ -1,0 +1,841 @@
+/**
+ * ADFQ-ViT (Jiang et al., arXiv 2407.02763; Neural Networks 2025):
+ * outlier-aware and log quantizers for the activations that uniform
+ * quantization handles worst, plus attention-score-enhanced module-wise
+ * optimization. Follows the reference code (`llwx593/adfq-vit`):
+ *
+ * - qkv and fc1 inputs (post-LayerNorm): per-patch outlier-aware quantizer —
+ *   a static asymmetric step and zero point per token position (percentile-MSE
+ *   init), |x| > τ kept in FP (τ: `outlierQkv`, `outlierFc1`, both 5);
+ * - fc2 input (post-GELU): Shift-Log2 (`shiftLog2: "reference"`: dynamic
+ *   min-shift and log-√2 grid as the code; `"paper"`: static shift, log2 grid);
+ * - post-softmax A: log-√2; q, kᵀ and V: per-tensor asymmetric from the 2-D
+ *   grid search (mean |x - x̂|^2.4);
+ * - proj, head, patch-embed (the image) and Swin reduction inputs: per-tensor
+ *   asymmetric uniform (percentile-MSE init) at the activation bit width
+ *   (`firstLast8bit` keeps patch-embed and head at 8 bits);
+ * - weights: per output channel, asymmetric, percentile-MSE init, AdaRound.
+ *
+ * Module-wise optimization runs unit by unit in network order (patch
+ * embedding; per block the attention and the MLP module; Swin reductions;
+ * head): the unit's input comes from the model quantized so far, its target
+ * from the FP model; activation quantizers of the unit are initialized on the
+ * first `initSamples` cached inputs, then AdaRound variables and activation
+ * steps are learned (see `core/recon/train.ts`), then frozen with hard
+ * rounding.
+ *
+ * @module
+ */
+import { type Captured, captureValues } from "../core/calib.ts";
+import type { Graph } from "../core/onnx/graph.ts";
+import type { Site } from "../core/onnx/sites.ts";
+import { captureGraph, type ImageSource, type Runtime } from "../core/runtime/runtime.ts";
+import { fakeQuant, sqnrDb } from "../core/quant/uniform.ts";
+import { initPerPatch } from "../core/quant/outlier.ts";
+import { cutUnit, findUnits, shapeSources, type Unit } from "../core/recon/units.ts";
+import {
+  adaRoundHard,
+  adaRoundInit,
+  logDeltaInit,
+  percentileAffine,
+  perChannelAffine,
+  search2d,
+  shiftLog2Init,
+} from "../core/recon/init.ts";
+import {
+  actScale,
+  type ActState,
+  describeAct,
+  quantizeGraph,
+  type WeightState,
+} from "../core/recon/quantizers.ts";
+import {
+  buildTrainGraph,
+  type ReconOptions,
+  shapeFeeds,
+  trainUnit,
+  type UnitReport,
+  type UnitTensors,
+} from "../core/recon/train.ts";
+import type { LayerRecord, QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+
+/** Options of ADFQ-ViT (defaults: the reference code's). */
+export interface AdfqOptions {
+  /** Optimization steps per unit (reference: 5000; README example 3000). */
+  iters: number;
+  /** Images per optimization step. */
+  batch: number;
+  /** Cached inputs used to initialize a unit's activation quantizers (reference: 256). */
+  initSamples: number;
+  /** Adam learning rate of the AdaRound variables. */
+  lrV: number;
+  /** Adam learning rate of the activation steps (the reference's `--lr`). */
+  lrStep: number;
+  /** Rounding-regularizer weight λ (`--weight`). */
+  roundWeight: number;
+  /** Regularizer exponent at the start of its decay (`--b_start`). */
+  bStart: number;
+  /** Regularizer exponent at the end (`--b_end`). */
+  bEnd: number;
+  /** Share of steps without the regularizer (`--warmup`). */
+  warmup: number;
+  /** QDrop probability of the quantized input (`--input_prob`). */
+  inputProb: number;
+  /** The attention KL is divided by this (`--lamb_r`; 0 turns the KL off). */
+  lambR: number;
+  /** Attention-KL temperature (`--T`). */
+  temperature: number;
+  /** Softmax axis of the attention KL: `head` (the reference's dim=1) or `token` (the key axis). */
+  attentionKlAxis: "head" | "token";
+  /** Outlier threshold τ of the qkv input (hard-coded 5 in the reference). */
+  outlierQkv: number;
+  /** Outlier threshold τ of the fc1 input (`--outlier`). */
+  outlierFc1: number;
+  /** Shift-Log2 variant: `reference` (dynamic min, log-√2 grid) or `paper` (static shift, log2 grid). */
+  shiftLog2: "reference" | "paper";
+  /** Patch embedding and head (weights and inputs) at 8 bits. */
+  firstLast8bit: boolean;
+  /** Reconstruction loss: `reference` (Σ over dim 1, mean over the rest) or `mean`. */
+  recLoss: "reference" | "mean";
+  /**
+   * Gradients through the activation quantizers during reconstruction:
+   * `reference` as the code (no straight-through path through the per-patch,
+   * uniform and log quantizers' inputs) or `ste` (straight-through everywhere,
+   * LSQ steps, as QDrop).
+   */
+  gradients: "reference" | "ste";
+  /** Histogram bins of the 2-D search (0: exact scoring of every candidate). */
+  searchBins: number;
+  /** Histogram-best candidates of the 2-D search re-scored exactly. */
+  searchRescore: number;
+}
+
+/** The reference code's defaults. */
+export const ADFQ_DEFAULTS: AdfqOptions = {
+  iters: 5000,
+  batch: 32,
+  initSamples: 256,
+  lrV: 3e-3,
+  lrStep: 4e-5,
+  roundWeight: 0.01,
+  bStart: 20,
+  bEnd: 2,
+  warmup: 0.2,
+  inputProb: 0.5,
+  lambR: 0.1,
+  temperature: 4,
+  attentionKlAxis: "head",
+  outlierQkv: 5,
+  outlierFc1: 5,
+  shiftLog2: "reference",
+  firstLast8bit: false,
+  recLoss: "reference",
+  gradients: "reference",
+  searchBins: 2048,
+  searchRescore: 4,
+};
+
+function checkOptions(o: Record<string, unknown>): string | undefined {
+  const int = (k: string, min: number) =>
+    Number.isInteger(o[k]) && (o[k] as number) >= min
+      ? undefined
+      : `${k} must be an integer >= ${min}`;
+  const pos = (k: string) =>
+    typeof o[k] === "number" && (o[k] as number) > 0 && Number.isFinite(o[k])
+      ? undefined
+      : `${k} must be a positive number`;
+  const nonneg = (k: string) =>
+    typeof o[k] === "number" && (o[k] as number) >= 0 && Number.isFinite(o[k])
+      ? undefined
+      : `${k} must be a number >= 0`;
+  const unit = (k: string) =>
+    typeof o[k] === "number" && (o[k] as number) >= 0 && (o[k] as number) <= 1
+      ? undefined
+      : `${k} must be a number in [0, 1]`;
+  const checks = [
+    int("iters", 0),
+    int("batch", 1),
+    int("initSamples", 1),
+    int("searchBins", 0),
+    int("searchRescore", 1),
+    pos("lrV"),
+    pos("lrStep"),
+    nonneg("roundWeight"),
+    pos("bStart"),
+    pos("bEnd"),
+    unit("warmup"),
+    unit("inputProb"),
+    nonneg("lambR"),
+    pos("temperature"),
+    nonneg("outlierQkv"),
+    nonneg("outlierFc1"),
+  ];
+  const bad = checks.find((c) => c !== undefined);
+  if (bad) return bad;
+  if (!["head", "token"].includes(o.attentionKlAxis as string)) {
+    return "attentionKlAxis must be head or token";
+  }
+  if (!["reference", "paper"].includes(o.shiftLog2 as string)) {
+    return "shiftLog2 must be reference or paper";
+  }
+  if (!["reference", "mean"].includes(o.recLoss as string)) {
+    return "recLoss must be reference or mean";
+  }
+  if (!["reference", "ste"].includes(o.gradients as string)) {
+    return "gradients must be reference or ste";
+  }
+  if (typeof o.firstLast8bit !== "boolean") return "firstLast8bit must be true or false";
+  return undefined;
+}
+
+/** A unit with its quantizers and the order in which its activation quantizers are initialized. */
+interface UnitState {
+  unit: Unit;
+  weights: WeightState[];
+  acts: ActState[];
+  /** Groups of `acts` initialized together (each on inputs computed with the earlier groups applied). */
+  stages: ActState[][];
+  /** How each activation quantizer is initialized. */
+  init: Map<ActState, "per-patch" | "percentile" | "search2d" | "log-sqrt2" | "shift-log2">;
+  /** Outlier threshold of per-patch quantizers. */
+  tau: Map<ActState, number>;
+}
+
+function unitState(ctx: QuantContext, unit: Unit, o: AdfqOptions): UnitState {
+  const eight = (s: Site) => o.firstLast8bit && (s.role === "patch_embed" || s.role === "head");
+  const wBits = (s: Site) => (eight(s) ? 8 : ctx.bits.w);
+  const aBits = (s: Site) => (eight(s) ? 8 : ctx.bits.a);
+  const weights: WeightState[] = unit.linears.map((site) => {
+    const t = ctx.graph.initializers.get(site.weight!)!;
+    const w = t.float32().slice();
+    const bits = wBits(site);
+    const axis = site.weightOutAxis ?? 0;
+    const { scale, zeroPoint } = perChannelAffine(w, t.dims, axis, bits);
+    return {
+      site,
+      bits,
+      w,
+      dims: [...t.dims],
+      axis,
+      scale,
+      zeroPoint,
+      v: adaRoundInit(w, t.dims, axis, scale),
+    };
+  });
+  const init: UnitState["init"] = new Map();
+  const tau: UnitState["tau"] = new Map();
+  const act = (
+    id: string,
+    value: string,
+    targets: { site: Site; slot: number }[],
+    tensor: string,
+    bits: number,
+    learn: boolean,
+    how: "per-patch" | "percentile" | "search2d" | "log-sqrt2" | "shift-log2",
+  ): ActState => {
+    const a: ActState = { id, value, targets, tensor, bits, learn, rank: 0 };
+    init.set(a, how);
+    return a;
+  };
+  const stages: ActState[][] = [];
+  if (unit.kind === "attention") {
+    const qkv = unit.linears.slice(0, -1), proj = unit.linears[unit.linears.length - 1];
+    const [qk, av] = unit.matmuls;
+    const a = ctx.bits.a;
+    const inQ = act(
+      `${qkv[0].id}.input`,
+      unit.input,
+      qkv.map((site) => ({ site, slot: 0 })),
+      "input",
+      a,
+      true,
+      "per-patch",
+    );
+    tau.set(inQ, o.outlierQkv);
+    const mm = (s: Site, slot: number, how: "search2d" | "log-sqrt2") =>
+      act(
+        `${s.id}.${slot ? "b" : "a"}`,
+        s.operands![slot],
+        [{ site: s, slot }],
+        slot ? "b" : "a",
+        a,
+        false,
+        how,
+      );
+    stages.push(
+      [inQ],
+      [mm(qk, 0, "search2d"), mm(qk, 1, "search2d")],
+      [mm(av, 0, "log-sqrt2"), mm(av, 1, "search2d")],
+      [act(
+        `${proj.id}.input`,
+        proj.input!,
+        [{ site: proj, slot: 0 }],
+        "input",
+        a,
+        true,
+        "percentile",
+      )],
+    );
+  } else if (unit.kind === "mlp") {
+    const [fc1, fc2] = unit.linears;
+    const inQ = act(
+      `${fc1.id}.input`,
+      unit.input,
+      [{ site: fc1, slot: 0 }],
+      "input",
+      ctx.bits.a,
+      true,
+      "per-patch",
+    );
+    tau.set(inQ, o.outlierFc1);
+    stages.push(
+      [inQ],
+      [act(
+        `${fc2.id}.input`,
+        fc2.input!,
+        [{ site: fc2, slot: 0 }],
+        "input",
+        ctx.bits.a,
+        true,
+        "shift-log2",
+      )],
+    );
+  } else {
+    const s = unit.linears[0];
+    stages.push([
+      act(
+        `${s.id}.input`,
+        unit.input,
+        [{ site: s, slot: 0 }],
+        "input",
+        aBits(s),
+        true,
+        "percentile",
+      ),
+    ]);
+  }
+  return { unit, weights, acts: stages.flat(), stages, init, tau };
+}
+
+/**
+ * Run `graph` over cached rows of its inputs (each holding a whole number of
+ * rows per image) and collect `outputs`, concatenated along axis 0.
+ */
+async function runRows(
+  rt: Runtime,
+  graph: Graph,
+  inputs: Map<string, Captured>,
+  nImages: number,
+  imagesPerRun: number,
+  outputs: string[],
+  shapes?: UnitTensors,
+): Promise<Map<string, Captured>> {
+  outputs = [...new Set(outputs)];
+  const session = await rt.createSession(captureGraph(graph, outputs), "unit capture graph");
+  const parts = new Map<string, { chunks: Float32Array[]; dims: number[] }>();
+  try {
+    for (let s = 0; s < nImages; s += imagesPerRun) {
+      const n = Math.min(imagesPerRun, nImages - s);
+      const feeds = shapes ? shapeFeeds(shapes, n) : {};
+      for (const [name, x] of inputs) {
+        const rows = x.dims[0] / nImages, per = x.data.length / x.dims[0];
+        feeds[name] = {
+          data: x.data.subarray(s * rows * per, (s + n) * rows * per),
+          dims: [n * rows, ...x.dims.slice(1)],
+        };
+      }
+      const out = await session.run(feeds);
+      for (const v of outputs) {
+        const t = out[v];
+        const p = parts.get(v);
+        if (p) {
+          p.chunks.push(t.data.slice());
+          p.dims[0] += t.dims[0];
+        } else parts.set(v, { chunks: [t.data.slice()], dims: [...t.dims] });
+      }
+    }
+  } finally {
+    await session.release();
+  }
+  const res = new Map<string, Captured>();
+  for (const [v, p] of parts) {
+    const data = new Float32Array(p.chunks.reduce((a, c) => a + c.length, 0));
+    let off = 0;
+    for (const c of p.chunks) {
+      data.set(c, off);
+      off += c.length;
+    }
+    res.set(v, { data, dims: p.dims });
+  }
+  return res;
+}
+
+/** Node indices of all ancestors of value `v` (its producer, transitively). */
+function ancestors(g: Graph, idx: ReturnType<Graph["index"]>, v: string): Set<number> {
+  const out = new Set<number>();
+  const stack = [v];
+  const seen = new Set<string>();
+  while (stack.length) {
+    const x = stack.pop()!;
+    if (seen.has(x)) continue;
+    seen.add(x);
+    const p = idx.producer.get(x);
+    if (p === undefined || out.has(p)) continue;
+    out.add(p);
+    for (const i of g.nodes[p].inputs) if (i) stack.push(i);
+  }
+  return out;
+}
+
+/** Values that depend on a graph input through data (not shape) computation. */
+function dataValues(g: Graph): Set<string> {
+  const data = new Set<string>(g.inputNames);
+  for (const n of g.nodes) {
+    if (n.opType === "Shape" || n.opType === "Size" || n.opType === "ConstantOfShape") continue;
+    if (n.inputs.some((v) => data.has(v))) { for (const o of n.outputs) data.add(o); }
+  }
+  return data;
+}
+
+/**
+ * The frontier between unit inputs `a` and `b` (b later): data values
+ * computed on the way to `a` that the rest of the way to `b` consumes
+ * (shape computations on the way to `a` are redone from the data values they
+ * measure). With them, `b` in the model quantized up to the unit of `a` is
+ * computed by the short segment in between instead of the whole prefix.
+ * Undefined when the segment needs a graph input.
+ */
+function frontier(
+  g: Graph,
+  idx: ReturnType<Graph["index"]>,
+  data: Set<string>,
+  a: string,
+  b: string,
+): string[] | undefined {
+  const before = ancestors(g, idx, a), upto = ancestors(g, idx, b);
+  const inputs = new Set(g.inputNames);
+  const seg = [...upto].filter((n) => !before.has(n));
+  const inSeg = new Set(seg);
+  const out = new Set<string>();
+  for (let k = 0; k < seg.length; k++) {
+    for (const v of g.nodes[seg[k]].inputs) {
+      if (!v) continue;
+      if (inputs.has(v)) return undefined;
+      const p = idx.producer.get(v);
+      if (p === undefined || inSeg.has(p)) continue;
+      if (data.has(v)) out.add(v);
+      else {
+        inSeg.add(p);
+        seg.push(p);
+      }
+    }
+  }
+  return [...out];
+}
+
+/** The first `n` images' rows of a captured tensor. */
+function firstImages(t: Captured, nImages: number, n: number): Captured {
+  const rows = t.dims[0] / nImages, per = t.data.length / t.dims[0];
+  const k = Math.min(n, nImages);
+  return { data: t.data.subarray(0, k * rows * per), dims: [k * rows, ...t.dims.slice(1)] };
+}
+
+/** Round-to-nearest weight with the initial per-channel quantizer (what the reference inits with). */
+function nearestWeight(w: WeightState): Float32Array {
+  return fakeQuant(w.w, w.dims, {
+    bits: w.bits,
+    signed: false,
+    scale: w.scale,
+    zeroPoint: w.zeroPoint,
+    axis: w.axis,
+  });
+}
+
+/** The hard-rounded weight after AdaRound. */
+function hardWeight(w: WeightState): Float32Array {
+  return adaRoundHard(w.w, w.dims, w.axis, w, w.v);
+}
+
+/** Initialize the unit's activation quantizers stage by stage on the cached quantized inputs. */
+async function initActs(
+  rt: Runtime,
+  st: UnitState,
+  unitGraph: Graph,
+  data: UnitTensors,
+  o: AdfqOptions,
+  batchSize: number,
+): Promise<void> {
+  const { qIn, nImages } = data;
+  const n = Math.min(o.initSamples, nImages);
+  const x = firstImages(qIn, nImages, n);
+  const weights = st.weights.map((w) => ({ site: w.site, data: nearestWeight(w), dims: w.dims }));
+  const done: ActState[] = [];
+  for (const stage of st.stages) {
+    const need = stage.filter((a) => a.value !== st.unit.input).map((a) => a.value);
+    const vals = need.length
+      ? await runRows(
+        rt,
+        quantizeGraph(unitGraph, weights, done),
+        new Map([[st.unit.input, x]]),
+        n,
+        batchSize,
+        need,
+        {
+          ...data,
+          nImages: n,
+          shapeInputs: data.shapeInputs?.map((s) => ({
+            name: s.name,
+            dims: [s.dims[0] / nImages * n, ...s.dims.slice(1)],
+          })),
+        },
+      )
+      : new Map<string, Captured>();
+    for (const a of stage) {
+      const v = a.value === st.unit.input ? x : vals.get(a.value)!;
+      a.rank = v.dims.length;
+      switch (st.init.get(a)!) {
+        case "per-patch":
+          a.p = {
+            kind: "per-patch",
+            q: initPerPatch(v.data, v.dims, a.bits, st.tau.get(a)!, "percentile"),
+          };
+          break;
+        case "percentile":
+          a.p = { kind: "uniform", q: percentileAffine(v.data, a.bits) };
+          break;
+        case "search2d":
+          a.p = {
+            kind: "uniform",
+            q: search2d(v.data, a.bits, { bins: o.searchBins, rescore: o.searchRescore }),
+          };
+          break;
+        case "log-sqrt2":
+          a.p = { kind: "log-sqrt2", q: { bits: a.bits, scale: logDeltaInit(v.data, a.bits) } };
+          break;
+        case "shift-log2":
+          a.p = { kind: "shift-log2", q: shiftLog2Init(v.data, a.bits, o.shiftLog2) };
+          break;
+      }
+      done.push(a);
+    }
+  }
+}
+
+/** Bytes of FP values held at once by {@link FpCache}. */
+const FP_CACHE_BYTES = 384 * 2 ** 20;
+
+/**
+ * FP values of the units over the calibration images, captured for groups of
+ * consecutive units in one pass each (as many units as fit
+ * {@link FP_CACHE_BYTES}), so the FP model is not rerun for every unit.
+ */
+class FpCache {
+  private groups: number[][] = [];
+  private held = new Map<number, Map<string, Captured>>();
+
+  constructor(private rt: Runtime, private ctx: QuantContext, private values: string[][]) {}
+
+  /** Measure the values' sizes on one image and group the units. */
+  async plan(): Promise<void> {
+    const calib = this.ctx.calib;
+    const one: ImageSource = { length: 1, shape: calib.shape, slice: (a, b) => calib.slice(a, b) };
+    const all = [...new Set(this.values.flat())];
+    const probe = await captureValues(this.rt, this.ctx.graph, all, one, 1);
+    const bytes = (vs: string[]) =>
+      vs.reduce((a, v) => a + probe.get(v)!.data.length * 4, 0) * this.ctx.calib.length;
+    let cur: number[] = [], size = 0;
+    this.values.forEach((vs, i) => {
+      const b = bytes(vs);
+      if (cur.length && size + b > FP_CACHE_BYTES) {
+        this.groups.push(cur);
+        cur = [];
+        size = 0;
+      }
+      cur.push(i);
+      size += b;
+    });
+    if (cur.length) this.groups.push(cur);
+  }
+
+  /** The FP values of unit `i` (captures its group when first asked). */
+  async get(i: number): Promise<Map<string, Captured>> {
+    if (!this.held.has(i)) {
+      const group = this.groups.find((g) => g.includes(i))!;
+      const vals = [...new Set(group.flatMap((u) => this.values[u]))];
+      const cap = await captureValues(
+        this.rt,
+        this.ctx.graph,
+        vals,
+        this.ctx.calib,
+        this.ctx.batchSize,
+      );
+      for (const u of group) {
+        this.held.set(u, new Map(this.values[u].map((v) => [v, cap.get(v)!])));
+      }
+    }
+    return this.held.get(i)!;
+  }
+
+  /** Forget unit `i`'s values. */
+  drop(i: number): void {
+    this.held.delete(i);
+  }
+}
+
+/** Everything {@link runAdfq} measured, besides the model. */
+export interface AdfqReport {
+  units: UnitReport[];
+  /** Seconds spent in captures and quantizer initialization (outside the optimization loops). */
+  setupSeconds: number;
+  /** Seconds spent in the optimization loops. */
+  trainSeconds: number;
+}
+
+/** Optional hooks of {@link runAdfq} (tests and the throughput tool). */
+export interface AdfqHooks {
+  /** Called after each unit is optimized and frozen. */
+  onUnit?: (r: UnitReport) => void;
+}
+
+/**
+ * Quantize `ctx.graph` with ADFQ-ViT; returns the fake-quant model and the
+ * per-unit optimization report.
+ */
+export async function runAdfq(
+  ctx: QuantContext,
+  hooks: AdfqHooks = {},
+): Promise<{ model: QuantizedModel; report: AdfqReport }> {
+  const o = { ...ADFQ_DEFAULTS, ...ctx.options } as AdfqOptions;
+  const bad = checkOptions(o as unknown as Record<string, unknown>);
+  if (bad) throw new Error(`adfq: ${bad}`);
+  const rt = ctx.runtime;
+  const nImages = ctx.calib.length;
+  const units = findUnits(ctx.graph, ctx.sites);
+  const states: UnitState[] = [];
+  const reports: UnitReport[] = [];
+  let setup = 0, train = 0;
+  const t00 = performance.now();
+  const outsOf = (u: Unit) => [u.output, ...(u.attn ? [u.attn] : [])];
+  const extras = units.map((u) => shapeSources(ctx.graph, [u.input], outsOf(u)));
+  const fpValues = units.map((u, i) => [u.input, ...outsOf(u), ...extras[i]]);
+  const fpCache = new FpCache(rt, ctx, fpValues);
+  const gidx = ctx.graph.index();
+  const gdata = dataValues(ctx.graph);
+  const fronts = units.map((u, i) =>
+    i + 1 < units.length ? frontier(ctx.graph, gidx, gdata, u.input, units[i + 1].input) : undefined
+  );
+  let carried: Map<string, Captured> | undefined;
+  /** The wanted values from the segment after the last frozen unit, fed with the carried frontier. */
+  const segmentCapture = async (
+    last: UnitState,
+    from: Map<string, Captured>,
+    want: string[],
+  ): Promise<Map<string, Captured> | undefined> => {
+    const g = quantizeGraph(
+      ctx.graph,
+      last.weights.map((w) => ({ site: w.site, data: hardWeight(w), dims: w.dims })),
+      last.acts,
+    );
+    let seg: Graph;
+    try {
+      seg = cutUnit(
+        g,
+        [...from].map(([v, t], i) => ({ name: v, dims: [`rows${i}`, ...t.dims.slice(1)] })),
+        want.filter((v) => !from.has(v)),
+      );
+    } catch {
+      return undefined;
+    }
+    const out = await runRows(
+      rt,
+      seg,
+      from,
+      nImages,
+      ctx.batchSize,
+      want.filter((v) => !from.has(v)),
+    );
+    for (const v of want) if (from.has(v)) out.set(v, from.get(v)!);
+    return out;
+  };
+  await fpCache.plan();
+  setup += (performance.now() - t00) / 1000;
+  for (const [ui, unit] of units.entries()) {
+    const t0 = performance.now();
+    const st = unitState(ctx, unit, o);
+    const outs = outsOf(unit);
+    const extra = extras[ui];
+    const fp = await fpCache.get(ui);
+    // the unit's input in the model quantized so far, and the frontier to the next unit
+    const want = [...new Set([unit.input, ...(fronts[ui] ?? [])])];
+    let got: Map<string, Captured> | undefined;
+    if (ui === 0) {
+      got = fronts[0]?.length
+        ? await captureValues(rt, ctx.graph, want, ctx.calib, ctx.batchSize)
+        : fp;
+    } else if (carried && fronts[ui - 1]) got = await segmentCapture(states[ui - 1], carried, want);
+    if (!got) {
+      const qg = quantizeGraph(
+        ctx.graph,
+        states.flatMap((s) =>
+          s.weights.map((w) => ({ site: w.site, data: hardWeight(w), dims: w.dims }))
+        ),
+        states.flatMap((s) => s.acts),
+      );
+      got = await captureValues(rt, qg, want, ctx.calib, ctx.batchSize);
+    }
+    const qIn = got.get(unit.input)!;
+    carried = fronts[ui] ? new Map(fronts[ui]!.map((v) => [v, got!.get(v)!])) : undefined;
+    const unitGraph = cutUnit(
+      ctx.graph,
+      [
+        { name: unit.input, dims: ["batch", ...qIn.dims.slice(1)] },
+        ...extra.map((v, i) => ({ name: v, dims: [`batch_s${i}`, ...fp.get(v)!.dims.slice(1)] })),
+      ],
+      outs,
+    );
+    const data: UnitTensors = {
+      nImages,
+      qIn,
+      fpIn: fp.get(unit.input)!,
+      fpOut: fp.get(unit.output)!,
+      fpAttn: unit.attn ? fp.get(unit.attn) : undefined,
+      shapeInputs: extra.map((v) => ({ name: v, dims: fp.get(v)!.dims })),
+    };
+    await initActs(rt, st, unitGraph, data, o, ctx.batchSize);
+    const tg = buildTrainGraph(
+      unitGraph,
+      unit,
+      st.weights,
+      st.acts,
+      { out: data.fpOut.dims, attn: data.fpAttn?.dims },
+      {
+        klWeight: o.lambR > 0 ? 1 / o.lambR : 0,
+        temperature: o.temperature,
+        klAxis: o.attentionKlAxis,
+        recLoss: o.recLoss,
+        gradients: o.gradients,
+      },
+    );
+    const recon: ReconOptions = {
+      iters: o.iters,
+      batch: o.batch,
+      lrV: o.lrV,
+      lrStep: o.lrStep,
+      roundWeight: o.roundWeight,
+      bStart: o.bStart,
+      bEnd: o.bEnd,
+      warmup: o.warmup,
+      inputProb: o.inputProb,
+      klWeight: o.lambR > 0 ? 1 / o.lambR : 0,
+      temperature: o.temperature,
+      klAxis: o.attentionKlAxis,
+      recLoss: o.recLoss,
+      gradients: o.gradients,
+      seed: (ctx.seed * 1000003 + ui * 7919) >>> 0,
+    };
+    const r = await trainUnit(
+      rt,
+      unit,
+      tg,
+      data,
+      st.weights,
+      st.acts,
+      recon,
+      ctx.log,
+    );
+    train += r.seconds;
+    setup += (performance.now() - t0) / 1000 - r.seconds;
+    reports.push(r);
+    fpCache.drop(ui);
+    hooks.onUnit?.(r);
+    states.push(st);
+  }
+  const weights = states.flatMap((s) => s.weights);
+  const hard = weights.map((w) => ({ site: w.site, data: hardWeight(w), dims: w.dims }));
+  const graph = quantizeGraph(ctx.graph, hard, states.flatMap((s) => s.acts));
+  const layers: LayerRecord[] = [];
+  weights.forEach((w, i) => {
+    const s = sqnrDb(w.w, hard[i].data);
+    layers.push({
+      site: w.site.id,
+      kind: w.site.kind,
+      role: w.site.role,
+      block: w.site.block,
+      tensor: "weight",
+      bits: w.bits,
+      scale: w.scale[0],
+      quantizer: "per-channel asym, AdaRound",
+      sqnrDb: Number.isFinite(s) ? s : null,
+    });
+  });
+  for (const a of states.flatMap((s) => s.acts)) {
+    for (const t of a.targets) {
+      layers.push({
+        site: t.site.id,
+        kind: t.site.kind,
+        role: t.site.role,
+        block: t.site.block,
+        tensor: a.tensor,
+        bits: a.bits,
+        scale: actScale(a),
+        quantizer: describeAct(a),
+        sqnrDb: null,
+      });
+    }
+  }
+  const mean = (f: (r: UnitReport) => number) =>
+    reports.reduce((acc, r) => acc + f(r), 0) / Math.max(reports.length, 1);
+  const improved = reports.filter((r) => r.recAfter < r.recBefore).length;
+  const ips = reports.filter((r) => r.iters > 0).map((r) => r.itersPerSec);
+  const notes = [
+    `module-wise reconstruction of ${units.length} units x ${o.iters} iterations, batch ${o.batch}, ` +
+    `${nImages} calibration images (reference: 5000 iterations, 1024 images), activation init on ${
+      Math.min(o.initSamples, nImages)
+    } images`,
+    `QDrop ${o.inputProb}; attention KL over the ${o.attentionKlAxis} axis, T ${o.temperature}, weight ${
+      o.lambR > 0 ? (1 / o.lambR).toFixed(3) : "0 (off)"
+    }; rounding loss ${o.roundWeight}, b ${o.bStart}->${o.bEnd} after ${o.warmup * 100}% warm-up`,
+    `outlier tau qkv ${o.outlierQkv}, fc1 ${o.outlierFc1}; shift-log2 ${o.shiftLog2}; ` +
+    `patch-embed/head ${
+      o.firstLast8bit ? "at 8 bits (weights and inputs)" : "at target bits (image input quantized)"
+    }; ` +
+    `rec loss ${o.recLoss}; gradients ${o.gradients}; 2-D search ${
+      o.searchBins > 0 ? `${o.searchBins}-bin histogram + ${o.searchRescore} exact` : "exact"
+    }`,
+    `unit rec loss (mean over units) ${mean((r) => r.recBefore).toExponential(3)} -> ${
+      mean((r) => r.recAfter).toExponential(3)
+    }, lower after optimization on ${improved}/${reports.length} units`,
+    ips.length
+      ? `optimization ${Math.min(...ips).toFixed(1)}-${
+        Math.max(...ips).toFixed(1)
+      } it/s per unit, ${train.toFixed(1)} s in optimization loops`
+      : "no optimization steps (initialization only)",
+  ].join("; ");
+  return {
+    model: { graph, layers, notes },
+    report: { units: reports, setupSeconds: setup, trainSeconds: train },
+  };
+}
+
+const APPROX = [
+  "module-wise reconstruction runs with the manifest's iterations and calibration images (on shipped data fewer than the reference's 3000-5000 iterations and 1024 images; the notes give the numbers)",
+  "the 2-D grid search of q, k^T and V ranks every candidate on histograms of the values and re-scores the best few exactly (searchBins 0: all exactly, as the reference)",
+  "gradients by default as the reference code: the steps of the per-patch, uniform and Shift-Log2 input quantizers learn through the final multiply only and pass no gradient to their inputs (Shift-Log2 only through its min-shift), so in the attention unit only proj and, through the attention KL, the q/k part of qkv get reconstruction gradients, and in the MLP unit fc2 (gradients ste: straight-through everywhere)",
+  "the attention KL is over the head axis (dim 1) as the reference computes it (attentionKlAxis token: the key axis)",
+  "each step forwards only the QDrop batch (the reference also forwards the quantized-input half, which only changes the Shift-Log2 batch minimum); Swin attention units keep their shift mask in training (the reference trains window attention without it)",
+  "the training graph takes log-quantizer codes from Log (a code can differ by one at exact grid boundaries); the final graph's quantizers are exact",
+].join("; ");
+
+/** ADFQ-ViT as a vitq method. */
+export const adfq: QuantMethod = {
+  name: "adfq",
+  paper: "Jiang et al., ADFQ-ViT, arXiv 2407.02763 (Neural Networks 2025)",
+  description:
+    "per-patch outlier-aware quantizer (qkv/fc1 inputs), Shift-Log2 (fc2 input), log-sqrt2 (softmax), 2-D searched q/k/V, per-channel AdaRound weights; attention-score-enhanced module-wise reconstruction with QDrop",
+  approximations: APPROX,
+  defaults: { ...ADFQ_DEFAULTS },
+  checkOptions,
+  async quantize(ctx) {
+    return (await runAdfq(ctx)).model;
+  },
+};

@@ -1,0 +1,426 @@
+/**
+ * I-ViT integer-only graph: the int32 kernels against their references, the
+ * integer-only rule, ONNX Runtime's own type report, bit-exactness of the
+ * ONNX graph against the TypeScript simulation on the shipped model's
+ * calibration images, Top-1 agreement, and the error for an op with no
+ * integer lowering.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { DataType, Graph, makeAttr, Tensor } from "../core/onnx/graph.ts";
+import { findSites } from "../core/onnx/sites.ts";
+import { resolveModel } from "../core/models.ts";
+import { VitqError } from "../core/errors.ts";
+import { iLayerNorm, INT31_MAX, shiftGelu, shiftmax } from "../core/quant/ivit.ts";
+import { Rng } from "../core/rng.ts";
+import type { Runtime } from "../core/runtime/runtime.ts";
+import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
+import { type LabelledSource, makeSource } from "../datasets/source.ts";
+import {
+  createRawSession,
+  dyadic15,
+  emitIntegerGraph,
+  iLayerNormInt32,
+  inferTypes,
+  integerOnlyViolations,
+  type IntProgram,
+  type IntType,
+  ortTypeName,
+  planRequant,
+  requantValue,
+  simulatedPredictions,
+  simulateProgram,
+  type Step,
+} from "../core/ivit/mod.ts";
+import { ivit, type IvitQuantizedModel, quantizeIvit } from "../methods/ivit.ts";
+import { FIXTURES, randomData, runtime } from "./helpers.ts";
+
+// ------------------------------------------------------------------ helpers
+
+/** A one-step program on an int32 input [rows, cols], output = the step's result. */
+function kernelProgram(
+  cols: number,
+  step: Step,
+  out: string,
+  outType: IntType,
+  extra: Map<string, Tensor> = new Map(),
+): IntProgram {
+  return {
+    opset: 17,
+    input: { name: "z", dims: ["N", cols], type: "int32" },
+    outputs: [{ name: "y", value: out, scale: [1] }],
+    initializers: extra,
+    steps: [step],
+    types: new Map([["z", "int32" as IntType], [out, outType]]),
+    records: [],
+    facts: [],
+  };
+}
+
+/** Run a program's integer graph and its simulation; return both outputs (as number arrays). */
+async function runBoth(p: IntProgram, input: Int32Array | Float32Array, dims: number[]) {
+  const s = await createRawSession(emitIntegerGraph(p), 1, "kernel graph");
+  try {
+    const ort = await s.run(input, dims);
+    const sim = simulateProgram(p, input, dims);
+    const v = p.outputs[0].value;
+    return { ort: Array.from(ort[v].data, Number), sim: Array.from(sim.get(v)!.data) };
+  } finally {
+    await s.release();
+  }
+}
+
+let shipped: Promise<{ q: IvitQuantizedModel; calib: LabelledSource; test: LabelledSource }>;
+
+/** I-ViT (reference variant) of the shipped model, calibrated on 64 shipped calibration images. */
+function shippedModel() {
+  shipped ??= (async () => {
+    const model = await resolveModel("vit_fmnist", "test");
+    const graph = await Graph.load(model.path);
+    const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
+    const testSplit = await loadFashionMnist(SHIPPED_FMNIST, "test");
+    const calib = makeSource(train, Array.from({ length: 64 }, (_, i) => i), model.card);
+    const test = makeSource(testSplit, Array.from({ length: 64 }, (_, i) => i * 150), model.card);
+    const q = await quantizeIvit({
+      graph,
+      sites: findSites(graph),
+      calib,
+      bits: { w: 8, a: 8 },
+      runtime: await runtime(),
+      options: { ...ivit.defaults },
+      batchSize: 32,
+      seed: 0,
+      log: () => {},
+    });
+    return { q, calib, test };
+  })();
+  return shipped;
+}
+
+// ------------------------------------------------------------------ kernels
+
+Deno.test("ivit kernels: iLayerNormInt32 without prescale is iLayerNorm of core/quant/ivit.ts", () => {
+  const rng = new Rng(3);
+  for (const [C, amp] of [[64, 127], [64, 2047], [384, 32767 >> 4], [7, 100]]) {
+    const x = Array.from({ length: 4 * C }, () => Math.round((rng.next() * 2 - 1) * amp));
+    const mine = Array.from(iLayerNormInt32(x, C, 0, 65536));
+    assert.deepEqual(mine, iLayerNorm(x, C).values);
+  }
+});
+
+Deno.test("ivit kernels: the requantization graph computes requantValue in every int32 plan", async () => {
+  const rng = new Rng(11);
+  const seen = { direct: 0, clip: 0, split: 0, mod: 0, narrow: 0 };
+  const cases: {
+    r: number[];
+    bits: number | null;
+    lo: number;
+    hi: number;
+    add: bigint[] | null;
+  }[] = [];
+  for (let t = 0; t < 40; t++) {
+    const C = t % 3 === 0 ? 5 : 1;
+    const r = Array.from({ length: C }, () => 2 ** (-40 + rng.next() * 44));
+    const bits = [8, 16, null][t % 3];
+    const span = 2 ** (7 + Math.floor(rng.next() * 24));
+    const lo = -Math.min(span, 2 ** 31 - 1), hi = Math.min(span, 2 ** 31 - 1) - 1;
+    const add = t % 4 === 0
+      ? Array.from({ length: C }, () => BigInt(Math.round((rng.next() * 2 - 1) * 2 ** 40)))
+      : null;
+    cases.push({ r, bits, lo, hi, add });
+  }
+  // a range too wide for the offsets: floors with Mod
+  cases.push({ r: [2 ** -20], bits: null, lo: -(2 ** 31) + 1, hi: 2 ** 31 - 1, add: null });
+  let tested = 0;
+  for (const c of cases) {
+    let plan;
+    try {
+      plan = planRequant(c.r.map(dyadic15), c.add, c.bits, c.lo, c.hi, "test");
+    } catch (e) {
+      assert.ok(e instanceof VitqError); // no int32 plan (e.g. unclamped results beyond int32)
+      continue;
+    }
+    const C = c.r.length;
+    if (plan.split.some((s) => s > 0)) seen.split++;
+    else seen.direct++;
+    if (plan.clip) seen.clip++;
+    if (!plan.offsets) seen.mod++;
+    if (!plan.finalClamp && c.bits !== null) seen.narrow++;
+    const outType: IntType = c.bits === null ? "int32" : c.bits <= 8 ? "int8" : "int16";
+    const p = kernelProgram(
+      C,
+      {
+        kind: "requant",
+        x: "z",
+        out: "q",
+        xType: "int32",
+        axis: C === 1 ? -1 : 1,
+        rank: 2,
+        plan,
+        bits: c.bits,
+        outType,
+        outZp: 0,
+      },
+      "q",
+      outType,
+    );
+    const rows = 64;
+    const z = new Int32Array(rows * C);
+    for (let i = 0; i < z.length; i++) {
+      z[i] = i < 2 * C ? (i < C ? c.lo : c.hi) : Math.round(c.lo + rng.next() * (c.hi - c.lo));
+    }
+    const { ort, sim } = await runBoth(p, z, [rows, C]);
+    const ref = Array.from(z, (v, i) => requantValue(v, plan.consts[i % C], c.bits));
+    assert.deepEqual(sim, ref);
+    assert.deepEqual(ort, ref, `plan ${JSON.stringify({ ...c, add: String(c.add) })}`);
+    tested++;
+  }
+  assert.ok(tested >= 25, `only ${tested} cases had an int32 plan`);
+  for (const [k, v] of Object.entries(seen)) assert.ok(v > 0, `no ${k} plan exercised`);
+});
+
+Deno.test("ivit kernels: Shiftmax and ShiftGELU graphs equal core shiftmax/shiftGelu", async () => {
+  const rng = new Rng(5);
+  const rows = 24, N = 64;
+  const x = new Int32Array(rows * N);
+  for (let r = 0; r < rows; r++) {
+    for (let j = 0; j < N; j++) {
+      // some rows entirely negative (ShiftGELU's saturated e_m), some flat
+      const v = r % 4 === 0
+        ? -128 + Math.floor(rng.next() * 60)
+        : Math.floor(rng.next() * 256) - 128;
+      x[r * N + j] = r % 7 === 3 ? 17 : v;
+    }
+  }
+  for (const s of [0.08, 0.01, 5e-4]) {
+    const x0 = Math.floor(-1 / s);
+    const splitSum = N * -x0 * 2 ** 15 > INT31_MAX;
+    for (const bits of [16, 8]) {
+      const outType: IntType = bits > 8 ? "int16" : "uint8";
+      const p = kernelProgram(
+        N,
+        {
+          kind: "shiftmax",
+          x: "z",
+          out: "sm",
+          scale: s,
+          x0,
+          n: 15,
+          bits,
+          outType,
+          rowLength: N,
+          splitSum,
+        },
+        "sm",
+        outType,
+      );
+      const { ort } = await runBoth(p, x, [rows, N]);
+      assert.deepEqual(ort, shiftmax(x, N, s, { bits, n: 15 }).values, `shiftmax s=${s} b=${bits}`);
+    }
+    const gx0 = Math.floor(-1 / (1.702 * s));
+    let n = 23;
+    while (-gx0 * 2 ** n > INT31_MAX) n--;
+    const p = kernelProgram(
+      N,
+      {
+        kind: "shiftgelu",
+        x: "z",
+        out: "g",
+        scale: s,
+        x0: gx0,
+        xZp: 0,
+        n,
+        bits: 8,
+        rowLength: N,
+      },
+      "g",
+      "int32",
+    );
+    const { ort } = await runBoth(p, x, [rows, N]);
+    assert.deepEqual(ort, shiftGelu(x, N, s, { bits: 8, n }).values, `shiftGelu s=${s} n=${n}`);
+  }
+});
+
+// ------------------------------------------------------------------ shipped model
+
+Deno.test("ivit: the shipped model's graph has no float tensor between QuantizeLinear and the output Cast", async () => {
+  const { q } = await shippedModel();
+  // rule (core/ivit/check.ts): every value computed from the image, other than the image
+  // and the output dequantizer's tail, is int8/uint8/int16/int32; int64/bool only on
+  // shape-only values (Shape/Size outputs and constants)
+  assert.deepEqual(integerOnlyViolations(q.graph), []);
+  assert.deepEqual(integerOnlyViolations(q.integerGraph), []);
+  const ops = new Set(q.graph.nodes.map((n) => n.opType));
+  for (const op of ["QuantizeLinear", "MatMulInteger", "ConvInteger"]) assert.ok(ops.has(op), op);
+  for (const op of ["Softmax", "Erf", "LayerNormalization", "MatMulNBits", "DequantizeLinear"]) {
+    assert.ok(!ops.has(op), `${op} left in the integer graph`);
+  }
+  // negative control: a float detour inside the integer region is reported
+  const bad = q.graph.clone();
+  const mm = bad.nodes.find((n) => n.opType === "MatMulInteger")!;
+  const f = mm.outputs[0];
+  for (const n of bad.nodes) n.inputs = n.inputs.map((v) => (v === f ? "leak_i" : v));
+  bad.addNode("Cast", [f], { outputs: ["leak_f"], attributes: [makeAttr("to", DataType.FLOAT)] });
+  bad.addNode("Cast", ["leak_f"], { outputs: ["leak_i"], attributes: [makeAttr("to", 6)] });
+  assert.ok(integerOnlyViolations(bad).some((v) => v.startsWith("leak_f: float32")));
+});
+
+Deno.test("ivit: ONNX Runtime reports the element types the walk infers", async () => {
+  const { q, calib } = await shippedModel();
+  const g = q.graph.clone();
+  const types = inferTypes(g);
+  const values = g.nodes.flatMap((n) => n.outputs).filter((v) => !g.outputNames.includes(v));
+  for (const v of values) g.addOutput(v, types.get(v)!);
+  const s = await createRawSession(g, 2, "typed graph");
+  try {
+    const out = await s.run(await calib.slice(0, 1), [1, ...calib.shape]);
+    assert.equal(Object.keys(out).length, values.length + 1);
+    for (const v of values) assert.equal(out[v].type, ortTypeName(types.get(v)!), v);
+  } finally {
+    await s.release();
+  }
+});
+
+Deno.test("ivit: the integer graph equals the TypeScript simulation bit for bit on the shipped calibration images", async () => {
+  const { q, calib } = await shippedModel();
+  const p = q.program;
+  // every integer value of the program, on 8 images
+  const all = [...p.types.keys()].filter((v) => v !== p.input.name);
+  const s = await createRawSession(emitIntegerGraph(p, { extraOutputs: all }), 2, "int graph");
+  try {
+    const x8 = await calib.slice(0, 8);
+    const ort8 = await s.run(x8, [8, ...calib.shape]);
+    const sim8 = simulateProgram(p, x8, [8, ...calib.shape], { keep: all });
+    for (const v of all) {
+      assert.deepEqual(Array.from(ort8[v].data, Number), Array.from(sim8.get(v)!.data), v);
+    }
+    // the output codes on all 64 calibration images
+    const x = await calib.slice(0, calib.length);
+    const dims = [calib.length, ...calib.shape];
+    const out = await s.run(x, dims);
+    const sim = q.simulate(x, dims);
+    for (const o of p.outputs) {
+      assert.deepEqual(
+        Array.from(out[o.value].data, Number),
+        Array.from(sim.codes.get(o.value)!.data),
+      );
+    }
+  } finally {
+    await s.release();
+  }
+});
+
+Deno.test("ivit: Top-1 of the integer graph equals Top-1 of its simulation", async () => {
+  const { q, test } = await shippedModel();
+  const rt = await runtime();
+  const session = await rt.createSession(q.graph, "wrapper");
+  try {
+    const x = await test.slice(0, test.length);
+    const dims = [test.length, ...test.shape];
+    const out = await session.run({ [session.inputNames[0]]: { data: x, dims } });
+    const logits = out[session.outputNames[0]].data;
+    const sim = q.simulate(x, dims);
+    assert.deepEqual(Array.from(logits), Array.from(sim.logits));
+    const k = logits.length / test.length;
+    let graphCorrect = 0, simCorrect = 0;
+    for (let i = 0; i < test.length; i++) {
+      let best = 0;
+      for (let j = 1; j < k; j++) if (logits[i * k + j] > logits[i * k + best]) best = j;
+      assert.equal(best, sim.preds[i]);
+      if (best === test.labels[i]) graphCorrect++;
+      if (sim.preds[i] === test.labels[i]) simCorrect++;
+    }
+    assert.equal(graphCorrect, simCorrect);
+  } finally {
+    await session.release();
+  }
+});
+
+// ------------------------------------------------------------------ fixtures
+
+Deno.test("ivit: paper variant, negative LayerNorm γ and a DeiT head stay bit-exact and integer-only", async () => {
+  const g = await Graph.load(`${FIXTURES}tiny_deit_op17.onnx`);
+  const rng = new Rng(9);
+  for (const name of ["blocks.0.norm1.weight", "blocks.0.norm1.bias"]) {
+    const t = g.initializers.get(name)!;
+    const v = Float32Array.from(
+      { length: t.size },
+      () =>
+        name.endsWith("weight")
+          ? (rng.next() < 0.3 ? -1 : 1) * (0.2 + rng.next())
+          : rng.next() - 0.5,
+    );
+    g.setInitializer(Tensor.fromFloat32(name, t.dims, v));
+  }
+  const n = 8, shape = [1, 28, 28];
+  const data = randomData(n * 784, 4, 2);
+  const calib = {
+    length: n,
+    shape,
+    slice: (a: number, b: number) => Promise.resolve(data.subarray(a * 784, b * 784)),
+  };
+  for (const variant of ["paper", "reference"]) {
+    const q = await quantizeIvit({
+      graph: g,
+      sites: findSites(g),
+      calib,
+      bits: { w: 8, a: 8 },
+      runtime: await runtime(),
+      options: { variant },
+      batchSize: 4,
+      seed: 0,
+      log: () => {},
+    });
+    assert.ok(q.program.steps.some((s) => s.kind === "layernorm" && s.sign !== null));
+    assert.deepEqual(integerOnlyViolations(q.graph), []);
+    const s = await createRawSession(q.integerGraph, 1);
+    try {
+      const out = await s.run(data, [n, ...shape]);
+      const sim = simulateProgram(q.program, data, [n, ...shape]);
+      const v = q.program.outputs[0].value;
+      assert.deepEqual(Array.from(out[v].data, Number), Array.from(sim.get(v)!.data), variant);
+      assert.equal(simulatedPredictions(q.program, sim).preds.length, n);
+    } finally {
+      await s.release();
+    }
+  }
+});
+
+Deno.test("ivit: an op with no integer lowering fails before any evaluation, naming op and node", async () => {
+  const g = await Graph.load(`${FIXTURES}tiny_vit_op17.onnx`);
+  const proj = findSites(g).find((s) => s.id === "b0.proj")!;
+  for (const n of g.nodes) n.inputs = n.inputs.map((v) => (v === proj.output ? "squashed" : v));
+  g.addNode("Sigmoid", [proj.output], { outputs: ["squashed"], name: "odd_sigmoid" });
+  g.topoSort();
+  const noRuns: Runtime = {
+    backend: "node",
+    threads: 1,
+    version: "none",
+    createSession: () => {
+      throw new Error("a session was created before the lowering check");
+    },
+  };
+  const data = randomData(784, 1);
+  await assert.rejects(
+    () =>
+      ivit.quantize({
+        graph: g,
+        sites: findSites(g),
+        calib: { length: 1, shape: [1, 28, 28], slice: () => Promise.resolve(data) },
+        bits: { w: 8, a: 8 },
+        runtime: noRuns,
+        options: { ...ivit.defaults },
+        batchSize: 1,
+        seed: 0,
+        log: () => {},
+      }),
+    (e: unknown) =>
+      e instanceof VitqError && /op Sigmoid/.test(e.message) && /node odd_sigmoid/.test(e.message),
+  );
+  assert.equal(ivit.name, "ivit");
+  assert.deepEqual(ivit.defaults, { variant: "reference" });
+  assert.match(ivit.approximations, /QAT|quantization-aware/);
+  assert.equal(ivit.checkOptions!({ variant: "paper" }), undefined);
+  assert.match(ivit.checkOptions!({ variant: "int4" }) ?? "", /variant/);
+});
