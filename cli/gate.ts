@@ -58,6 +58,9 @@ await runCli(async () => {
     await Deno.remove(dir, { recursive: true });
   }
   if (values.write) {
+    await Deno.mkdir(expectedPath.slice(0, expectedPath.lastIndexOf("/")) || ".", {
+      recursive: true,
+    });
     await Deno.writeTextFile(expectedPath, csv);
     console.log(`gate: wrote ${expectedPath}`);
     return;

@@ -391,6 +391,7 @@ export function renderCsv(d: TableData): string {
         const e = find(d, label, m, w, a);
         if (!e) continue;
         const fp = d.fp.find((f) => f.model === m)?.top1;
+        const mark = e.best ? "best" : e.tied ? "tied" : "";
         out.push(
           [
             w,
@@ -403,6 +404,10 @@ export function renderCsv(d: TableData): string {
             e.top1Std.toFixed(4),
             fp?.toFixed(4) ?? "",
             e.subsetSize,
+            mark,
+            e.vsBest?.diff.toFixed(4) ?? "",
+            e.vsBest?.lo.toFixed(4) ?? "",
+            e.vsBest?.hi.toFixed(4) ?? "",
           ].join(","),
         );
       }
