@@ -584,6 +584,7 @@ class FpCache {
 
 /** Everything {@link runAdfq} measured, besides the model. */
 export interface AdfqReport {
+  /** Per-unit reports, in network order. */
   units: UnitReport[];
   /** Seconds spent in captures and quantizer initialization (outside the optimization loops). */
   setupSeconds: number;

@@ -10,7 +10,8 @@
  *   weights with the rounding variable V as a graph input, activation
  *   quantizers whose step δ is a graph input, for gradient graphs.
  *
- * Gradients in the trainable form follow the reference code: the step of a
+ * Gradients in the trainable form follow the reference code by default
+ * (`GradientMode` "reference"; "ste" is straight-through everywhere): the step of a
  * learned activation quantizer (per-patch, per-tensor uniform, Shift-Log2)
  * gets its gradient only through the final multiply by δ (the code is
  * rounded with `torch.round`, no straight-through estimator), and nothing
