@@ -6,6 +6,7 @@
 import { minmax, percentile } from "./baselines.ts";
 import { baseptq, ptq4vit } from "./ptq4vit.ts";
 import { ivit } from "./ivit.ts";
+import { adfq } from "./adfq.ts";
 import type { QuantMethod } from "./types.ts";
 
 /** All registered methods. Add a method by importing it and listing it here. */
@@ -15,4 +16,5 @@ export const METHODS: Record<string, QuantMethod> = {
   [baseptq.name]: baseptq,
   [ptq4vit.name]: ptq4vit,
   [ivit.name]: ivit,
+  [adfq.name]: adfq,
 };
