@@ -108,6 +108,38 @@ export interface Captured {
   dims: number[];
 }
 
+/** Concatenate float32 chunks into one array. */
+export function concatFloat32(chunks: Float32Array[]): Float32Array {
+  const data = new Float32Array(chunks.reduce((a, c) => a + c.length, 0));
+  let off = 0;
+  for (const c of chunks) {
+    data.set(c, off);
+    off += c.length;
+  }
+  return data;
+}
+
+/** Batches of named tensors collected and concatenated along their first axis. */
+export class BatchCollector {
+  private parts = new Map<string, { chunks: Float32Array[]; dims: number[] }>();
+
+  /** Add one batch of `name` (copied). */
+  push(name: string, data: Float32Array, dims: number[]): void {
+    const p = this.parts.get(name);
+    if (p) {
+      p.chunks.push(data.slice());
+      p.dims[0] += dims[0];
+    } else this.parts.set(name, { chunks: [data.slice()], dims: [...dims] });
+  }
+
+  /** The concatenated tensors. */
+  finish(): Map<string, Captured> {
+    const out = new Map<string, Captured>();
+    for (const [v, p] of this.parts) out.set(v, { data: concatFloat32(p.chunks), dims: p.dims });
+    return out;
+  }
+}
+
 /**
  * Capture the full FP values of `values` over the calibration images,
  * concatenated along the first axis (images, or windows for Swin).
@@ -120,32 +152,14 @@ export async function captureValues(
   batchSize: number,
 ): Promise<Map<string, Captured>> {
   const uniq = [...new Set(values)];
-  const parts = new Map<string, { chunks: Float32Array[]; dims: number[] }>();
+  const parts = new BatchCollector();
   const session = await runtime.createSession(captureGraph(graph, uniq), "capture graph");
   try {
     await runBatches(session, calib, batchSize, (out) => {
-      for (const v of uniq) {
-        const t = out[v];
-        const p = parts.get(v);
-        if (p) {
-          p.chunks.push(t.data.slice());
-          p.dims[0] += t.dims[0];
-        } else parts.set(v, { chunks: [t.data.slice()], dims: [...t.dims] });
-      }
+      for (const v of uniq) parts.push(v, out[v].data, out[v].dims);
     });
   } finally {
     await session.release();
   }
-  const out = new Map<string, Captured>();
-  for (const [v, p] of parts) {
-    const n = p.chunks.reduce((a, c) => a + c.length, 0);
-    const data = new Float32Array(n);
-    let off = 0;
-    for (const c of p.chunks) {
-      data.set(c, off);
-      off += c.length;
-    }
-    out.set(v, { data, dims: p.dims });
-  }
-  return out;
+  return parts.finish();
 }

@@ -17,6 +17,7 @@
  */
 import type { Graph } from "./onnx/graph.ts";
 import { buildGradientGraph } from "./autodiff/backward.ts";
+import { concatFloat32 } from "./calib.ts";
 import type { ImageSource, Runtime } from "./runtime/runtime.ts";
 
 /** Options of {@link outputGradients}. */
@@ -82,14 +83,6 @@ export async function outputGradients(
     await session.release();
   }
   const res = new Map<string, Float32Array>();
-  for (const [v, chunks] of parts) {
-    const data = new Float32Array(chunks.reduce((a, c) => a + c.length, 0));
-    let off = 0;
-    for (const c of chunks) {
-      data.set(c, off);
-      off += c.length;
-    }
-    res.set(v, data);
-  }
+  for (const [v, chunks] of parts) res.set(v, concatFloat32(chunks));
   return res;
 }

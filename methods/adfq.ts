@@ -26,7 +26,7 @@
  *
  * @module
  */
-import { type Captured, captureValues } from "../core/calib.ts";
+import { BatchCollector, type Captured, captureValues } from "../core/calib.ts";
 import type { Graph } from "../core/onnx/graph.ts";
 import type { Site } from "../core/onnx/sites.ts";
 import { captureGraph, type ImageSource, type Runtime } from "../core/runtime/runtime.ts";
@@ -332,7 +332,7 @@ async function runRows(
 ): Promise<Map<string, Captured>> {
   outputs = [...new Set(outputs)];
   const session = await rt.createSession(captureGraph(graph, outputs), "unit capture graph");
-  const parts = new Map<string, { chunks: Float32Array[]; dims: number[] }>();
+  const parts = new BatchCollector();
   try {
     for (let s = 0; s < nImages; s += imagesPerRun) {
       const n = Math.min(imagesPerRun, nImages - s);
@@ -345,29 +345,12 @@ async function runRows(
         };
       }
       const out = await session.run(feeds);
-      for (const v of outputs) {
-        const t = out[v];
-        const p = parts.get(v);
-        if (p) {
-          p.chunks.push(t.data.slice());
-          p.dims[0] += t.dims[0];
-        } else parts.set(v, { chunks: [t.data.slice()], dims: [...t.dims] });
-      }
+      for (const v of outputs) parts.push(v, out[v].data, out[v].dims);
     }
   } finally {
     await session.release();
   }
-  const res = new Map<string, Captured>();
-  for (const [v, p] of parts) {
-    const data = new Float32Array(p.chunks.reduce((a, c) => a + c.length, 0));
-    let off = 0;
-    for (const c of p.chunks) {
-      data.set(c, off);
-      off += c.length;
-    }
-    res.set(v, { data, dims: p.dims });
-  }
-  return res;
+  return parts.finish();
 }
 
 /** Node indices of all ancestors of value `v` (its producer, transitively). */
