@@ -77,16 +77,22 @@ export async function gatherTable(
   manifest: string,
   cellIds?: string[],
 ): Promise<TableData> {
-  let rows = await store.query(
-    `select cell_id, label, method, model, model_sha, w_bits, a_bits, calib_seed, top1, sim_ips,
+  // with explicit cells (a bench run), take exactly those, whichever manifest stored
+  // them first (a resumed cell keeps the manifest name of the run that computed it)
+  const cols = `cell_id, label, method, model, model_sha, w_bits, a_bits, calib_seed, top1, sim_ips,
             sim_lat_med_ms, subset_size, eval_hash, backend, dataset, split, subset_rule,
-            calib_size, calib_split, approximations, timed_graph, created_at
-       from results where manifest_name = $1 and status = 'ok' order by created_at`,
-    [manifest],
-  );
+            calib_size, calib_split, approximations, timed_graph, created_at`;
+  let rows: Record<string, unknown>[];
   if (cellIds) {
     const keep = new Set(cellIds);
-    rows = rows.filter((r) => keep.has(r.cell_id as string));
+    rows =
+      (await store.query(`select ${cols} from results where status = 'ok' order by created_at`))
+        .filter((r) => keep.has(r.cell_id as string));
+  } else {
+    rows = await store.query(
+      `select ${cols} from results where manifest_name = $1 and status = 'ok' order by created_at`,
+      [manifest],
+    );
   }
   const correctness = await store.correctness(rows.map((r) => r.cell_id as string));
   const groups = new Map<string, Record<string, unknown>[]>();
