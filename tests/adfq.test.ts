@@ -33,16 +33,7 @@ import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { adfq, runAdfq } from "../methods/adfq.ts";
 import type { QuantContext } from "../methods/types.ts";
-import { FIXTURES, randomData, runtime } from "./helpers.ts";
-
-const card = {
-  name: "tiny",
-  file: "tiny.onnx",
-  input: { name: "input", channels: 1, height: 28, width: 28 },
-  normalization: { mean: [0.286], std: [0.353] },
-  classes: 10,
-  dataset: "fashion-mnist",
-};
+import { FIXTURE_CARD as card, FIXTURES, randomData, runtime } from "./helpers.ts";
 
 async function ctx(
   fixture: string,

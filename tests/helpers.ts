@@ -12,6 +12,16 @@ export const FIXTURES = `${ROOT}tests/fixtures/`;
 /** The shipped model. */
 export const SHIPPED_MODEL = `${ROOT}models/vit_fmnist.onnx`;
 
+/** Model card of the 28x28 grayscale test fixtures (Fashion-MNIST normalization). */
+export const FIXTURE_CARD = {
+  name: "tiny",
+  file: "tiny.onnx",
+  input: { name: "input", channels: 1, height: 28, width: 28 },
+  normalization: { mean: [0.286], std: [0.353] },
+  classes: 10,
+  dataset: "fashion-mnist",
+};
+
 let rt: Runtime | undefined;
 /** A shared onnxruntime-node runtime with 2 threads. */
 export async function runtime(): Promise<Runtime> {

@@ -4,17 +4,8 @@ import { findSites } from "../core/onnx/sites.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { baseptq, ptq4vit } from "../methods/ptq4vit.ts";
-import { FIXTURES, runtime } from "./helpers.ts";
+import { FIXTURE_CARD as card, FIXTURES, runtime } from "./helpers.ts";
 import type { QuantContext } from "../methods/types.ts";
-
-const card = {
-  name: "tiny",
-  file: "tiny.onnx",
-  input: { name: "input", channels: 1, height: 28, width: 28 },
-  normalization: { mean: [0.286], std: [0.353] },
-  classes: 10,
-  dataset: "fashion-mnist",
-};
 
 async function ctx(
   fixture: string,
