@@ -6,6 +6,14 @@
  * reduces an error against the FP output `O` to one score per candidate (or per
  * candidate and output column).
  *
+ * Candidates are either given as tensors ({@link CandidateScorer.score}) or, when
+ * the problem names a {@link CandidateQuantizer}, quantized inside the scoring
+ * graph from the raw operand and a few parameters per candidate
+ * ({@link CandidateScorer.scoreQuantized}), with the same quantizer emitters as
+ * the final fake-quant graph. The second form moves the candidates' fake
+ * quantization out of TypeScript into ONNX Runtime, and feeds the raw operand
+ * once per run instead of K copies.
+ *
  * Metrics (lower is better for all three as returned):
  * - `hessian`: Σ (G ⊙ (Ô − O))², the diagonal-Fisher-weighted output error of
  *   PTQ4ViT, G = ∂L/∂O on the calibration set;
@@ -16,9 +24,29 @@
  */
 import { Graph, Tensor } from "./onnx/graph.ts";
 import type { Runtime, Session } from "./runtime/runtime.ts";
+import {
+  emitTwinGeluWith,
+  emitTwinSoftmaxWith,
+  GELU_NEG_RANGE,
+  type TwinVariant,
+} from "./quant/twin.ts";
+import { emitSymmetricWith, qRange } from "./quant/uniform.ts";
 
 /** Search metric. */
 export type Metric = "hessian" | "mse" | "cosine";
+
+/**
+ * How the scoring graph quantizes the varying operand from per-candidate
+ * parameters (one row of `params` per candidate):
+ * - `uniform`: symmetric signed, one step per candidate, or `columns` steps per
+ *   candidate along the operand's last axis (per-output-channel weights);
+ * - `twin-softmax`: PTQ4ViT post-softmax twin quantizer, parameter = split point;
+ * - `twin-gelu`: PTQ4ViT post-GELU twin quantizer, parameter = positive step.
+ */
+export type CandidateQuantizer =
+  | { kind: "uniform"; bits: number; columns?: number }
+  | { kind: "twin-softmax"; bits: number; variant: TwinVariant }
+  | { kind: "twin-gelu"; bits: number };
 
 /** Shape of one scoring problem. */
 export interface ScoreProblem {
@@ -33,25 +61,73 @@ export interface ScoreProblem {
   perColumn?: boolean;
   /** Bias added to the output (broadcast over the last axis). */
   bias?: Float32Array;
+  /** Quantize the varying operand in the graph (input `x` + parameters `p`) instead of feeding candidates. */
+  quant?: CandidateQuantizer;
+}
+
+/** Number of parameters per candidate of a quantizer. */
+function paramWidth(q: CandidateQuantizer): number {
+  return q.kind === "uniform" ? q.columns ?? 1 : 1;
+}
+
+/** Emit the stacked candidates `[K, ...varDims]` from input `x` and parameters `p` ([K, width]). */
+function emitCandidates(g: Graph, q: CandidateQuantizer, varDims: number[]): string {
+  const rank = varDims.length;
+  const width = paramWidth(q);
+  const shape = width > 1 ? [-1, ...Array(rank - 1).fill(1), width] : [-1, ...Array(rank).fill(1)];
+  const p = g.addNode("Reshape", ["p", i64(g, "pshape", shape)]);
+  const c = (name: string, v: number) => g.constFloat(name, v);
+  if (q.kind === "uniform") {
+    const { qmin, qmax } = qRange(q.bits, true);
+    return emitSymmetricWith(g, "x", p, c("qmin", qmin), c("qmax", qmax));
+  }
+  if (q.kind === "twin-gelu") {
+    const half = 2 ** (q.bits - 1);
+    return emitTwinGeluWith(g, "x", {
+      pos: p,
+      neg: c("neg", Math.fround(GELU_NEG_RANGE / half)),
+      zero: c("zero", 0),
+      pmax: c("pmax", half - 1),
+      nmin: c("nmin", -half),
+    });
+  }
+  const qmax = c("qmax", 2 ** (q.bits - 1) - 1);
+  return emitTwinSoftmaxWith(g, "x", q.variant, {
+    split: p,
+    small: g.addNode("Div", [p, qmax]),
+    zero: c("zero", 0),
+    qmax,
+    one: q.variant === "reference" ? c("one", 1) : undefined,
+  });
 }
 
 function i64(g: Graph, prefix: string, values: number[]): string {
   return g.setInitializer(Tensor.fromInt64(g.uniqueName(prefix), [values.length], values));
 }
 
-/** Build the scoring graph of a problem. Inputs: cand, fixed, o, (g). Output: score. */
+/** Build the scoring graph of a problem. Inputs: cand (or x and p), fixed, o, (g). Output: score. */
 export function scoringGraph(p: ScoreProblem): Graph {
   const g = Graph.create(17, "vitq-score");
   const varDims = p.vary === "a" ? p.aDims : p.bDims;
   const fixDims = p.vary === "a" ? p.bDims : p.aDims;
-  g.addInput("cand", ["K", ...varDims]);
+  let cand = "cand";
+  if (p.quant) {
+    g.addInput("x", varDims);
+    g.addInput("p", ["K", paramWidth(p.quant)]);
+    cand = emitCandidates(g, p.quant, varDims);
+  } else {
+    g.addInput("cand", ["K", ...varDims]);
+  }
   g.addInput("fixed", fixDims);
   g.addInput("o", p.oDims);
   if (p.metric === "hessian") g.addInput("g", p.oDims);
   let y = p.vary === "a"
-    ? g.addNode("MatMul", ["cand", "fixed"])
-    : g.addNode("MatMul", ["fixed", "cand"]);
-  if (p.bias) y = g.addNode("Add", [y, g.constFloat("bias", p.bias)]);
+    ? g.addNode("MatMul", [cand, "fixed"])
+    : g.addNode("MatMul", ["fixed", cand]);
+  if (p.bias) {
+    g.addInput("bias", [p.bias.length]);
+    y = g.addNode("Add", [y, "bias"]);
+  }
   const rank = p.oDims.length + 1;
   const all = Array.from({ length: rank - 1 }, (_, i) => i + 1);
   let score: string;
@@ -129,17 +205,72 @@ export class CandidateScorer {
     o: Float32Array,
     g?: Float32Array,
   ): Promise<Float64Array[]> {
-    const p = this.problem;
-    const varDims = p.vary === "a" ? p.aDims : p.bDims;
-    const fixDims = p.vary === "a" ? p.bDims : p.aDims;
+    if (this.problem.quant) throw new Error("scoring graph quantizes in-graph: use scoreQuantized");
+    const varDims = this.problem.vary === "a" ? this.problem.aDims : this.problem.bDims;
     const per = varDims.reduce((a, b) => a * b, 1);
+    return await this.run(
+      count,
+      (k0, kn) => {
+        const stacked = new Float32Array(kn * per);
+        for (let i = 0; i < kn; i++) stacked.set(make(k0 + i), i * per);
+        return { cand: { data: stacked, dims: [kn, ...varDims] } };
+      },
+      fixed,
+      o,
+      g,
+    );
+  }
+
+  /**
+   * Score `count` candidates quantized in the graph from the raw varying operand
+   * `raw`: `params(k)` gives candidate k's parameters (one value, or one per
+   * column for a per-column uniform quantizer). Returns K scores, or K x columns.
+   */
+  async scoreQuantized(
+    count: number,
+    params: (k: number) => ArrayLike<number>,
+    raw: Float32Array,
+    fixed: Float32Array,
+    o: Float32Array,
+    g?: Float32Array,
+  ): Promise<Float64Array[]> {
+    const q = this.problem.quant;
+    if (!q) throw new Error("scoring graph has no candidate quantizer: use score");
+    const width = paramWidth(q);
+    const varDims = this.problem.vary === "a" ? this.problem.aDims : this.problem.bDims;
+    return await this.run(
+      count,
+      (k0, kn) => {
+        const p = new Float32Array(kn * width);
+        for (let i = 0; i < kn; i++) {
+          const v = params(k0 + i);
+          if (v.length !== width) {
+            throw new Error(`candidate ${k0 + i}: ${v.length} parameters, expected ${width}`);
+          }
+          p.set(v, i * width);
+        }
+        return { x: { data: raw, dims: varDims }, p: { data: p, dims: [kn, width] } };
+      },
+      fixed,
+      o,
+      g,
+    );
+  }
+
+  private async run(
+    count: number,
+    feedsOf: (k0: number, kn: number) => Record<string, { data: Float32Array; dims: number[] }>,
+    fixed: Float32Array,
+    o: Float32Array,
+    g?: Float32Array,
+  ): Promise<Float64Array[]> {
+    const p = this.problem;
+    const fixDims = p.vary === "a" ? p.bDims : p.aDims;
     const out: Float64Array[] = [];
     for (let k0 = 0; k0 < count; k0 += this.chunk) {
       const kn = Math.min(this.chunk, count - k0);
-      const stacked = new Float32Array(kn * per);
-      for (let i = 0; i < kn; i++) stacked.set(make(k0 + i), i * per);
       const feeds: Record<string, { data: Float32Array; dims: number[] }> = {
-        cand: { data: stacked, dims: [kn, ...varDims] },
+        ...feedsOf(k0, kn),
         fixed: { data: fixed, dims: fixDims },
         o: { data: o, dims: p.oDims },
       };
@@ -155,8 +286,8 @@ export class CandidateScorer {
     return out;
   }
 
-  /** Done with this scorer (its session stays cached for problems of the same shape). */
-  release(): Promise<void> {
-    return Promise.resolve();
+  /** Free the scoring session. */
+  async release(): Promise<void> {
+    await this.session.release();
   }
 }

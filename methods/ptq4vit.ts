@@ -28,7 +28,7 @@ import {
   twinSoftmax,
   type TwinVariant,
 } from "../core/quant/twin.ts";
-import { CandidateScorer, type Metric } from "../core/search.ts";
+import { type CandidateQuantizer, CandidateScorer, type Metric } from "../core/search.ts";
 import { attr } from "../core/onnx/graph.ts";
 import { outputGradients } from "../core/gradients.ts";
 import type { Graph } from "../core/onnx/graph.ts";
@@ -232,6 +232,16 @@ function emitAct(q: ActQ, bits: number, variant: TwinVariant): ActPlan["emit"] |
   return undefined;
 }
 
+/** The scoring graph's quantizer for candidates of the same kind as `q`. */
+function candidateQuantizer(q: ActQ, bits: number, variant: TwinVariant): CandidateQuantizer {
+  return q.kind === "uniform"
+    ? { kind: "uniform", bits }
+    : q.kind === "twin-softmax"
+    ? { kind: "twin-softmax", bits, variant }
+    : { kind: "twin-gelu", bits };
+}
+
+/** The searched parameter of an activation quantizer (step, split point or positive step). */
 function actStep(q: ActQ): number {
   return q.kind === "uniform" ? q.step : q.kind === "twin-softmax" ? q.split : q.pos;
 }
@@ -371,8 +381,9 @@ async function searchLinear(
     metric: o.metric,
     perColumn: decomposes,
     bias: p.bias,
+    quant: { kind: "uniform", bits: wb, columns: p.cout },
   });
-  const xScorer = quantIn
+  const xScorer = act
     ? await CandidateScorer.create(ctx.runtime, {
       vary: "a",
       aDims: [p.m, p.cin],
@@ -380,6 +391,7 @@ async function searchLinear(
       oDims: [p.m, p.cout],
       metric: o.metric,
       bias: p.bias,
+      quant: candidateQuantizer(act, ab, o.variant),
     })
     : undefined;
   let last = NaN;
@@ -387,16 +399,10 @@ async function searchLinear(
     for (let r = 0; r < o.rounds; r++) {
       const xq = act ? quantAct(p.x, act, ab, o.variant) : p.x;
       if (decomposes) {
-        const scores = await wScorer.score(
+        const scores = await wScorer.scoreQuantized(
           o.n,
-          (k) =>
-            quantW(
-              p.w,
-              p.cin,
-              p.cout,
-              expandGroups(p.groups, wInit.map((s) => s * factors[k]), p.cout),
-              wb,
-            ),
+          (k) => expandGroups(p.groups, wInit.map((s) => s * factors[k]), p.cout),
+          p.w,
           xq,
           p.o,
           p.g,
@@ -411,13 +417,14 @@ async function searchLinear(
         });
       } else {
         for (let gi = 0; gi < p.groups.length; gi++) {
-          const scores = await wScorer.score(
+          const scores = await wScorer.scoreQuantized(
             o.n,
             (k) => {
               const steps = [...wCur];
               steps[gi] = wInit[gi] * factors[k];
-              return quantW(p.w, p.cin, p.cout, expandGroups(p.groups, steps, p.cout), wb);
+              return expandGroups(p.groups, steps, p.cout);
             },
+            p.w,
             xq,
             p.o,
             p.g,
@@ -433,9 +440,10 @@ async function searchLinear(
           step: Math.fround(actInit * f),
         }
       );
-      const scores = await xScorer.score(
+      const scores = await xScorer.scoreQuantized(
         o.n,
-        (k) => quantAct(p.x, cands[k], ab, o.variant),
+        (k) => [actStep(cands[k])],
+        p.x,
         wq,
         p.o,
         p.g,
@@ -478,23 +486,26 @@ async function searchMatmul(
       bDims: B.dims,
       oDims: O.dims,
       metric: o.metric,
+      quant: candidateQuantizer(vary === "a" ? a : b, ab, o.variant),
     });
   const sa = await mk("a"), sb = await mk("b");
   try {
     for (let r = 0; r < o.rounds; r++) {
       const bq = quantAct(B.data, b, ab, o.variant);
-      const s1 = await sa.score(
+      const s1 = await sa.scoreQuantized(
         aCands.length,
-        (k) => quantAct(A.data, aCands[k], ab, o.variant),
+        (k) => [actStep(aCands[k])],
+        A.data,
         bq,
         O.data,
         G,
       );
       a = aCands[argmin(s1.map((s) => s[0]))];
       const aq = quantAct(A.data, a, ab, o.variant);
-      const s2 = await sb.score(
+      const s2 = await sb.scoreQuantized(
         bCands.length,
-        (k) => quantAct(B.data, bCands[k], ab, o.variant),
+        (k) => [actStep(bCands[k])],
+        B.data,
         aq,
         O.data,
         G,

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
-import { CandidateScorer, type Metric } from "../core/search.ts";
+import { type CandidateQuantizer, CandidateScorer, type Metric } from "../core/search.ts";
 import { fakeQuant, symmetric } from "../core/quant/uniform.ts";
+import { twinGelu, twinSoftmax, type TwinVariant } from "../core/quant/twin.ts";
 import { randomData, runtime } from "./helpers.ts";
 
 /** Direct TypeScript scoring of Ô = A·B (+bias) against O, for cross-checking the ORT graph. */
@@ -98,4 +99,78 @@ Deno.test("the search picks the known optimum of a synthetic layer", async () =>
   const best = scores.reduce((bi, s, i) => (s[0] < scores[bi][0] ? i : bi), 0);
   assert.equal(factors[best], 1);
   assert.ok(scores[best][0] < 1e-6);
+});
+
+Deno.test("in-graph candidate quantization scores exactly like TypeScript-quantized candidates", async () => {
+  // Same problem scored twice: candidates fake-quantized by the TypeScript
+  // references and fed as tensors, and candidates quantized inside the scoring
+  // graph from the raw operand. Equal quantized candidates give equal scores.
+  const m = 30, k = 10, n = 7, bits = 4;
+  const rt = await runtime();
+  const softmaxLike = randomData(m * k, 11, 1).map((v) => Math.abs(v) / 3);
+  const geluLike = randomData(m * k, 12, 2).map((v) => (v < -0.17 ? -0.17 : v));
+  const w = randomData(k * n, 13, 0.5);
+  const o = randomData(m * n, 14, 1);
+  const g = randomData(m * n, 15, 1);
+  const cases: {
+    quant: CandidateQuantizer;
+    x: Float32Array;
+    vary: "a" | "b";
+    params: number[][];
+    ts: (x: Float32Array, p: number[]) => Float32Array;
+  }[] = [
+    {
+      quant: { kind: "uniform", bits },
+      x: randomData(m * k, 16, 2),
+      vary: "a",
+      params: [[0.05], [0.1], [0.3]],
+      ts: (x, p) => fakeQuant(x, [m, k], symmetric(bits, p[0])),
+    },
+    {
+      quant: { kind: "uniform", bits, columns: n },
+      x: w,
+      vary: "b",
+      params: [0.02, 0.05, 0.1].map((s) => Array.from({ length: n }, (_, j) => s * (1 + j / 4))),
+      ts: (x, p) =>
+        fakeQuant(x, [k, n], {
+          bits,
+          signed: true,
+          scale: Float32Array.from(p),
+          zeroPoint: new Float32Array(n),
+          axis: 1,
+        }),
+    },
+    ...(["paper", "reference"] as TwinVariant[]).map((variant) => ({
+      quant: { kind: "twin-softmax", bits, variant } as CandidateQuantizer,
+      x: softmaxLike,
+      vary: "a" as const,
+      params: [[1], [2 ** -2], [2 ** -5]],
+      ts: (x: Float32Array, p: number[]) => twinSoftmax(x, { bits, split: p[0], variant }),
+    })),
+    {
+      quant: { kind: "twin-gelu", bits },
+      x: geluLike,
+      vary: "a",
+      params: [[0.1], [0.25], [0.5]],
+      ts: (x, p) => twinGelu(x, { bits, posScale: p[0] }),
+    },
+  ];
+  for (const c of cases) {
+    const problem = {
+      vary: c.vary,
+      aDims: [m, k],
+      bDims: [k, n],
+      oDims: [m, n],
+      metric: "hessian" as Metric,
+      perColumn: true,
+    };
+    const fixed = c.vary === "a" ? w : randomData(m * k, 17, 1);
+    const plain = await CandidateScorer.create(rt, problem);
+    const inGraph = await CandidateScorer.create(rt, { ...problem, quant: c.quant });
+    const want = await plain.score(c.params.length, (i) => c.ts(c.x, c.params[i]), fixed, o, g);
+    const got = await inGraph.scoreQuantized(c.params.length, (i) => c.params[i], c.x, fixed, o, g);
+    await plain.release();
+    await inGraph.release();
+    assert.deepEqual(got, want, `${c.quant.kind} ${JSON.stringify(c.quant)}`);
+  }
 });

@@ -148,25 +148,53 @@ export function emitTwinSoftmax(
   prefix: string,
 ): string {
   const { qmax, split, small } = twinSoftmaxSteps(q.bits, q.split);
-  const cSmall = g.constFloat(`${prefix}_small`, small);
-  const cZero = g.constFloat(`${prefix}_zero`, 0);
-  const cQmax = g.constFloat(`${prefix}_qmax`, qmax);
-  const cSplit = g.constFloat(`${prefix}_split`, split);
-  if (q.variant === "paper") {
-    const lo = emitLow(g, input, cSmall, cZero, cQmax);
-    const hi = emitHigh(g, input, cZero, cQmax);
+  if (q.variant !== "paper" && q.variant !== "reference") {
+    throw new Error(`twin softmax quantizer: unknown variant ${q.variant}`);
+  }
+  return emitTwinSoftmaxWith(g, input, q.variant, {
+    small: g.constFloat(`${prefix}_small`, small),
+    split: g.constFloat(`${prefix}_split`, split),
+    zero: g.constFloat(`${prefix}_zero`, 0),
+    qmax: g.constFloat(`${prefix}_qmax`, qmax),
+    one: q.variant === "reference" ? g.constFloat(`${prefix}_one`, 1) : undefined,
+  });
+}
+
+/** Tensor names of a post-softmax twin quantizer's parameters (see {@link twinSoftmaxSteps}). */
+export interface TwinSoftmaxTensors {
+  small: string;
+  split: string;
+  zero: string;
+  qmax: string;
+  /** The constant 1 (used by the `reference` variant only). */
+  one?: string;
+}
+
+/**
+ * Emit the post-softmax twin fake-quant subgraph with its parameters given as
+ * tensor names, broadcastable against `input` (constants in a quantized graph,
+ * or stacks of candidates in a scoring graph). Returns the output's name.
+ */
+export function emitTwinSoftmaxWith(
+  g: Graph,
+  input: string,
+  variant: TwinVariant,
+  t: TwinSoftmaxTensors,
+): string {
+  if (variant === "paper") {
+    const lo = emitLow(g, input, t.small, t.zero, t.qmax);
+    const hi = emitHigh(g, input, t.zero, t.qmax);
     // ONNX Runtime's CPU Where returns the "false" input's +0 when the selected "true"
     // value is -0, so the branch that can produce -0 (lo, for x = -0 or tiny negatives)
     // goes in the "false" slot, and the "true" slot (x >= split > 0) never holds -0.
-    const isHigh = g.addNode("GreaterOrEqual", [input, cSplit]);
+    const isHigh = g.addNode("GreaterOrEqual", [input, t.split]);
     return g.addNode("Where", [isHigh, hi, lo]);
   }
-  if (q.variant !== "reference") {
-    throw new Error(`twin softmax quantizer: unknown variant ${q.variant}`);
-  }
-  const cOne = g.constFloat(`${prefix}_one`, 1);
-  const lo = emitLow(g, g.addNode("Clip", [input, cZero, cSplit]), cSmall, cZero, cQmax);
-  const hi = emitHigh(g, g.addNode("Clip", [input, cSplit, cOne]), cZero, cQmax);
+  if (!t.one) throw new Error("twin softmax quantizer: the reference variant needs the constant 1");
+  // Max/Min rather than Clip: Clip needs scalar bounds, and a scoring graph's split is a stack.
+  const clamp = (lo: string, hi: string) => g.addNode("Min", [g.addNode("Max", [input, lo]), hi]);
+  const lo = emitLow(g, clamp(t.zero, t.split), t.small, t.zero, t.qmax);
+  const hi = emitHigh(g, clamp(t.split, t.one), t.zero, t.qmax);
   return g.addNode("Add", [hi, lo]);
 }
 
@@ -228,16 +256,36 @@ export function emitTwinGelu(
   prefix: string,
 ): string {
   const { neg, pos, nmin, pmax } = twinGeluSteps(q.bits, q.posScale);
-  const cPos = g.constFloat(`${prefix}_pos`, pos);
-  const cNeg = g.constFloat(`${prefix}_neg`, neg);
-  const cZero = g.constFloat(`${prefix}_zero`, 0);
-  let p = g.addNode("Div", [input, cPos]);
+  return emitTwinGeluWith(g, input, {
+    pos: g.constFloat(`${prefix}_pos`, pos),
+    neg: g.constFloat(`${prefix}_neg`, neg),
+    zero: g.constFloat(`${prefix}_zero`, 0),
+    pmax: g.constFloat(`${prefix}_pmax`, pmax),
+    nmin: g.constFloat(`${prefix}_nmin`, nmin),
+  });
+}
+
+/** Tensor names of a post-GELU twin quantizer's parameters (see {@link twinGeluSteps}). */
+export interface TwinGeluTensors {
+  pos: string;
+  neg: string;
+  zero: string;
+  pmax: string;
+  nmin: string;
+}
+
+/**
+ * Emit the post-GELU twin fake-quant subgraph with its parameters given as
+ * tensor names broadcastable against `input`. Returns the output's name.
+ */
+export function emitTwinGeluWith(g: Graph, input: string, t: TwinGeluTensors): string {
+  let p = g.addNode("Div", [input, t.pos]);
   p = g.addNode("Round", [p]);
-  p = g.addNode("Clip", [p, cZero, g.constFloat(`${prefix}_pmax`, pmax)]);
-  p = g.addNode("Mul", [p, cPos]);
-  let n = g.addNode("Div", [input, cNeg]);
+  p = g.addNode("Clip", [p, t.zero, t.pmax]);
+  p = g.addNode("Mul", [p, t.pos]);
+  let n = g.addNode("Div", [input, t.neg]);
   n = g.addNode("Round", [n]);
-  n = g.addNode("Clip", [n, g.constFloat(`${prefix}_nmin`, nmin), cZero]);
-  n = g.addNode("Mul", [n, cNeg]);
+  n = g.addNode("Clip", [n, t.nmin, t.zero]);
+  n = g.addNode("Mul", [n, t.neg]);
   return g.addNode("Add", [p, n]);
 }

@@ -116,6 +116,15 @@ export function emitFakeQuant(
   }
   const s = g.constFloat(`${prefix}_scale`, q.scale, dims);
   const hasZp = q.zeroPoint.some((z) => z !== 0);
+  if (!hasZp) {
+    return emitSymmetricWith(
+      g,
+      input,
+      s,
+      g.constFloat(`${prefix}_qmin`, qmin),
+      g.constFloat(`${prefix}_qmax`, qmax),
+    );
+  }
   let v = g.addNode("Div", [input, s]);
   v = g.addNode("Round", [v]);
   if (hasZp) v = g.addNode("Add", [v, g.constFloat(`${prefix}_zp`, q.zeroPoint, dims)]);
@@ -125,6 +134,25 @@ export function emitFakeQuant(
     g.constFloat(`${prefix}_qmax`, qmax),
   ]);
   if (hasZp) v = g.addNode("Sub", [v, g.constFloat(`${prefix}_zp`, q.zeroPoint, dims)]);
+  return g.addNode("Mul", [v, s]);
+}
+
+/**
+ * Emit zero-point-free fake quantization `clamp(round(x / s), qmin, qmax) * s`
+ * where `s`, `qmin` and `qmax` are names of tensors broadcastable against
+ * `input` (constants in a quantized graph, or a stack of candidate steps in a
+ * scoring graph). Returns the output's name.
+ */
+export function emitSymmetricWith(
+  g: Graph,
+  input: string,
+  s: string,
+  qmin: string,
+  qmax: string,
+): string {
+  let v = g.addNode("Div", [input, s]);
+  v = g.addNode("Round", [v]);
+  v = g.addNode("Clip", [v, qmin, qmax]);
   return g.addNode("Mul", [v, s]);
 }
 
