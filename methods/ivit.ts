@@ -8,7 +8,16 @@
  * after the input quantizer runs in integer arithmetic in ONNX Runtime:
  * MatMulInteger/ConvInteger, dyadic requantization as integer multiply and
  * shift, Shiftmax, ShiftGELU and I-LayerNorm as int32 operators (see
- * core/ivit/). `quantize` returns the float-in/float-out wrapper (input
+ * core/ivit/). ViT, DeiT and Swin graphs lower; Swin's extra operators stay
+ * integer too: the image Pad runs on the codes (pad value at the zero
+ * point), the cyclic shift (Slice + Concat), window partition/reverse
+ * (Reshape/Transpose) and PatchMerging's strided slices move codes, the
+ * relative position bias and shifted-window mask are quantized at the
+ * attention scores' 8-bit step and added in int32 before Shiftmax, the
+ * PatchMerging LayerNorm (4C channels) and bias-free reduction are ordinary
+ * I-LayerNorm and integer linear layers, and the mean over tokens is an
+ * integer ReduceSum whose 1/T the head's input requantization folds into
+ * its dyadic multiplier. `quantize` returns the float-in/float-out wrapper (input
  * quantizer → integer graph → output dequantizer), so the runner's Top-1 is
  * the Top-1 of the integer graph; the integer graph itself and a TypeScript
  * simulation come with it.
@@ -139,6 +148,8 @@ export const ivit: QuantMethod = {
     "calibration-only PTQ of a QAT method (the paper fine-tunes with quantization-aware training; here nothing is trained): activation scales are running min/max (first batch, then EMA 0.95) of the FP32 model's activations, frozen; " +
     "dyadic requantization uses a 15-bit multiplier (12-14 bits where that avoids splitting z) and rounds half up (the reference: 31-bit, half to even), because z·m must stay in int32; " +
     "I-LayerNorm's Σy² over 16-bit inputs is taken after a static right shift of y (sqrt started at 2^(16−shift)), and γ's sign is applied before its last floor; " +
+    "the Newton sqrt starts at the smallest power of two ≥ √C·max|y| (at least 2^10) when that is below 2^16 (I-ViT: always 2^16, whose 10 steps do not converge for 8-bit inputs over few channels); " +
+    "Swin: the relative position bias and shifted-window mask, which the exporter folds into one constant, are quantized together at the attention scores' 8-bit step and added in int32 (I-ViT quantizes the bias table to 8 bits and requantizes the sum, then adds the float mask); " +
     "ShiftGELU's n drops below 23 where |x0|·2^n would overflow int32; LayerNorm eps is ignored (as in I-ViT)",
   defaults: { variant: "reference" },
   checkOptions(o) {

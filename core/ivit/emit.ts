@@ -3,7 +3,8 @@
  * operators that ONNX Runtime's CPU provider runs on integers
  * (MatMulInteger, ConvInteger, MatMul on int32, Add/Sub/Mul/Div/Mod, Max/Min,
  * Clip, ReduceSum/ReduceMax, Gather from small int32 tables, Cast between
- * integer types). Division is ONNX integer Div, which truncates toward zero;
+ * integer types; copied data movement such as Slice/Concat/Pad on integer
+ * codes). Division is ONNX integer Div, which truncates toward zero;
  * wherever the dividend can be negative, floor division is written as
  * `(x − Mod(x, d)) / d` (ONNX Mod with fmod = 0 takes the divisor's sign, so
  * the subtraction lands on a multiple of d). No bool tensor carries data:
@@ -385,11 +386,20 @@ class Emitter {
         this.requant(s);
         break;
       case "add": {
+        if (s.bits >= 32) {
+          this.op("Add", [s.a, s.b], [], s.out);
+          break;
+        }
         const sum = this.op("Add", [s.a, s.b]);
         const c = this.clip(sum, -(2 ** (s.bits - 1)), 2 ** (s.bits - 1) - 1);
         this.cast(c, s.outType, s.out);
         break;
       }
+      case "reducesum":
+        this.op("ReduceSum", [this.centered(s.x, s.xType, s.xZp), this.i64(s.axes)], [
+          makeAttr("keepdims", s.keepdims ? 1 : 0),
+        ], s.out);
+        break;
       case "shiftmax":
         this.shiftmax(s);
         break;

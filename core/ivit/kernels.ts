@@ -377,9 +377,25 @@ export function layerNormPrescale(channels: number, yMax: number): number {
   throw new VitqError(`I-ViT: LayerNorm over ${channels} channels cannot be held in int32`);
 }
 
-/** Newton start of I-LayerNorm's integer sqrt after a prescale by 2^a: 2^(16−a), at least 1. */
-export function layerNormStart(a: number): number {
-  return 2 ** Math.max(0, 16 - a);
+/**
+ * Newton start of I-LayerNorm's integer sqrt after a prescale by 2^a:
+ * 2^(16−a), at least 1 (I-ViT starts at 2^16). Given the channels and the
+ * bound yMax on |x − mean|, lowered to the smallest power of two ≥ the
+ * largest possible √V = √C·ceil(yMax/2^a), but not below 2^10: Newton from
+ * above halves k per step while k ≫ √V, so ten steps from 2^16 leave the
+ * root of a small V (8-bit inputs over few channels, e.g. a Swin
+ * patch-embedding LayerNorm) unconverged, and a start ≥ 2^10 keeps k ≥ 1
+ * through ten steps even for V = 0. With a = layerNormPrescale(C, yMax) ≥ 1
+ * the bound is never below 2^(16−a)/2, so only unprescaled LayerNorms
+ * start lower.
+ */
+export function layerNormStart(a: number, channels?: number, yMax?: number): number {
+  let k0 = 2 ** Math.max(0, 16 - a);
+  if (channels !== undefined && yMax !== undefined) {
+    const bound = Math.max(Math.sqrt(channels) * Math.ceil(yMax / 2 ** a), 2 ** 10);
+    while (k0 / 2 >= bound) k0 /= 2;
+  }
+  return k0;
 }
 
 /** round(sum / c), ties to even, for safe integers (c > 0). */

@@ -1,17 +1,19 @@
 /**
- * The I-ViT lowering: a float ViT/DeiT ONNX graph plus calibrated activation
- * ranges → an {@link IntProgram} whose every data tensor after the input
- * quantizer is an integer.
+ * The I-ViT lowering: a float ViT/DeiT/Swin ONNX graph plus calibrated
+ * activation ranges → an {@link IntProgram} whose every data tensor after the
+ * input quantizer is an integer.
  *
  * The walk visits the float graph in topological order. Shape computations
  * (values that depend on the image only through `Shape`) and constants are
  * copied unchanged. Every data node is lowered by its role:
  *
- * - linear layers (site finder: qkv/proj/fc1/fc2/head/patch_embed):
- *   per-channel symmetric int8 weights, `MatMulInteger`/`ConvInteger` with
- *   int32 accumulation, the bias folded as `round(b/(s_x·s_w))`, then I-ViT's
- *   QuantAct: a dyadic requantization to 8 bits (16 for proj and fc2 in the
- *   `reference` variant); the head keeps its int32 accumulator;
+ * - linear layers (site finder: qkv/proj/fc1/fc2/head/patch_embed, and Swin's
+ *   bias-free PatchMerging reduction): per-channel symmetric int8 weights,
+ *   `MatMulInteger`/`ConvInteger` with int32 accumulation, the bias (if any)
+ *   folded as `round(b/(s_x·s_w))`, then I-ViT's QuantAct: a dyadic
+ *   requantization to 8 bits (16 for proj and fc2 in the `reference`
+ *   variant; 8 for the reduction, as in I-ViT's Swin); the head keeps its
+ *   int32 accumulator;
  * - attention matmuls: integer matmul of the 8-bit operands (16-bit softmax
  *   × V as an int32 MatMul);
  * - 8-bit activations that feed a matmul are stored as uint8 codes with zero
@@ -20,22 +22,41 @@
  * - `Mul`/`Div` by a positive scalar constant (the 1/√d of attention, DeiT's
  *   head average): folded into the scale, no operator;
  * - Softmax → Shiftmax (8-bit input, 16- or 8-bit output); GELU → ShiftGELU;
- *   LayerNorm → I-LayerNorm with γ/β folded into the scale and a bias;
+ *   LayerNorm → I-LayerNorm with γ/β folded into the scale and a bias (also
+ *   over 4C channels in PatchMerging, and on the 8-bit input of Swin's
+ *   patch-embedding LayerNorm, I-ViT's `qact_before_norm`); the integer
+ *   sqrt starts from a power of two no larger than needed for the
+ *   calibrated range (`layerNormStart`);
  * - residual `Add` of two data values → integer add of both operands
  *   requantized to the calibrated output scale (I-ViT's QuantAct with an
  *   identity branch); `Add` of a constant (position embedding) → the constant
  *   quantized to 8 bits, requantized, added;
+ * - `Add` of a constant to attention scores that flow only into a Softmax
+ *   (Swin's relative position bias, with the shifted-window mask folded in
+ *   by the exporter, reached through Expand/Reshape of a constant): the
+ *   scores get I-ViT's 8-bit QuantAct, the constant is quantized at that same
+ *   step into int32 (the Expand/Reshape chain replayed on the codes) and
+ *   added without a clamp, so the −100 mask stays far below every score and
+ *   Shiftmax runs on the int32 sum at the scores' step;
  * - `Concat` (class token) → inputs requantized to one scale, constants
- *   quantized at that scale;
- * - data movement (Reshape, Transpose, Gather, Slice, ...) → the same node on
- *   the integer tensor.
+ *   quantized at that scale; a `Concat` of data values already in one
+ *   integer form (Swin's cyclic shift as Slice + Concat, PatchMerging's
+ *   strided slices joined along channels) → the same Concat on the codes;
+ * - `ReduceMean` over tokens (Swin's pooling before the head) → I-ViT's
+ *   8-bit QuantAct, an integer `ReduceSum`, and 1/T folded into the scale,
+ *   so the head's input requantization applies it in its dyadic multiplier;
+ * - constant `Pad` (the Swin models' 28→32 image padding, after the input
+ *   quantizer) → the same Pad on the codes with the pad value quantized at
+ *   the value's step plus its zero point (0.0 → 128 on the uint8 image);
+ * - data movement (Reshape, Transpose, Gather, Slice with steps, ...) → the
+ *   same node on the integer tensor.
  *
  * Any other data operator throws a {@link VitqError} naming the op and node;
  * {@link checkLowerable} runs the same classification before any calibration.
  *
  * @module
  */
-import { DataType, type Graph, type GraphIndex, type Node, Tensor } from "../onnx/graph.ts";
+import { attr, DataType, type Graph, type GraphIndex, type Node, Tensor } from "../onnx/graph.ts";
 import type { Site } from "../onnx/sites.ts";
 import { VitqError } from "../errors.ts";
 import {
@@ -96,6 +117,12 @@ interface IVal {
   zp: number;
   /** Softmax output: non-negative, accepted as the left operand of the attention matmul. */
   nonneg?: boolean;
+  /**
+   * Attention scores plus an additive constant (relative position bias,
+   * shifted-window mask) at the scores' step, unclamped int32: accepted as
+   * the Shiftmax input and moved by data-movement nodes as is.
+   */
+  wide?: boolean;
 }
 
 const STRUCT = new Set([
@@ -130,6 +157,30 @@ export function constTensor(g: Graph, idx: GraphIndex, name: string): Tensor | u
     const p = idx.producer.get(cur);
     if (p === undefined || g.nodes[p].opType !== "Identity") return undefined;
     cur = g.nodes[p].inputs[0];
+  }
+  return undefined;
+}
+
+/**
+ * A non-data value traced to a constant through data-movement nodes (input 0
+ * of each): the constant and the nodes to replay on its quantized codes, in
+ * execution order; undefined when the value is not such a constant.
+ */
+function traceConstChain(
+  g: Graph,
+  idx: GraphIndex,
+  v: string,
+): { base: Tensor; chain: Node[] } | undefined {
+  const chain: Node[] = [];
+  let cur = v;
+  for (let i = 0; i < 16; i++) {
+    const t = constTensor(g, idx, cur);
+    if (t) return { base: t, chain: chain.reverse() };
+    const p = idx.producer.get(cur);
+    const node = p === undefined ? undefined : g.nodes[p];
+    if (!node || !STRUCT.has(node.opType) && node.opType !== "Tile") return undefined;
+    chain.push(node);
+    cur = node.inputs[0];
   }
   return undefined;
 }
@@ -211,6 +262,9 @@ type Role =
   | { kind: "scale"; data: number; factor: number }
   | { kind: "add2" }
   | { kind: "addconst"; data: number }
+  | { kind: "scorebias"; data: number }
+  | { kind: "mean" }
+  | { kind: "pad" }
   | { kind: "concat" }
   | { kind: "struct" }
   | { kind: "shape" };
@@ -294,15 +348,51 @@ class Classifier {
       case "Add": {
         if (nData === 2) return { kind: "add2" };
         const d = dataIn.indexOf(true);
-        const t = constTensor(this.g, this.idx, n.inputs[1 - d]);
+        const other = n.inputs[1 - d];
+        if (this.feedsSoftmax(n.outputs[0], 0) && traceConstChain(this.g, this.idx, other)) {
+          return { kind: "scorebias", data: d };
+        }
+        const t = constTensor(this.g, this.idx, other);
         return t ? { kind: "addconst", data: d } : undefined;
       }
       case "Concat":
         return { kind: "concat" };
+      case "ReduceMean": {
+        // a mean over tokens/channels; not one over the batch (axis 0, or all axes)
+        if (!dataIn[0] || nData !== 1) return undefined;
+        const axes = attrInts(n, "axes") ??
+          (n.inputs[1] ? constTensor(this.g, this.idx, n.inputs[1])?.numbers() : []);
+        return axes && axes.length > 0 && !axes.includes(0) ? { kind: "mean" } : undefined;
+      }
+      case "Pad": {
+        if (!dataIn[0] || nData !== 1 || (attr(n, "mode") ?? "constant") !== "constant") {
+          return undefined;
+        }
+        const cv = n.inputs[2];
+        return !cv || constTensor(this.g, this.idx, cv)?.size === 1 ? { kind: "pad" } : undefined;
+      }
       default:
         if (STRUCT.has(n.opType) && dataIn[0] && nData === 1) return { kind: "struct" };
         return undefined;
     }
+  }
+
+  /**
+   * Whether value `v` reaches only Softmax inputs, through data movement and
+   * further constant adds (attention scores + relative position bias, then +
+   * shifted-window mask, then Softmax).
+   */
+  private feedsSoftmax(v: string, depth: number): boolean {
+    const uses = this.idx.consumers.get(v) ?? [];
+    if (uses.length === 0 || depth > 8 || this.g.outputNames.includes(v)) return false;
+    return uses.every((u) => {
+      const m = this.g.nodes[u.node];
+      if (m.opType === "Softmax") return true;
+      const dataIns = m.inputs.filter((x) => this.data.has(x)).length;
+      const pass = STRUCT.has(m.opType) && m.inputs[0] === v && dataIns === 1;
+      if (!pass && !(m.opType === "Add" && dataIns === 1)) return false;
+      return m.outputs.length === 1 && this.feedsSoftmax(m.outputs[0], depth + 1);
+    });
   }
 
   /** The first data node without an integer lowering, if any. */
@@ -576,6 +666,15 @@ class Lowering {
         case "addconst":
           this.addConst(n, role.data);
           break;
+        case "scorebias":
+          this.scoreBias(n, role.data);
+          break;
+        case "mean":
+          this.mean(n);
+          break;
+        case "pad":
+          this.pad(n);
+          break;
         case "concat":
           this.concat(n);
           break;
@@ -615,7 +714,14 @@ class Lowering {
     this.push({ kind: "node", node: { ...n, inputs } });
   }
 
-  private weightRecord(name: string, w: ArrayLike<number>, codes: number[], steps: number[]) {
+  private weightRecord(
+    name: string,
+    w: ArrayLike<number>,
+    codes: number[],
+    steps: number[],
+    bits = this.opts.wBits,
+    quantizer?: string,
+  ) {
     const per = w.length / steps.length;
     let sig = 0, err = 0;
     for (let i = 0; i < w.length; i++) {
@@ -626,9 +732,9 @@ class Lowering {
     const rec: QuantRecord = {
       value: name,
       tensor: "weight",
-      bits: this.opts.wBits,
+      bits,
       scale: steps[0],
-      quantizer: steps.length > 1 ? "per-channel sym" : "per-tensor sym",
+      quantizer: quantizer ?? (steps.length > 1 ? "per-channel sym" : "per-tensor sym"),
       sqnrDb: err > 0 ? 10 * Math.log10(sig / err) : null,
     };
     this.prog.records.push(rec);
@@ -810,7 +916,8 @@ class Lowering {
     if (axis !== -1 && axis !== rank - 1) {
       throw new VitqError(`${this.source}: I-ViT: Softmax ${n.name} is not over the last axis`);
     }
-    const x = this.need(n.inputs[0], "val8");
+    const iv = this.get(n.inputs[0]);
+    const x = iv.wide ? iv : this.need(n.inputs[0], "val8");
     const s = x.scale[0];
     const nExp = 15;
     const x0 = Math.floor(-1 / s);
@@ -929,8 +1036,9 @@ class Lowering {
     const C = this.env.dims(site.input!).at(-1)!;
     const { gamma, beta } = this.lnParams(n, C);
     const a = layerNormPrescale(C, x.hi - x.lo);
-    const k0 = layerNormStart(a);
+    const k0 = layerNormStart(a, C, x.hi - x.lo);
     if (a > 0) this.prog.facts.push(`${site.id}: Σy² after a right shift by ${a}, sqrt from ${k0}`);
+    else if (k0 < 2 ** 16) this.prog.facts.push(`${site.id}: sqrt from ${k0} (I-ViT: 2^16)`);
     const sLn = Math.sqrt(C) / 2 ** 30;
     const sign = gamma.map((gm, c) => {
       if (!(gm !== 0 && Number.isFinite(gm))) {
@@ -1040,21 +1148,173 @@ class Lowering {
 
   /** Trace a non-data operand to a constant through data-movement nodes. */
   private traceConst(v: string): { base: Tensor; chain: Node[] } {
-    const chain: Node[] = [];
-    let cur = v;
-    for (let i = 0; i < 16; i++) {
-      const t = constTensor(this.g, this.cls.idx, cur);
-      if (t) return { base: t, chain: chain.reverse() };
-      const p = this.cls.idx.producer.get(cur);
-      const node = p === undefined ? undefined : this.g.nodes[p];
-      if (!node || !STRUCT.has(node.opType) && node.opType !== "Tile") break;
-      chain.push(node);
-      cur = node.inputs[0];
+    const t = traceConstChain(this.g, this.cls.idx, v);
+    if (!t) throw new VitqError(`${this.source}: I-ViT: cannot quantize the constant operand ${v}`);
+    return t;
+  }
+
+  /** Replay the data-movement `chain` of a traced constant on its integer codes `name`. */
+  private replayChain(name: string, chain: Node[], type: IntType): string {
+    for (const c of chain) {
+      const out = this.fresh(c.outputs[0]);
+      for (const i of c.inputs.slice(1)) {
+        const t = i ? this.g.initializers.get(i) : undefined;
+        if (t) this.prog.initializers.set(i, t);
+      }
+      this.push({
+        kind: "node",
+        node: {
+          ...c,
+          name: this.fresh(c.name),
+          inputs: [name, ...c.inputs.slice(1)],
+          outputs: [out],
+        },
+      });
+      this.prog.types.set(out, type);
+      name = out;
     }
-    throw new VitqError(`${this.source}: I-ViT: cannot quantize the constant operand ${v}`);
+    return name;
+  }
+
+  /**
+   * Attention scores + a constant (Swin's relative position bias, with the
+   * shifted-window mask folded in by the exporter): I-ViT's 8-bit QuantAct on
+   * the scores, the constant quantized at that same step into int32 and
+   * added without a clamp, so that a −100 mask stays far below the row
+   * maximum and Shiftmax gives it (almost) no weight; I-ViT adds its mask at
+   * the scores' scale the same way. A second constant add on the result
+   * (bias, then mask, as timm exports them) reuses the step.
+   */
+  private scoreBias(n: Node, d: number): void {
+    const fp = n.inputs[d];
+    const iv = this.get(fp);
+    let x = iv.wide ? iv : this.need(fp, "val8");
+    if (x.type !== "int32" || x.zp !== 0) {
+      x = this.requant(x, x.scale[0], this.A, `${n.name} scores`, "int32");
+    }
+    const s = x.scale[0];
+    const other = n.inputs[1 - d];
+    const { base, chain } = this.traceConst(other);
+    const c = base.numbers();
+    const codes = Array.from(c, (v) => roundHalfEven(v / s));
+    let cLo = 0, cHi = 0;
+    for (const q of codes) {
+      if (!Number.isSafeInteger(q)) {
+        throw new VitqError(`${this.source}: I-ViT: constant ${other} of ${n.name} is not finite`);
+      }
+      if (q < cLo) cLo = q;
+      if (q > cHi) cHi = q;
+    }
+    const lo = x.lo + cLo, hi = x.hi + cHi;
+    // ShiftExp forms about 1.4375·(x − rowmax) in int32
+    if (hi - lo >= 2 ** 30) {
+      throw new VitqError(
+        `${this.source}: I-ViT: scores plus ${other} of ${n.name} span ${hi - lo} steps (≥ 2^30)`,
+      );
+    }
+    this.weightRecord(base.name, c, codes, [s], 32, "per-tensor at the scores' step, int32");
+    const cName = this.replayChain(
+      this.init(int32Tensor(this.fresh(`${base.name}_q`), base.dims, codes)),
+      chain,
+      "int32",
+    );
+    const out = this.fresh(n.outputs[0]);
+    this.push({ kind: "add", a: x.name, b: cName, out, bits: 32, outType: "int32" });
+    this.setVal(n.outputs[0], {
+      name: out,
+      type: "int32",
+      lo,
+      hi,
+      scale: [s],
+      axis: -1,
+      rank: this.rank(n.outputs[0]),
+      add: null,
+      zp: 0,
+      wide: true,
+    });
+  }
+
+  /**
+   * Mean over tokens (Swin's pooling before the head): I-ViT's 8-bit QuantAct
+   * on the input, an integer ReduceSum over the T reduced elements, and 1/T
+   * folded into the scale, so that the next requantization applies it inside
+   * its dyadic multiplier.
+   */
+  private mean(n: Node): void {
+    const dimsIn = this.env.dims(n.inputs[0]);
+    const rankIn = dimsIn.length;
+    const axes = (attrInts(n, "axes") ?? constTensor(this.g, this.cls.idx, n.inputs[1])!.numbers())
+      .map((a) => (a < 0 ? a + rankIn : a));
+    if (axes.includes(0)) {
+      throw new VitqError(`${this.source}: I-ViT: ReduceMean ${n.name} averages over the batch`);
+    }
+    const T = axes.reduce((p, a) => p * dimsIn[a], 1);
+    const x = this.need(n.inputs[0], "small", this.A);
+    if (T * Math.max(Math.abs(x.lo), Math.abs(x.hi)) > INT32_MAX) {
+      throw new VitqError(`${this.source}: I-ViT: sum of ${n.name} may exceed int32`);
+    }
+    const out = this.fresh(n.outputs[0]);
+    this.push({
+      kind: "reducesum",
+      x: x.name,
+      xType: x.type,
+      xZp: x.zp,
+      out,
+      axes: [...axes].sort((a, b) => a - b),
+      keepdims: attrNum(n, "keepdims", 1) === 1,
+    });
+    this.prog.types.set(out, "int32");
+    this.setVal(n.outputs[0], {
+      name: out,
+      type: "int32",
+      lo: T * x.lo,
+      hi: T * x.hi,
+      scale: [x.scale[0] / T],
+      axis: -1,
+      rank: this.rank(n.outputs[0]),
+      add: null,
+      zp: 0,
+    });
+  }
+
+  /**
+   * Constant Pad (the 28→32 image padding of the Swin models): the same Pad
+   * on the integer codes, the pad value quantized at the value's step plus
+   * its zero point (0.0 → code 128 of the uint8 image).
+   */
+  private pad(n: Node): void {
+    const iv0 = this.get(n.inputs[0]);
+    const ok = iv0.scale.length === 1 && !iv0.add &&
+      (iv0.type === "uint8" || iv0.type === "int8" || iv0.type === "int32");
+    // ONNX Runtime's CPU Pad has no int16 kernel: other forms become 8-bit codes
+    const iv = ok ? iv0 : this.need(n.inputs[0], "act8");
+    const cv = n.inputs[2] ? constTensor(this.g, this.cls.idx, n.inputs[2])!.numbers()[0] : 0;
+    const v = roundHalfEven(cv / iv.scale[0]);
+    const code = v + iv.zp;
+    const [tLo, tHi] = iv.type === "uint8"
+      ? [0, 255]
+      : iv.type === "int8"
+      ? [-128, 127]
+      : [-(2 ** 31), 2 ** 31 - 1];
+    if (!(code >= tLo && code <= tHi)) {
+      throw new VitqError(`${this.source}: I-ViT: pad value ${cv} of ${n.name} does not fit`);
+    }
+    const make = iv.type === "uint8" ? uint8Tensor : iv.type === "int8" ? int8Tensor : int32Tensor;
+    const cName = this.init(make(this.fresh(`${n.name}_value`), [], [code]));
+    for (const i of n.inputs.slice(1)) {
+      const t = i ? this.g.initializers.get(i) : undefined;
+      if (t) this.prog.initializers.set(i, t);
+    }
+    const out = this.fresh(n.outputs[0]);
+    this.push({
+      kind: "node",
+      node: { ...n, inputs: [iv.name, n.inputs[1], cName, ...n.inputs.slice(3)], outputs: [out] },
+    });
+    this.setVal(n.outputs[0], { ...iv, name: out, lo: Math.min(iv.lo, v), hi: Math.max(iv.hi, v) });
   }
 
   private concat(n: Node): void {
+    if (this.concatAsIs(n)) return;
     const sOut = this.actStep(n.outputs[0], this.A);
     const inputs = n.inputs.map((v) => {
       if (this.cls.data.has(v)) {
@@ -1062,26 +1322,8 @@ class Lowering {
       }
       const { base, chain } = this.traceConst(v);
       const codes = quantizeSymmetric(base.numbers(), sOut, this.A).map((q) => q + 128);
-      let name = this.init(uint8Tensor(this.fresh(`${base.name}_q`), base.dims, codes));
-      for (const c of chain) {
-        const out = this.fresh(c.outputs[0]);
-        for (const i of c.inputs.slice(1)) {
-          const t = i ? this.g.initializers.get(i) : undefined;
-          if (t) this.prog.initializers.set(i, t);
-        }
-        this.push({
-          kind: "node",
-          node: {
-            ...c,
-            name: this.fresh(c.name),
-            inputs: [name, ...c.inputs.slice(1)],
-            outputs: [out],
-          },
-        });
-        this.prog.types.set(out, "uint8");
-        name = out;
-      }
-      return name;
+      const name = this.init(uint8Tensor(this.fresh(`${base.name}_q`), base.dims, codes));
+      return this.replayChain(name, chain, "uint8");
     });
     const out = this.fresh(n.outputs[0]);
     this.push({ kind: "node", node: { ...n, inputs, outputs: [out] } });
@@ -1099,6 +1341,38 @@ class Lowering {
     });
   }
 
+  /**
+   * Concat of data values that share one integer form (type, zero point,
+   * scales, folded bias; not along a per-channel axis): the same Concat on
+   * the codes, no requantization (Swin's cyclic shift as Slice + Concat, and
+   * PatchMerging's strided slices concatenated along channels).
+   */
+  private concatAsIs(n: Node): boolean {
+    if (!n.inputs.every((v) => this.cls.data.has(v))) return false;
+    const ivs = n.inputs.map((v) => this.get(v));
+    const a = ivs[0];
+    const same = (x: readonly unknown[] | null, y: readonly unknown[] | null) =>
+      x === y || (!!x && !!y && x.length === y.length && x.every((v, i) => v === y[i]));
+    const alike = ivs.every((b) =>
+      b.type === a.type && b.zp === a.zp && b.axis === a.axis && b.rank === a.rank &&
+      !!b.wide === !!a.wide && !!b.nonneg === !!a.nonneg && same(b.scale, a.scale) &&
+      same(b.add, a.add)
+    );
+    if (!alike) return false;
+    let axis = attrNum(n, "axis", 0);
+    if (axis < 0) axis += a.rank;
+    if (a.scale.length > 1 && axis === a.axis) return false;
+    const out = this.fresh(n.outputs[0]);
+    this.push({ kind: "node", node: { ...n, inputs: ivs.map((v) => v.name), outputs: [out] } });
+    this.setVal(n.outputs[0], {
+      ...a,
+      name: out,
+      lo: Math.min(...ivs.map((v) => v.lo)),
+      hi: Math.max(...ivs.map((v) => v.hi)),
+    });
+    return true;
+  }
+
   private struct(n: Node): void {
     const iv0 = this.get(n.inputs[0]);
     const rankIn = iv0.rank;
@@ -1110,7 +1384,7 @@ class Lowering {
       passChannels = axis < rankIn - 1;
     }
     const plain = iv0.scale.length === 1 && !iv0.add &&
-      (iv0.type === "int8" || iv0.type === "int16");
+      (iv0.type === "int8" || iv0.type === "int16" || !!iv0.wide);
     const iv = plain || passChannels ? iv0 : this.need(n.inputs[0], "small", this.A);
     for (const v of n.inputs.slice(1)) {
       const t = v ? this.g.initializers.get(v) : undefined;

@@ -1,6 +1,6 @@
 /**
- * I-ViT integer-only inference on ONNX graphs: lowering of a float ViT/DeiT
- * graph to an integer program (`lower.ts`), its ONNX emission (`emit.ts`),
+ * I-ViT integer-only inference on ONNX graphs: lowering of a float
+ * ViT/DeiT/Swin graph to an integer program (`lower.ts`), its ONNX emission (`emit.ts`),
  * its TypeScript simulation (`simulate.ts`), the int32 kernel semantics
  * (`kernels.ts`), the integer-only checks (`check.ts`), calibration
  * (`calibrate.ts`, `build.ts`) and a ViT-S sized test graph (`vits.ts`).

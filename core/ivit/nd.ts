@@ -1,7 +1,7 @@
 /**
  * A small n-dimensional array and the ONNX data-movement and shape operators
  * the I-ViT simulation needs (Shape, Gather, Reshape, Transpose, Concat,
- * Expand, Slice, Unsqueeze, ... and integer arithmetic on shape tensors).
+ * Expand, Slice, Pad, Unsqueeze, ... and integer arithmetic on shape tensors).
  * Integer data lives in `Int32Array`s, int64/bool/double in `Float64Array`s
  * (shape values are small), float32 in `Float32Array`s.
  *
@@ -237,6 +237,40 @@ function slice(
   return { dims, data, type: a.type };
 }
 
+/**
+ * ONNX Pad, mode `constant`: `pads` = [begin of each axis in `axes`..., end...]
+ * (negative pads crop), the new cells hold `value`.
+ */
+function pad(a: NDArray, pads: number[], value: number, axesIn?: number[]): NDArray {
+  const r = a.dims.length;
+  const axes = (axesIn ?? a.dims.map((_, i) => i)).map((x) => (x < 0 ? x + r : x));
+  const begin = new Array(r).fill(0), end = new Array(r).fill(0);
+  axes.forEach((ax, i) => {
+    begin[ax] = pads[i];
+    end[ax] = pads[i + axes.length];
+  });
+  const dims = a.dims.map((d, i) => d + begin[i] + end[i]);
+  if (dims.some((d) => d < 0)) throw new VitqError(`Pad [${a.dims}] by [${pads}]`);
+  const n = sizeOf(dims);
+  const data = alloc(a.type, n);
+  const is = stridesOf(a.dims), os = stridesOf(dims);
+  for (let i = 0; i < n; i++) {
+    let rem = i, src = 0, inside = true;
+    for (let d = 0; d < r; d++) {
+      const c = Math.floor(rem / os[d]);
+      rem -= c * os[d];
+      const j = c - begin[d];
+      if (j < 0 || j >= a.dims[d]) {
+        inside = false;
+        break;
+      }
+      src += j * is[d];
+    }
+    data[i] = inside ? a.data[src] : value;
+  }
+  return { dims, data, type: a.type };
+}
+
 function reshape(a: NDArray, shape: number[], allowZero: boolean): NDArray {
   const dims = shape.map((d, i) => (d === 0 && !allowZero ? a.dims[i] : d));
   const known = dims.filter((d) => d !== -1).reduce((x, y) => x * y, 1);
@@ -358,6 +392,14 @@ export function evalNode(node: Node, inputs: (NDArray | undefined)[]): NDArray[]
       const axes = inputs[3] ? ints(inputs[3]) : (attr(node, "axes") as number[] | undefined);
       const steps = inputs[4] ? ints(inputs[4]) : undefined;
       return [slice(x, starts, ends, axes, steps)];
+    }
+    case "Pad": {
+      const mode = attr(node, "mode") ?? "constant";
+      if (mode !== "constant") throw new VitqError(`Pad ${node.name}: mode ${mode}`);
+      const pads = inputs[1] ? ints(inputs[1]) : (attr(node, "pads") as number[]);
+      const value = inputs[2] ? inputs[2].data[0] : (attr(node, "value") as number | undefined);
+      const axes = inputs[3] ? ints(inputs[3]) : undefined;
+      return [pad(x, pads, value ?? 0, axes)];
     }
     case "ConstantOfShape": {
       const shape = ints(x);

@@ -2,8 +2,9 @@
  * The integer program: what the I-ViT lowering produces from a float ViT
  * graph, before it becomes ONNX. One list of steps, each a whole integer
  * kernel (requantization, Shiftmax, ShiftGELU, I-LayerNorm, integer matmul,
- * ...) or a copied ONNX node (shape computations and data movement such as
- * Reshape/Transpose/Gather/Concat on integer tensors). `emit.ts` expands it
+ * integer sum over tokens, ...) or a copied ONNX node (shape computations and
+ * data movement such as Reshape/Transpose/Gather/Slice/Concat/Pad on integer
+ * tensors). `emit.ts` expands it
  * into ONNX operators; `simulate.ts` runs it in TypeScript with the reference
  * kernels. Both read the same constants, so a test can compare them bit for
  * bit.
@@ -113,7 +114,11 @@ export interface RequantStep {
   outZp: number;
 }
 
-/** `clamp(a + b)` on int32 (b may be an int32 initializer that broadcasts). */
+/**
+ * `clamp(a + b)` on int32 (b may be an int32 initializer that broadcasts);
+ * `bits` = 32: no clamp (attention scores plus a constant bias/mask, kept in
+ * int32 for Shiftmax).
+ */
 export interface AddStep {
   /** Step kind. */
   kind: "add";
@@ -123,17 +128,42 @@ export interface AddStep {
   b: string;
   /** Clamped sum. */
   out: string;
-  /** Signed bits of the clamp. */
+  /** Signed bits of the clamp (32: none, the sum is int32 by construction). */
   bits: number;
   /** Element type of the result. */
   outType: IntType;
+}
+
+/**
+ * Integer sum over `axes` (ONNX ReduceSum on int32) of `x − xZp`: the
+ * numerator of a mean over tokens, whose 1/T the next requantization folds.
+ */
+export interface ReduceSumStep {
+  /** Step kind. */
+  kind: "reducesum";
+  /** Input codes. */
+  x: string;
+  /** Element type of x. */
+  xType: IntType;
+  /** Zero point of x (subtracted before summing). */
+  xZp: number;
+  /** int32 sum. */
+  out: string;
+  /** Reduced axes (non-negative, never the batch axis). */
+  axes: number[];
+  /** Keep the reduced axes as size 1. */
+  keepdims: boolean;
 }
 
 /** Shiftmax along the last axis (`shiftmax` of core/quant/ivit.ts). */
 export interface ShiftmaxStep {
   /** Step kind. */
   kind: "shiftmax";
-  /** Input codes (8-bit; an offset cancels in x − rowmax). */
+  /**
+   * Input codes: 8-bit (an offset cancels in x − rowmax), or int32 scores
+   * plus an additive constant quantized at the same step (Swin's relative
+   * position bias and shifted-window mask; |x − rowmax| < 2^30).
+   */
   x: string;
   /** Output codes at scale 1/2^(bits−1). */
   out: string;
@@ -226,6 +256,7 @@ export type Step =
   | ConvStep
   | RequantStep
   | AddStep
+  | ReduceSumStep
   | ShiftmaxStep
   | ShiftGeluStep
   | LayerNormStep

@@ -3,8 +3,9 @@
  * ONNX graph is tested against, bit for bit. Kernels come from
  * `core/quant/ivit.ts` where its semantics fit int32 (`shiftmax`,
  * `shiftGelu`) and from `kernels.ts` otherwise (dyadic requantization with a
- * 15-bit multiplier, I-LayerNorm with the Σy² prescale); integer matmul and
- * convolution are exact integer sums; data movement runs through `nd.ts`.
+ * 15-bit multiplier, I-LayerNorm with the Σy² prescale); integer matmul,
+ * convolution and the token sum are exact integer sums; data movement
+ * (including Pad) runs through `nd.ts`.
  *
  * @module
  */
@@ -14,7 +15,7 @@ import { shiftGelu, shiftmax } from "../quant/ivit.ts";
 import { roundHalfEven } from "../quant/uniform.ts";
 import { iLayerNormInt32, requantValue } from "./kernels.ts";
 import { onnxType } from "./lower.ts";
-import { binary, evalNode, fromTensor, type NDArray, sizeOf } from "./nd.ts";
+import { binary, evalNode, fromTensor, type NDArray, sizeOf, stridesOf } from "./nd.ts";
 import type { IntProgram, IntType, Step } from "./program.ts";
 
 function stepInputs(s: Step): string[] {
@@ -25,6 +26,7 @@ function stepInputs(s: Step): string[] {
     case "shiftgelu":
     case "layernorm":
     case "bias":
+    case "reducesum":
       return [s.x];
     case "matmul":
     case "add":
@@ -160,6 +162,28 @@ function convInt(
   return { dims: [Nb, O, Ho, Wo], data: out, type: DataType.INT32 };
 }
 
+/** Sum of int32 `x` over `axes` (exact: |sum| < 2^31 by the lowering). */
+function reduceSumInt(x: NDArray, axes: number[], keepdims: boolean): NDArray {
+  const red = new Set(axes);
+  const kept = x.dims.map((d, i) => (red.has(i) ? 1 : d));
+  const out = new Int32Array(sizeOf(kept));
+  const is = stridesOf(x.dims), os = stridesOf(kept);
+  const n = x.data.length;
+  const sums = new Float64Array(out.length);
+  for (let i = 0; i < n; i++) {
+    let rem = i, o = 0;
+    for (let d = 0; d < x.dims.length; d++) {
+      const c = Math.floor(rem / is[d]);
+      rem -= c * is[d];
+      if (!red.has(d)) o += c * os[d];
+    }
+    sums[o] += x.data[i];
+  }
+  out.set(sums);
+  const dims = keepdims ? kept : x.dims.filter((_, i) => !red.has(i));
+  return { dims, data: out, type: DataType.INT32 };
+}
+
 /** Options of {@link simulateProgram}. */
 export interface SimulateOptions {
   /** Also return these intermediate values (program value names), or every value with "all". */
@@ -258,6 +282,9 @@ export function simulateProgram(
         env.set(s.out, ints(s.outType, r.data, r.dims));
         break;
       }
+      case "reducesum":
+        env.set(s.out, reduceSumInt(centered(get(s.x), s.xZp), s.axes, s.keepdims));
+        break;
       case "shiftmax": {
         const x = get(s.x);
         const r = shiftmax(x.data, s.rowLength, s.scale, { bits: s.bits, n: s.n });
