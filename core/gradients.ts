@@ -67,7 +67,8 @@ export async function outputGradients(
     loss: { kind, logits: logitsName, target: "vitq_target" },
     wrt: uniq,
   });
-  const session = await runtime.createSession(gg.graph, "gradient graph");
+  // no memory pattern: it would double the peak of a graph holding the activations
+  const session = await runtime.createSession(gg.graph, "gradient graph", { memPattern: false });
   const parts = new Map<string, Float32Array[]>(uniq.map((v) => [v, []]));
   const per = calib.shape.reduce((a, b) => a * b, 1);
   try {

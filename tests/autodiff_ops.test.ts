@@ -252,6 +252,46 @@ Deno.test("autodiff rules: elementwise unary ops", async (t) => {
       { opset: 20 },
     );
   });
+  await t.step("exact GELU written out with Erf (torch.onnx form) as one op", async () => {
+    // torch.onnx: ((x * (erf(x / √2) + 1)) * 0.5); HF style: (0.5 * x) * (1 + erf(x * (1/√2)))
+    const torchGelu = (g: Graph, x: string) =>
+      op(g, "Mul", [
+        op(g, "Mul", [
+          x,
+          op(g, "Add", [op(g, "Erf", [op(g, "Div", [x, fl(g, Math.SQRT2)])]), fl(g, 1)]),
+        ]),
+        fl(g, 0.5),
+      ]);
+    const hfGelu = (g: Graph, x: string) =>
+      op(g, "Mul", [
+        op(g, "Mul", [fl(g, 0.5), x]),
+        op(g, "Add", [fl(g, 1), op(g, "Erf", [op(g, "Mul", [x, fl(g, Math.SQRT1_2)])])]),
+      ]);
+    const data = awayFrom(n, 14, -3, 3, []);
+    await check("ErfGeluTorch", [{ dims: D, data }], (g, x) => torchGelu(g, x[0]));
+    await check("ErfGeluHf", [{ dims: D, data }], (g, x) => hfGelu(g, x[0]));
+    // the erf output also used elsewhere: not matched, the five nodes are differentiated
+    const shared = (g: Graph, x: string) => {
+      const y = torchGelu(g, x);
+      return op(g, "Add", [y, g.nodes.find((nd) => nd.opType === "Erf")!.outputs[0]]);
+    };
+    await check("ErfGeluShared", [{ dims: D, data }], (g, x) => shared(g, x[0]));
+    // matched: the backward recomputes erf from x and has no node of the Div rule
+    for (
+      const [label, build, matched] of [
+        ["torch", torchGelu, true],
+        ["hf", hfGelu, true],
+        ["shared", shared, false],
+      ] as const
+    ) {
+      const g = await emptyGraph();
+      addFloatInput(g, "x", D);
+      const gg = buildGradientGraph(g, { loss: { kind: "sum", value: build(g, "x") }, wrt: ["x"] });
+      const grad = gg.graph.nodes.filter((nd) => nd.name.startsWith("grad/"));
+      assert.equal(grad.some((nd) => nd.opType === "Erf"), matched, `${label}: erf recomputed`);
+      assert.equal(grad.some((nd) => nd.opType === "Div"), !matched, `${label}: Div rule`);
+    }
+  });
   await t.step(
     "Clip with constant bounds (inputs away from the bounds)",
     () =>
@@ -655,4 +695,27 @@ Deno.test("autodiff: pruning, zero gradients and Round straight-through", async 
     () => buildGradientGraph(g, { loss: { kind: "sum", value: y }, wrt: ["x"], round: "error" }),
     /Round/,
   );
+});
+
+Deno.test("autodiff: one gradient value shared by several wrt values is output for each", async () => {
+  // d(sum(2 (a + b)))/ds = da = db: one emitted value, renamed for the first
+  // output and copied for the others
+  const g = await emptyGraph();
+  addFloatInput(g, "a", [2, 3]);
+  addFloatInput(g, "b", [2, 3]);
+  const s = g.addNode("Add", ["a", "b"]);
+  const y = g.addNode("Mul", [s, fl(g, 2)]);
+  const gg = buildGradientGraph(g, { loss: { kind: "sum", value: y }, wrt: [s, "a", "b"] });
+  const names = [s, "a", "b"].map((v) => gg.gradNames.get(v)!);
+  assert.equal(new Set(names).size, 3);
+  const copies = gg.graph.nodes.filter((n) =>
+    n.opType === "Identity" && names.includes(n.outputs[0])
+  );
+  assert.equal(copies.length, 2, "the first output is the emitted value itself");
+  const rt = await runtime();
+  const sess = await rt.createSession(gg.graph);
+  const d = { data: randomData(6, 3), dims: [2, 3] };
+  const out = await sess.run({ a: d, b: d });
+  for (const n of names) assert.deepEqual(Array.from(out[n].data), Array(6).fill(2), n);
+  await sess.release();
 });

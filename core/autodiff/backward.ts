@@ -23,11 +23,11 @@
  *
  * @module
  */
-import { DataType, type Graph, makeAttr } from "../onnx/graph.ts";
+import { DataType, type Graph, makeAttr, type Node } from "../onnx/graph.ts";
 import { VitqError } from "../errors.ts";
 import { Emitter } from "./emit.ts";
 import { FLOAT_TYPES, inferFacts, shapeProto } from "./infer.ts";
-import { type RoundGradient, ruleFor } from "./rules.ts";
+import { erfGeluGrad, matchErfGelu, type RoundGradient, ruleFor } from "./rules.ts";
 
 /** Softmax cross-entropy against target probabilities (one-hot or soft), mean over rows. */
 export interface CrossEntropyTerm {
@@ -240,6 +240,8 @@ export function buildGradientGraph(g: Graph, spec: GradientSpec): GradientGraph 
   G.topoSort();
   const facts = inferFacts(G);
   const e = new Emitter(G, facts);
+  // nodes from here on are emitted gradient nodes
+  const nForward = G.nodes.length;
   const floatish = (v: string) => {
     const t = facts.get(v).type;
     return t === undefined || FLOAT_TYPES.has(t);
@@ -270,6 +272,14 @@ export function buildGradientGraph(g: Graph, spec: GradientSpec): GradientGraph 
     n.outputs.some(onPath) && n.inputs.some((v) => v && reach.has(v))
   );
 
+  // exact GELUs written out with Erf: differentiated as one op (see matchErfGelu)
+  const kept = new Set([...spec.wrt, ...(spec.outputs ?? [])]);
+  const gelus = new Map<Node, string>();
+  for (const n of pathNodes) {
+    const x = matchErfGelu(G, idx, n, (v) => kept.has(v));
+    if (x !== undefined && reach.has(x)) gelus.set(n, x);
+  }
+
   // reverse sweep
   const contribs = new Map<string, string[]>([[loss, [e.f32(1)]]]);
   const total = new Map<string, string | undefined>();
@@ -287,6 +297,15 @@ export function buildGradientGraph(g: Graph, spec: GradientSpec): GradientGraph 
     const node = pathNodes[k];
     const gy = node.outputs.map((o) => (onPath(o) ? gradOf(o) : undefined));
     if (gy.every((x) => x === undefined)) continue;
+    const geluX = gelus.get(node);
+    if (geluX !== undefined) {
+      // the pattern's inner nodes then get no gradient and are skipped
+      const r = erfGeluGrad(e, gy[0]!, geluX);
+      const list = contribs.get(geluX);
+      if (list) list.push(r);
+      else contribs.set(geluX, [r]);
+      continue;
+    }
     const rule = ruleFor(node.opType, node.domain);
     if (!rule) {
       throw new VitqError(
@@ -328,15 +347,38 @@ export function buildGradientGraph(g: Graph, spec: GradientSpec): GradientGraph 
     attributes: [],
   });
   const gradNames = new Map<string, string>();
+  // A gradient computed by an emitted node is renamed to its output name
+  // rather than copied by an Identity (ONNX Runtime copies graph outputs an
+  // Identity produces: a full pass over every gradient). Constants, forward
+  // values and gradients already renamed for another wrt value keep the Identity.
+  const producer = new Map<string, Node>();
+  for (let k = nForward; k < G.nodes.length; k++) {
+    for (const o of G.nodes[k].outputs) if (o) producer.set(o, G.nodes[k]);
+  }
+  const consumers = new Map<string, Node[]>();
+  for (const n of G.nodes) {
+    for (const i of n.inputs) if (i) consumers.set(i, [...(consumers.get(i) ?? []), n]);
+  }
+  const renamed = new Map<string, string>();
   for (const w of spec.wrt) {
     if (gradNames.has(w)) continue;
     const gr = gradOf(w) ?? e.zerosLike(w);
     const name = e.fresh(`${w}_grad`);
+    const p = producer.get(gr);
+    if (p && !renamed.has(gr)) {
+      p.outputs = p.outputs.map((o) => (o === gr ? name : o));
+      for (const c of consumers.get(gr) ?? []) {
+        c.inputs = c.inputs.map((i) => (i === gr ? name : i));
+      }
+      renamed.set(gr, name);
+      gradNames.set(w, name);
+      continue;
+    }
     G.nodes.push({
       name: e.fresh("grad/out"),
       opType: "Identity",
       domain: "",
-      inputs: [gr],
+      inputs: [renamed.get(gr) ?? gr],
       outputs: [name],
       attributes: [],
     });

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { attr, DataType, makeAttr, type Node } from "../onnx/graph.ts";
+import { attr, DataType, type Graph, type GraphIndex, makeAttr, type Node } from "../onnx/graph.ts";
 import { VitqError } from "../errors.ts";
 import { type Emitter, INT64_MAX, numProd } from "./emit.ts";
 import { allNum, type Dim, isNum, reduceAxes, sliceBounds } from "./infer.ts";
@@ -152,8 +152,9 @@ const rules: Record<string, Rule> = {
   Sigmoid: unary((e, g, _x, y) => e.mul(g, e.mul(y, e.sub(e.f32(1), y)))),
   Relu: unary((e, g, x) => e.where(e.op1("Greater", [x, e.f32(0)]), g, e.f32(0))),
   Abs: unary((e, g, x) => e.mul(g, e.op1("Sign", [x]))),
+  // 2/√π exp(-x²) as exp(ln(2/√π) - x²): one pass fewer than scaling and negating
   Erf: unary((e, g, x) =>
-    e.mul(g, e.mul(e.op1("Exp", [e.neg(e.mul(x, x))]), e.f32(2 / Math.sqrt(Math.PI))))
+    e.mul(g, e.op1("Exp", [e.sub(e.f32(Math.log(2 / Math.sqrt(Math.PI))), e.mul(x, x))]))
   ),
   Gelu: (a) => {
     if (!a.need[0]) return [];
@@ -728,6 +729,87 @@ function convRule(a: RuleArgs): (string | undefined)[] {
   }
   if (B && a.need[2]) out[2] = e.reduceSum(g, [0, ...spatial], false, e.gradFacts(B));
   return out;
+}
+
+function scalarConst(g: Graph, idx: GraphIndex, v: string): number | undefined {
+  const t = g.constant(v, idx);
+  if (!t || t.dims.reduce((a, b) => a * b, 1) !== 1) return undefined;
+  try {
+    return t.numbers()[0];
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Match the exact GELU as torch.onnx exports `nn.GELU()`, ending at Mul node
+ * `node`: y = x · (erf(x / √2) + 1) · 0.5, the operands of each Mul and Add in
+ * either order, the 0.5 applied last or to x first, and x · (1/√2) for x / √2.
+ * Every intermediate value must have one consumer and not be `keep` (a value
+ * whose own gradient or value is asked for). Returns x, or undefined.
+ *
+ * The builder then emits the GELU's gradient from x alone
+ * ({@link erfGeluGrad}) instead of differentiating the five nodes: no pass
+ * over the erf branch's intermediates, which ONNX Runtime can then fuse into
+ * one Gelu kernel and free after the forward pass.
+ */
+export function matchErfGelu(
+  g: Graph,
+  idx: GraphIndex,
+  node: Node,
+  keep: (v: string) => boolean,
+): string | undefined {
+  if (node.opType !== "Mul" || node.domain || node.inputs.length !== 2) return undefined;
+  const near = (v: string, c: number) => {
+    const k = scalarConst(g, idx, v);
+    return k !== undefined && Math.abs(k - c) <= 1e-6 * Math.max(1, Math.abs(c));
+  };
+  // an intermediate produced by `op`, consumed once, not kept
+  const inner = (v: string, op: string): Node | undefined => {
+    const p = idx.producer.get(v);
+    if (p === undefined || keep(v) || (idx.consumers.get(v)?.length ?? 0) !== 1) return undefined;
+    const n = g.nodes[p];
+    return n.opType === op && !n.domain && n.inputs.length === 2 ? n : undefined;
+  };
+  const other = (n: Node, v: string) => (n.inputs[0] === v ? n.inputs[1] : n.inputs[0]);
+  const [p, q] = node.inputs;
+  for (const [m, rest] of [[p, q], [q, p]]) {
+    const mul = inner(m, "Mul");
+    if (!mul) continue;
+    const leaves = [...mul.inputs, rest];
+    const half = leaves.findIndex((v) => near(v, 0.5));
+    if (half < 0) continue;
+    const two = leaves.filter((_, i) => i !== half);
+    for (const [a, x] of [[two[0], two[1]], [two[1], two[0]]]) {
+      const add = inner(a, "Add");
+      if (!add) continue;
+      const er = add.inputs.find((v) => !near(v, 1));
+      if (!er || !near(other(add, er), 1)) continue;
+      const pe = idx.producer.get(er);
+      if (pe === undefined || keep(er) || (idx.consumers.get(er)?.length ?? 0) !== 1) continue;
+      const erf = g.nodes[pe];
+      if (erf.opType !== "Erf" || erf.domain) continue;
+      const u = erf.inputs[0];
+      const div = inner(u, "Div");
+      if (div && div.inputs[0] === x && near(div.inputs[1], Math.SQRT2)) return x;
+      const scale = inner(u, "Mul");
+      if (scale && scale.inputs.includes(x) && near(other(scale, x), Math.SQRT1_2)) return x;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * g · GELU'(x) for the exact GELU, GELU'(x) = Φ(x) + x φ(x), computed as
+ * g · (1 + erf(x/√2) + x √(2/π) exp(-x²/2)) · 0.5 (ten elementwise nodes).
+ */
+export function erfGeluGrad(e: Emitter, g: string, x: string): string {
+  const u = e.mul(x, e.f32(Math.SQRT1_2));
+  const er = e.op1("Erf", [u]);
+  // √(2/π) exp(-x²/2) = exp(ln √(2/π) - u²)
+  const ex = e.op1("Exp", [e.sub(e.f32(0.5 * Math.log(2 / Math.PI)), e.mul(u, u))]);
+  const s = e.add(e.add(er, e.mul(x, ex)), e.f32(1));
+  return e.mul(e.mul(g, s), e.f32(0.5), e.gradFacts(x));
 }
 
 /** The rule for an op type, or undefined when there is none. */

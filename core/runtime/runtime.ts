@@ -27,6 +27,18 @@ export interface Session {
   release(): Promise<void>;
 }
 
+/** Per-session options of {@link Runtime.createSession}. */
+export interface SessionOptions {
+  /**
+   * ONNX Runtime's memory pattern (default true): after the first run, one
+   * block is planned for all intermediate tensors. For graphs that keep many
+   * activations alive, such as gradient graphs, that block comes on top of
+   * the arena the first run grew, about doubling the peak memory; false
+   * reuses the arena's chunks instead.
+   */
+  memPattern?: boolean;
+}
+
 /** A configured ONNX Runtime. */
 export interface Runtime {
   readonly backend: Backend;
@@ -34,7 +46,11 @@ export interface Runtime {
   /** Version string of the ONNX Runtime package in use. */
   readonly version: string;
   /** Create a session from a graph or ONNX bytes. */
-  createSession(model: Graph | Uint8Array, source?: string): Promise<Session>;
+  createSession(
+    model: Graph | Uint8Array,
+    source?: string,
+    options?: SessionOptions,
+  ): Promise<Session>;
 }
 
 // deno-lint-ignore no-explicit-any
@@ -48,12 +64,17 @@ class OrtRuntime implements Runtime {
     private ort: Ort,
   ) {}
 
-  async createSession(model: Graph | Uint8Array, source = "<graph>"): Promise<Session> {
+  async createSession(
+    model: Graph | Uint8Array,
+    source = "<graph>",
+    options: SessionOptions = {},
+  ): Promise<Session> {
     const bytes = model instanceof Graph ? model.toBytes() : model;
     const opts: Record<string, unknown> = {
       executionMode: "sequential",
       graphOptimizationLevel: "all",
     };
+    if (options.memPattern === false) opts.enableMemPattern = false;
     if (this.backend === "node") {
       opts.intraOpNumThreads = this.threads;
       opts.interOpNumThreads = 1;
