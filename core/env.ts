@@ -42,3 +42,16 @@ export async function envInfo(): Promise<EnvInfo> {
     gitCommit,
   };
 }
+
+/**
+ * Resident memory of this process in MiB from /proc/self/status: `VmHWM` is
+ * the peak so far, `VmRSS` the current value (NaN where /proc is missing).
+ */
+export function memoryMiB(field: "VmHWM" | "VmRSS" = "VmHWM"): number {
+  try {
+    const status = Deno.readTextFileSync("/proc/self/status");
+    return Number(status.match(new RegExp(`${field}:\\s+(\\d+) kB`))![1]) / 1024;
+  } catch {
+    return NaN;
+  }
+}

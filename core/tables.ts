@@ -310,7 +310,7 @@ export function renderMarkdown(d: TableData): string {
 /** Render the speed table as Markdown lines. */
 export function renderSpeedMarkdown(d: TableData): string[] {
   const out: string[] = [
-    "## Speed: images/s at the manifest's batch size (batch-1 median latency, ms)",
+    "## Speed: images/s at the manifest's batch size (batch-1 median latency, ms) and throughput relative to FP32",
     "",
     "Timed graphs: FP32 = the original graph; fake-quant = the method's quantize-dequantize graph in float32, which simulates quantization and is not faster than FP32; integer-only = I-ViT's deployable integer graph.",
     "",
@@ -329,7 +329,10 @@ export function renderSpeedMarkdown(d: TableData): string[] {
     for (const label of d.labels) {
       const cells = d.models.map((m) => {
         const e = find(d, label, m, w, a);
-        return e ? sp(e.simIps, e.simLatMs) : "–";
+        if (!e) return "–";
+        const fpIps = d.fp.find((x) => x.model === m)?.ips;
+        const ratio = e.simIps !== null && fpIps ? ` ${(e.simIps / fpIps).toFixed(2)}x` : "";
+        return e.simIps === null ? "–" : `${sp(e.simIps, e.simLatMs)}${ratio}`;
       });
       if (cells.every((c) => c === "–")) continue;
       const kind = d.entries.find((e) => e.label === label && e.w === w && e.a === a)?.timedGraph ??

@@ -362,40 +362,48 @@ Deno.test("ADFQ on a Swin graph: window-position tokens, reductions, 8-bit patch
   assert.ok(out.every(Number.isFinite));
 });
 
-Deno.test("ADFQ on the shipped model: one unit per module, a few steps, W6A6 close to FP", async () => {
-  const model = await resolveModel("vit_fmnist", "test");
-  const graph = await Graph.load(model.path);
-  const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
-  const c: QuantContext = {
-    graph,
-    sites: findSites(graph),
-    calib: makeSource(train, Array.from({ length: 16 }, (_, i) => i), model.card),
-    bits: { w: 6, a: 6 },
-    runtime: await runtime(),
-    options: { ...adfq.defaults, iters: 5 },
-    batchSize: 32,
-    seed: 0,
-    log: () => {},
-  };
-  const t0 = performance.now();
-  const { model: q, report } = await runAdfq(c);
-  const blocks = new Set(c.sites.filter((s) => s.block >= 0).map((s) => s.block)).size;
-  assert.equal(report.units.length, 2 * blocks + 2);
-  assert.ok(report.units.every((r) => Number.isFinite(r.recAfter) && r.trace.length === 5));
-  const test = await loadFashionMnist(SHIPPED_FMNIST, "test");
-  const ev = makeSource(test, Array.from({ length: 500 }, (_, i) => i * 20), model.card);
-  const rt = await runtime();
-  const fp = await evaluate(rt, graph, ev, 100), qe = await evaluate(rt, q.graph, ev, 100);
-  const secs = ((performance.now() - t0) / 1000).toFixed(1);
-  const ips = report.units.filter((r) => r.kind === "attention").map((r) => r.itersPerSec);
-  console.log(
-    `vit_fmnist W6A6, 16 images, 5 steps per unit: ${secs} s; top-1 on 500 test images ` +
-      `${qe.top1.toFixed(1)} (FP ${fp.top1.toFixed(1)}); attention units ${
-        ips.map((v) => v.toFixed(0)).join(", ")
-      } it/s`,
-  );
-  assert.ok(qe.top1 >= fp.top1 - 3, `W6A6 top-1 ${qe.top1} vs FP ${fp.top1}`);
-});
+for (const name of ["vit_fmnist", "deit_fmnist", "swin_fmnist"]) {
+  Deno.test(`ADFQ on the shipped ${name}: every unit's reconstruction loss falls, W6A6 close to FP`, async () => {
+    const model = await resolveModel(name, "test");
+    const graph = await Graph.load(model.path);
+    const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
+    const iters = 200; // as experiments/adfq.json
+    const c: QuantContext = {
+      graph,
+      sites: findSites(graph),
+      calib: makeSource(train, Array.from({ length: 16 }, (_, i) => i), model.card),
+      bits: { w: 6, a: 6 },
+      runtime: await runtime(),
+      options: { ...adfq.defaults, iters },
+      batchSize: 32,
+      seed: 0,
+      log: () => {},
+    };
+    const t0 = performance.now();
+    const { model: q, report } = await runAdfq(c);
+    const blocks = new Set(c.sites.filter((s) => s.block >= 0).map((s) => s.block)).size;
+    const reductions = c.sites.filter((s) => s.role === "reduction").length;
+    const heads = c.sites.filter((s) => s.role === "head").length; // DeiT: class and distillation heads
+    assert.equal(report.units.length, 1 + 2 * blocks + reductions + heads);
+    for (const r of report.units) {
+      assert.equal(r.trace.length, iters);
+      assert.ok(r.recAfter < r.recBefore, `${name} ${r.unit}: ${r.recBefore} -> ${r.recAfter}`);
+    }
+    const test = await loadFashionMnist(SHIPPED_FMNIST, "test");
+    const ev = makeSource(test, Array.from({ length: 500 }, (_, i) => i * 20), model.card);
+    const rt = await runtime();
+    const fp = await evaluate(rt, graph, ev, 100), qe = await evaluate(rt, q.graph, ev, 100);
+    const secs = ((performance.now() - t0) / 1000).toFixed(1);
+    const fell = report.units.map((r) => (100 * (1 - r.recAfter / r.recBefore)).toFixed(0));
+    console.log(
+      `${name} W6A6, 16 images, ${iters} steps per unit: ${secs} s; top-1 on 500 test images ` +
+        `${qe.top1.toFixed(1)} (FP ${fp.top1.toFixed(1)}); reconstruction loss fell by ${
+          fell.join(", ")
+        } % per unit`,
+    );
+    assert.ok(qe.top1 >= fp.top1 - 3, `W6A6 top-1 ${qe.top1} vs FP ${fp.top1}`);
+  });
+}
 
 Deno.test("ADFQ options are validated", () => {
   const ok = { ...adfq.defaults };

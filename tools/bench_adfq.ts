@@ -5,10 +5,17 @@
  * 1. the shipped model (`models/vit_fmnist.onnx`, dim 64, 4 heads, 50 tokens),
  *    with Fashion-MNIST calibration images;
  * 2. one ViT-S sized transformer block with random weights (dim 384, 6 heads,
- *    197 tokens, MLP 1536), built with the Graph IR and fed random tokens.
+ *    197 tokens, MLP 1536), built with the Graph IR and fed random tokens;
+ * 3. with `--full-vits N`, the whole ViT-S sized graph (12 blocks, 224x224x3,
+ *    random weights) on N random images (the reference uses 1,024), a few
+ *    steps per unit: the run that measures the memory of holding every unit's
+ *    FP inputs, outputs and attention maps and its quantized inputs over the
+ *    whole calibration set (peak resident memory of the process, VmHWM).
  *
  *     deno run -A tools/bench_adfq.ts [--iters 20] [--vits-iters 4] [--images 64]
- *                                     [--threads 2] [--skip-vits] [--json FILE]
+ *                                     [--threads 2] [--skip-vits] [--skip-shipped]
+ *                                     [--full-vits 1024] [--full-vits-iters 2]
+ *                                     [--json FILE]
  *
  * Steps per second exclude captures, quantizer initialization and the
  * before/after evaluation of each unit (reported separately as setup time).
@@ -22,7 +29,9 @@ import { createRuntime, type ImageSource, type Runtime } from "../core/runtime/r
 import { resolveModel } from "../core/models.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
+import { buildVitGraph, randomImages, VIT_S } from "../core/ivit/vits.ts";
 import { ADFQ_DEFAULTS, type AdfqReport, runAdfq } from "../methods/adfq.ts";
+import { memoryMiB } from "../core/env.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -32,6 +41,9 @@ const { values } = parseArgs({
     images: { type: "string", default: "64" },
     threads: { type: "string", default: "2" },
     "skip-vits": { type: "boolean", default: false },
+    "skip-shipped": { type: "boolean", default: false },
+    "full-vits": { type: "string" },
+    "full-vits-iters": { type: "string", default: "2" },
     json: { type: "string" },
   },
 });
@@ -163,17 +175,19 @@ async function bench(
 const rt = await createRuntime("node", Number(values.threads));
 const images = Number(values.images);
 const results = [];
-const model = await resolveModel("vit_fmnist", "bench_adfq");
-const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
-results.push(
-  await bench(
-    rt,
-    "vit_fmnist",
-    await Graph.load(model.path),
-    makeSource(train, Array.from({ length: images }, (_, i) => i), model.card),
-    Number(values.iters),
-  ),
-);
+if (!values["skip-shipped"]) {
+  const model = await resolveModel("vit_fmnist", "bench_adfq");
+  const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
+  results.push(
+    await bench(
+      rt,
+      "vit_fmnist",
+      await Graph.load(model.path),
+      makeSource(train, Array.from({ length: images }, (_, i) => i), model.card),
+      Number(values.iters),
+    ),
+  );
+}
 if (!values["skip-vits"]) {
   results.push(
     await bench(
@@ -184,6 +198,18 @@ if (!values["skip-vits"]) {
       Number(values["vits-iters"]),
     ),
   );
+}
+if (values["full-vits"]) {
+  const n = Number(values["full-vits"]);
+  const r = await bench(
+    rt,
+    `vit-s graph (random weights, ${n} random images)`,
+    buildVitGraph(VIT_S, 0),
+    randomImages(VIT_S, n),
+    Number(values["full-vits-iters"]),
+  );
+  console.log(`peak RSS of the process: ${memoryMiB().toFixed(0)} MiB`);
+  results.push(r);
 }
 if (values.json) {
   await Deno.writeTextFile(

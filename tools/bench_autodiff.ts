@@ -65,6 +65,7 @@ import { resolveModel } from "../core/models.ts";
 import { buildVitGraph, VIT_S } from "../core/ivit/vits.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
+import { memoryMiB } from "../core/env.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -114,11 +115,6 @@ interface ProfileRow {
   ms: number;
   /** Kernels per run. */
   count: number;
-}
-
-function rssMiB(field: "VmHWM" | "VmRSS"): number {
-  const status = Deno.readTextFileSync("/proc/self/status");
-  return Number(status.match(new RegExp(`${field}:\\s+(\\d+) kB`))![1]) / 1024;
 }
 
 function load(): string {
@@ -323,9 +319,9 @@ if (values["vits-child"]) {
   const warmup = Number(values["vits-warmup"]), reps = Number(values["vits-reps"]);
   const [fwd] = await measure(rt, g, ["fwd"], input, undefined, warmup, reps);
   const logits = await forwardLogits(rt, g, input);
-  const baseMiB = rssMiB("VmRSS");
+  const baseMiB = memoryMiB("VmRSS");
   const [grad] = await measure(rt, g, [mode], input, logits, warmup, reps);
-  grad.peakMiB = rssMiB("VmHWM");
+  grad.peakMiB = memoryMiB("VmHWM");
   grad.baseMiB = baseMiB;
   console.log(JSON.stringify({ fwd, grad }));
   Deno.exit(0);

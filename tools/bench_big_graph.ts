@@ -15,6 +15,7 @@ import { findSites } from "../core/onnx/sites.ts";
 import { applyPlan } from "../core/quant/apply.ts";
 import { absMax, symmetric, symmetricScale } from "../core/quant/uniform.ts";
 import { standardActSlots } from "../methods/baselines.ts";
+import { memoryMiB } from "../core/env.ts";
 
 const path = Deno.args[0] ?? "/tmp/vit_b_random.onnx";
 try {
@@ -24,11 +25,6 @@ try {
     args: [new URL("./make_big_graph.py", import.meta.url).pathname, path],
   }).output();
   if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
-}
-
-function peakRssBytes(): number {
-  const status = Deno.readTextFileSync("/proc/self/status");
-  return Number(status.match(/VmHWM:\s+(\d+) kB/)![1]) * 1024;
 }
 
 const size = (await Deno.stat(path)).size;
@@ -51,7 +47,7 @@ const { graph } = applyPlan(g, weights, acts, { inPlace: true });
 const tRewrite = performance.now();
 const bytes = graph.toBytes();
 const tEncode = performance.now();
-const peak = peakRssBytes();
+const peak = memoryMiB() * 2 ** 20;
 console.log(
   `file ${
     (size / 2 ** 20).toFixed(0)

@@ -10,6 +10,7 @@
  */
 import { Graph, makeAttr, Tensor } from "../onnx/graph.ts";
 import { Rng } from "../rng.ts";
+import type { ImageSource } from "../runtime/runtime.ts";
 
 /** Shape of a ViT. */
 export interface VitSpec {
@@ -127,4 +128,26 @@ export function buildVitGraph(spec: VitSpec, seed = 0, std = 0.02): Graph {
   });
   g.addOutput("logits");
   return g;
+}
+
+/**
+ * `n` random images of `spec`'s input shape, uniform in [-1, 1). Image `i` is
+ * drawn from its own generator (seeded `seed + i`), so every slice is the same
+ * on every call and the source holds no pixels between calls.
+ */
+export function randomImages(spec: VitSpec, n: number, seed = 12345): ImageSource {
+  const per = spec.channels * spec.img * spec.img;
+  return {
+    length: n,
+    shape: [spec.channels, spec.img, spec.img],
+    slice: (a, b) => {
+      const out = new Float32Array((b - a) * per);
+      for (let i = a; i < b; i++) {
+        const rng = new Rng(seed + i);
+        const o = (i - a) * per;
+        for (let j = 0; j < per; j++) out[o + j] = rng.next() * 2 - 1;
+      }
+      return Promise.resolve(out);
+    },
+  };
 }
