@@ -108,34 +108,44 @@ export interface Captured {
   dims: number[];
 }
 
-/** Concatenate float32 chunks into one array. */
-export function concatFloat32(chunks: Float32Array[]): Float32Array {
-  const data = new Float32Array(chunks.reduce((a, c) => a + c.length, 0));
-  let off = 0;
-  for (const c of chunks) {
-    data.set(c, off);
-    off += c.length;
-  }
-  return data;
-}
-
-/** Batches of named tensors collected and concatenated along their first axis. */
+/**
+ * Batches of named tensors, copied into one array per name that is allocated
+ * once for all `images` (each batch's first axis holds a whole number of rows
+ * per image: images, or windows for Swin). Nothing is held twice: no chunk
+ * list is concatenated at the end.
+ */
 export class BatchCollector {
-  private parts = new Map<string, { chunks: Float32Array[]; dims: number[] }>();
+  private parts = new Map<string, { data: Float32Array; rows: number; filled: number }>();
+  private dims = new Map<string, number[]>();
 
-  /** Add one batch of `name` (copied). */
-  push(name: string, data: Float32Array, dims: number[]): void {
-    const p = this.parts.get(name);
-    if (p) {
-      p.chunks.push(data.slice());
-      p.dims[0] += dims[0];
-    } else this.parts.set(name, { chunks: [data.slice()], dims: [...dims] });
+  /** @param images the number of images all batches together will hold */
+  constructor(private images: number) {}
+
+  /** Add one batch of `name` holding `n` images (copied). */
+  push(name: string, data: Float32Array, dims: number[], n: number): void {
+    let p = this.parts.get(name);
+    if (!p) {
+      const rows = dims[0] / n;
+      p = { data: new Float32Array((data.length / n) * this.images), rows, filled: 0 };
+      this.parts.set(name, p);
+      this.dims.set(name, [rows * this.images, ...dims.slice(1)]);
+    }
+    if (p.filled + data.length > p.data.length) {
+      throw new Error(`BatchCollector: ${name} exceeds the ${this.images} images it was sized for`);
+    }
+    p.data.set(data, p.filled);
+    p.filled += data.length;
   }
 
-  /** The concatenated tensors. */
+  /** The collected tensors (all `images` must have been pushed). */
   finish(): Map<string, Captured> {
     const out = new Map<string, Captured>();
-    for (const [v, p] of this.parts) out.set(v, { data: concatFloat32(p.chunks), dims: p.dims });
+    for (const [v, p] of this.parts) {
+      if (p.filled !== p.data.length) {
+        throw new Error(`BatchCollector: ${v} holds ${p.filled} of ${p.data.length} values`);
+      }
+      out.set(v, { data: p.data, dims: this.dims.get(v)! });
+    }
     return out;
   }
 }
@@ -152,11 +162,11 @@ export async function captureValues(
   batchSize: number,
 ): Promise<Map<string, Captured>> {
   const uniq = [...new Set(values)];
-  const parts = new BatchCollector();
+  const parts = new BatchCollector(calib.length);
   const session = await runtime.createSession(captureGraph(graph, uniq), "capture graph");
   try {
-    await runBatches(session, calib, batchSize, (out) => {
-      for (const v of uniq) parts.push(v, out[v].data, out[v].dims);
+    await runBatches(session, calib, batchSize, (out, _start, n) => {
+      for (const v of uniq) parts.push(v, out[v].data, out[v].dims, n);
     });
   } finally {
     await session.release();

@@ -17,7 +17,7 @@
  */
 import type { Graph } from "./onnx/graph.ts";
 import { buildGradientGraph } from "./autodiff/backward.ts";
-import { concatFloat32 } from "./calib.ts";
+import { BatchCollector } from "./calib.ts";
 import type { ImageSource, Runtime } from "./runtime/runtime.ts";
 
 /** Options of {@link outputGradients}. */
@@ -69,7 +69,7 @@ export async function outputGradients(
   });
   // no memory pattern: it would double the peak of a graph holding the activations
   const session = await runtime.createSession(gg.graph, "gradient graph", { memPattern: false });
-  const parts = new Map<string, Float32Array[]>(uniq.map((v) => [v, []]));
+  const parts = new BatchCollector(calib.length);
   const per = calib.shape.reduce((a, b) => a * b, 1);
   try {
     for (let s = 0; s < calib.length; s += opts.subBatch) {
@@ -78,12 +78,13 @@ export async function outputGradients(
         [input]: { data: all.subarray(s * per, (s + n) * per), dims: [n, ...calib.shape] },
         vitq_target: { data: target.subarray(s * classes, (s + n) * classes), dims: [n, classes] },
       });
-      for (const v of uniq) parts.get(v)!.push(out[gg.gradNames.get(v)!].data.slice());
+      for (const v of uniq) {
+        const g = out[gg.gradNames.get(v)!];
+        parts.push(v, g.data, g.dims, n);
+      }
     }
   } finally {
     await session.release();
   }
-  const res = new Map<string, Float32Array>();
-  for (const [v, chunks] of parts) res.set(v, concatFloat32(chunks));
-  return res;
+  return new Map([...parts.finish()].map(([v, c]) => [v, c.data]));
 }

@@ -332,7 +332,7 @@ async function runRows(
 ): Promise<Map<string, Captured>> {
   outputs = [...new Set(outputs)];
   const session = await rt.createSession(captureGraph(graph, outputs), "unit capture graph");
-  const parts = new BatchCollector();
+  const parts = new BatchCollector(nImages);
   try {
     for (let s = 0; s < nImages; s += imagesPerRun) {
       const n = Math.min(imagesPerRun, nImages - s);
@@ -345,7 +345,7 @@ async function runRows(
         };
       }
       const out = await session.run(feeds);
-      for (const v of outputs) parts.push(v, out[v].data, out[v].dims);
+      for (const v of outputs) parts.push(v, out[v].data, out[v].dims, n);
     }
   } finally {
     await session.release();

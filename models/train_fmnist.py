@@ -271,6 +271,27 @@ def load_onnx_weights(model, path):
     for k in state:
         if k not in new and k in inits:
             new[k] = inits[k]
+    # Swin: the exporter folds rel_table[rel_index] + shift mask into one (1, nW, heads, N, N)
+    # constant per block, in block order; window 0 carries no shift mask, so its N x N
+    # bias gives every table entry back (each entry is checked to be read consistently).
+    tables = [k for k in state if k.endswith(".rel_table") and k not in new]
+    if tables:
+        folded = []
+        for n in m.graph.node:
+            for i in n.input:
+                if i in inits and inits[i].ndim == 5 and i not in folded:
+                    folded.append(i)
+        if len(folded) != len(tables):
+            raise SystemExit(f"{path}: {len(tables)} rel_table parameters, {len(folded)} folded biases")
+        for k, f in zip(tables, folded):
+            attn = model.get_submodule(k.rsplit(".", 1)[0])
+            idx = attn.rel_index.reshape(-1).numpy()
+            bias = inits[f][0, 0].reshape(inits[f].shape[2], -1).T  # (N*N, heads)
+            table = np.zeros(state[k].shape, dtype=np.float32)
+            table[idx] = bias
+            if not np.allclose(table[idx], bias, atol=1e-6):
+                raise SystemExit(f"{path}: {f} is not a relative position bias of {k}")
+            new[k] = table
     missing = [k for k in state if k not in new]
     if missing:
         raise SystemExit(f"{path}: cannot map parameters {missing}")

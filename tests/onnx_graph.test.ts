@@ -58,3 +58,20 @@ Deno.test("unreadable ONNX bytes give a VitqError naming the file", () => {
     (e: Error) => e instanceof VitqError && e.message.startsWith("bad.onnx:"),
   );
 });
+
+Deno.test("a graph decoded from a Node Buffer reads its int64 and float initializers by value", async () => {
+  const { Buffer } = await import("node:buffer");
+  const g = Graph.create(17, "buffer-decode");
+  g.addInput("input", [2]);
+  g.setInitializer(Tensor.fromFloat32("pad", [3], [1.5, -2, 3]));
+  g.setInitializer(Tensor.fromInt64("shape", [3], [0, 197, -1]));
+  g.addOutput(g.addNode("Identity", ["input"]));
+  // an odd prefix puts every raw payload at an unaligned offset of one big buffer
+  const bytes = g.toBytes();
+  const padded = Buffer.alloc(bytes.length + 1);
+  padded.set(bytes, 1);
+  const back = Graph.fromBytes(padded.subarray(1));
+  assert.deepEqual(back.initializers.get("shape")!.numbers(), [0, 197, -1]);
+  assert.deepEqual(Array.from(back.initializers.get("pad")!.float32()), [1.5, -2, 3]);
+  assert.equal(back.initializers.get("shape")!.raw.constructor, Uint8Array);
+});

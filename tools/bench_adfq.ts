@@ -15,6 +15,7 @@
  *     deno run -A tools/bench_adfq.ts [--iters 20] [--vits-iters 4] [--images 64]
  *                                     [--threads 2] [--skip-vits] [--skip-shipped]
  *                                     [--full-vits 1024] [--full-vits-iters 2]
+ *                                     [--full-vits-depth 12]
  *                                     [--json FILE]
  *
  * Steps per second exclude captures, quantizer initialization and the
@@ -44,6 +45,7 @@ const { values } = parseArgs({
     "skip-shipped": { type: "boolean", default: false },
     "full-vits": { type: "string" },
     "full-vits-iters": { type: "string", default: "2" },
+    "full-vits-depth": { type: "string", default: "12" },
     json: { type: "string" },
   },
 });
@@ -200,11 +202,11 @@ if (!values["skip-vits"]) {
   );
 }
 if (values["full-vits"]) {
-  const n = Number(values["full-vits"]);
+  const n = Number(values["full-vits"]), depth = Number(values["full-vits-depth"]);
   const r = await bench(
     rt,
-    `vit-s graph (random weights, ${n} random images)`,
-    buildVitGraph(VIT_S, 0),
+    `vit-s graph (${depth} blocks, random weights, ${n} random images)`,
+    buildVitGraph({ ...VIT_S, depth }, 0),
     randomImages(VIT_S, n),
     Number(values["full-vits-iters"]),
   );

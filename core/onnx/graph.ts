@@ -62,14 +62,20 @@ export class Tensor {
    * @param name value name in the graph
    * @param dataType ONNX element type ({@link DataType})
    * @param dims shape
-   * @param raw little-endian element bytes
+   * @param raw little-endian element bytes (a Node Buffer, as protobufjs
+   *   decodes from a Buffer, is re-viewed as a plain Uint8Array: Buffer's
+   *   `slice()` is a view, not the copy the typed-array readers rely on)
    */
   constructor(
     public name: string,
     public dataType: number,
     public dims: number[],
     public raw: Uint8Array,
-  ) {}
+  ) {
+    if (raw.constructor !== Uint8Array) {
+      this.raw = new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength);
+    }
+  }
 
   /** Number of elements. */
   get size(): number {
