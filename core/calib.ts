@@ -115,8 +115,7 @@ export interface Captured {
  * list is concatenated at the end.
  */
 export class BatchCollector {
-  private parts = new Map<string, { data: Float32Array; rows: number; filled: number }>();
-  private dims = new Map<string, number[]>();
+  private parts = new Map<string, Captured & { filled: number }>();
 
   /** @param images the number of images all batches together will hold */
   constructor(private images: number) {}
@@ -125,10 +124,12 @@ export class BatchCollector {
   push(name: string, data: Float32Array, dims: number[], n: number): void {
     let p = this.parts.get(name);
     if (!p) {
-      const rows = dims[0] / n;
-      p = { data: new Float32Array((data.length / n) * this.images), rows, filled: 0 };
+      p = {
+        data: new Float32Array((data.length / n) * this.images),
+        dims: [(dims[0] / n) * this.images, ...dims.slice(1)],
+        filled: 0,
+      };
       this.parts.set(name, p);
-      this.dims.set(name, [rows * this.images, ...dims.slice(1)]);
     }
     if (p.filled + data.length > p.data.length) {
       throw new Error(`BatchCollector: ${name} exceeds the ${this.images} images it was sized for`);
@@ -144,7 +145,7 @@ export class BatchCollector {
       if (p.filled !== p.data.length) {
         throw new Error(`BatchCollector: ${v} holds ${p.filled} of ${p.data.length} values`);
       }
-      out.set(v, { data: p.data, dims: this.dims.get(v)! });
+      out.set(v, { data: p.data, dims: p.dims });
     }
     return out;
   }
