@@ -329,10 +329,10 @@ export function renderSpeedMarkdown(d: TableData): string[] {
     for (const label of d.labels) {
       const cells = d.models.map((m) => {
         const e = find(d, label, m, w, a);
-        if (!e) return "–";
+        if (!e || e.simIps === null) return "–";
         const fpIps = d.fp.find((x) => x.model === m)?.ips;
-        const ratio = e.simIps !== null && fpIps ? ` ${(e.simIps / fpIps).toFixed(2)}x` : "";
-        return e.simIps === null ? "–" : `${sp(e.simIps, e.simLatMs)}${ratio}`;
+        const ratio = fpIps ? ` ${(e.simIps / fpIps).toFixed(2)}x` : "";
+        return `${sp(e.simIps, e.simLatMs)}${ratio}`;
       });
       if (cells.every((c) => c === "–")) continue;
       const kind = d.entries.find((e) => e.label === label && e.w === w && e.a === a)?.timedGraph ??
