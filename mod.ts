@@ -29,20 +29,20 @@ export {
 export type { UniformQuantizer } from "./core/quant/uniform.ts";
 export { applyPlan, siteWeight } from "./core/quant/apply.ts";
 export type { ActPlan, WeightPlan } from "./core/quant/apply.ts";
-export { collectStats } from "./core/calib.ts";
-export type { ValueStats } from "./core/calib.ts";
-export { evaluate } from "./core/evaluate.ts";
-export type { EvalResult } from "./core/evaluate.ts";
-export { measureSpeed, quantile } from "./core/speed.ts";
-export type { Speed } from "./core/speed.ts";
-export { loadManifest, normalizeManifest } from "./core/manifest.ts";
-export type { Manifest, MethodSpec } from "./core/manifest.ts";
-export { planBench, runPlan } from "./core/runner.ts";
-export type { BenchOptions, BenchSummary, Cell, Plan } from "./core/runner.ts";
-export { DEFAULT_DB, Store } from "./core/store.ts";
-export type { FpRow, ResultRow } from "./core/store.ts";
-export { gatherTable, renderCsv, renderLatex, renderMarkdown, writeTables } from "./core/tables.ts";
-export type { TableData, TableEntry } from "./core/tables.ts";
+export { collectStats } from "./core/runtime/capture.ts";
+export type { ValueStats } from "./core/runtime/capture.ts";
+export { evaluate } from "./bench/evaluate.ts";
+export type { EvalResult } from "./bench/evaluate.ts";
+export { measureSpeed, quantile } from "./bench/speed.ts";
+export type { Speed } from "./bench/speed.ts";
+export { loadManifest, normalizeManifest } from "./bench/manifest.ts";
+export type { Manifest, MethodSpec } from "./bench/manifest.ts";
+export { planBench, runPlan } from "./bench/runner.ts";
+export type { BenchOptions, BenchSummary, Cell, Plan } from "./bench/runner.ts";
+export { DEFAULT_DB, Store } from "./bench/store.ts";
+export type { FpRow, ResultRow } from "./bench/store.ts";
+export { gatherTable, renderCsv, renderLatex, renderMarkdown, writeTables } from "./bench/tables.ts";
+export type { TableData, TableEntry } from "./bench/tables.ts";
 export { VitqError } from "./core/errors.ts";
 export { Rng } from "./core/rng.ts";
 export {
@@ -51,7 +51,7 @@ export {
   mcnemarExact,
   pairedBootstrap,
   pairedCounts,
-} from "./core/stats.ts";
+} from "./bench/stats.ts";
 export { loadFashionMnist, SHIPPED_FMNIST } from "./datasets/fashion_mnist.ts";
 export type { ImageSplit } from "./datasets/fashion_mnist.ts";
 export { decodeIdx, encodeIdx, readIdx } from "./datasets/idx.ts";

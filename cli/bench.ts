@@ -8,10 +8,10 @@
  */
 import { parseArgs } from "node:util";
 import { runCli, VitqError } from "../core/errors.ts";
-import { loadManifest } from "../core/manifest.ts";
-import { planBench, runPlan } from "../core/runner.ts";
-import { DEFAULT_DB, Store } from "../core/store.ts";
-import { gatherTable, writeTables } from "../core/tables.ts";
+import { loadManifest } from "../bench/manifest.ts";
+import { planBench, runPlan } from "../bench/runner.ts";
+import { DEFAULT_DB, Store } from "../bench/store.ts";
+import { gatherTable, writeTables } from "../bench/tables.ts";
 
 const USAGE =
   "usage: deno task bench <manifest.json> [--db results/vitq.duckdb] [--force] [--backend node|wasm] [--tables DIR] [--quiet]";

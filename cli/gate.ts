@@ -9,10 +9,10 @@
  */
 import { parseArgs } from "node:util";
 import { runCli, VitqError } from "../core/errors.ts";
-import { loadManifest } from "../core/manifest.ts";
-import { planBench, runPlan } from "../core/runner.ts";
-import { Store } from "../core/store.ts";
-import { gatherTable, renderCsv } from "../core/tables.ts";
+import { loadManifest } from "../bench/manifest.ts";
+import { planBench, runPlan } from "../bench/runner.ts";
+import { Store } from "../bench/store.ts";
+import { gatherTable, renderCsv } from "../bench/tables.ts";
 
 /** Parse a top1.csv into rows keyed by bits, label and model. */
 export function parseTop1Csv(text: string): Map<string, { top1: number; n: number }> {

@@ -6,7 +6,7 @@
  */
 import { parseArgs } from "node:util";
 import { runCli, VitqError } from "../core/errors.ts";
-import { DEFAULT_DB, Store } from "../core/store.ts";
+import { DEFAULT_DB, Store } from "../bench/store.ts";
 
 function cell(v: unknown): string {
   if (v === null || v === undefined) return "NULL";

@@ -11,8 +11,8 @@
  */
 import { parseArgs } from "node:util";
 import { runCli, VitqError } from "../core/errors.ts";
-import { DEFAULT_DB, Store } from "../core/store.ts";
-import { gatherTable, renderPairs, writeTables } from "../core/tables.ts";
+import { DEFAULT_DB, Store } from "../bench/store.ts";
+import { gatherTable, renderPairs, writeTables } from "../bench/tables.ts";
 
 await runCli(async () => {
   const { values, positionals } = parseArgs({

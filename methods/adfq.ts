@@ -26,7 +26,7 @@
  *
  * @module
  */
-import { BatchCollector, type Captured, captureValues } from "../core/calib.ts";
+import { BatchCollector, type Captured, captureValues } from "../core/runtime/capture.ts";
 import type { Graph } from "../core/onnx/graph.ts";
 import type { Site } from "../core/onnx/sites.ts";
 import { captureGraph, type ImageSource, type Runtime } from "../core/runtime/runtime.ts";

@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { collectStats } from "../core/calib.ts";
+import { collectStats } from "../core/runtime/capture.ts";
 import type { Site } from "../core/onnx/sites.ts";
 import { type ActPlan, applyPlan, siteWeight, type WeightPlan } from "../core/quant/apply.ts";
 import { absMax, symmetric, symmetricScale } from "../core/quant/uniform.ts";

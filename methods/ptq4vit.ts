@@ -17,7 +17,7 @@
  *
  * @module
  */
-import { type Captured, captureValues } from "../core/calib.ts";
+import { type Captured, captureValues } from "../core/runtime/capture.ts";
 import type { Site } from "../core/onnx/sites.ts";
 import { type ActPlan, applyPlan, type WeightPlan } from "../core/quant/apply.ts";
 import { fakeQuant, symmetric, type UniformQuantizer } from "../core/quant/uniform.ts";
@@ -28,9 +28,9 @@ import {
   twinSoftmax,
   type TwinVariant,
 } from "../core/quant/twin.ts";
-import { type CandidateQuantizer, CandidateScorer, type Metric } from "../core/search.ts";
+import { type CandidateQuantizer, CandidateScorer, type Metric } from "../core/quant/search.ts";
 import { attr } from "../core/onnx/graph.ts";
-import { outputGradients } from "../core/gradients.ts";
+import { outputGradients } from "../core/autodiff/gradients.ts";
 import type { Graph } from "../core/onnx/graph.ts";
 import type { LayerRecord, QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
 

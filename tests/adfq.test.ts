@@ -5,8 +5,8 @@
  * on held-out images), quantizer choices per site, Swin support, options.
  */
 import assert from "node:assert/strict";
-import { captureValues } from "../core/calib.ts";
-import { evaluate } from "../core/evaluate.ts";
+import { captureValues } from "../core/runtime/capture.ts";
+import { evaluate } from "../bench/evaluate.ts";
 import { resolveModel } from "../core/models.ts";
 import { Graph } from "../core/onnx/graph.ts";
 import { findSites } from "../core/onnx/sites.ts";

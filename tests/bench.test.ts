@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Store } from "../core/store.ts";
+import { Store } from "../bench/store.ts";
 import { cli, smallManifest, tmpDir, writeManifest } from "./helpers.ts";
 
 async function rows(db: string, sql: string) {

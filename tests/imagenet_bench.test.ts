@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import sharp from "sharp";
-import { Store } from "../core/store.ts";
+import { Store } from "../bench/store.ts";
 import { cli, FIXTURES, tmpDir, writeManifest } from "./helpers.ts";
 
 const WNIDS = ["n01440764", "n01443537", "n01484850"];

@@ -14,7 +14,7 @@ import { DataType, Graph, makeAttr, Tensor } from "../core/onnx/graph.ts";
 import { findSites } from "../core/onnx/sites.ts";
 import { resolveModel } from "../core/models.ts";
 import { VitqError } from "../core/errors.ts";
-import { iLayerNorm, INT31_MAX, shiftGelu, shiftmax } from "../core/quant/ivit.ts";
+import { iLayerNorm, INT31_MAX, shiftGelu, shiftmax } from "../core/ivit/reference.ts";
 import { Rng } from "../core/rng.ts";
 import type { Runtime } from "../core/runtime/runtime.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
@@ -105,7 +105,7 @@ function shippedModel() {
 
 // ------------------------------------------------------------------ kernels
 
-Deno.test("ivit kernels: iLayerNormInt32 without prescale is iLayerNorm of core/quant/ivit.ts", () => {
+Deno.test("ivit kernels: iLayerNormInt32 without prescale is iLayerNorm of core/ivit/reference.ts", () => {
   const rng = new Rng(3);
   for (const [C, amp] of [[64, 127], [64, 2047], [384, 32767 >> 4], [7, 100]]) {
     const x = Array.from({ length: 4 * C }, () => Math.round((rng.next() * 2 - 1) * amp));

@@ -15,7 +15,7 @@ import {
   shiftExp,
   shiftGelu,
   shiftmax,
-} from "../core/quant/ivit.ts";
+} from "../core/ivit/reference.ts";
 import { Rng } from "../core/rng.ts";
 
 // ------------------------------------------------------------------ oracles

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type CandidateQuantizer, CandidateScorer, type Metric } from "../core/search.ts";
+import { type CandidateQuantizer, CandidateScorer, type Metric } from "../core/quant/search.ts";
 import { fakeQuant, symmetric } from "../core/quant/uniform.ts";
 import { twinGelu, twinSoftmax, type TwinVariant } from "../core/quant/twin.ts";
 import { randomData, runtime } from "./helpers.ts";

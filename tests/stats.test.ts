@@ -5,7 +5,7 @@ import {
   mcnemarExact,
   pairedBootstrap,
   pairedCounts,
-} from "../core/stats.ts";
+} from "../bench/stats.ts";
 
 /** num / den as a double, exact to rounding even when both are huge BigInts. */
 function bigRatio(num: bigint, den: bigint): number {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { Store } from "../core/store.ts";
-import { gatherTable, renderMarkdown, renderPairs } from "../core/tables.ts";
+import { Store } from "../bench/store.ts";
+import { gatherTable, renderMarkdown, renderPairs } from "../bench/tables.ts";
 import { cli, smallManifest, tmpDir, writeManifest } from "./helpers.ts";
 
 Deno.test("identical cells show a zero difference and a tie mark; views answer", async () => {

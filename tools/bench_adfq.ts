@@ -32,7 +32,7 @@ import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { buildVitGraph, randomImages, VIT_S } from "../core/ivit/vits.ts";
 import { ADFQ_DEFAULTS, type AdfqReport, runAdfq } from "../methods/adfq.ts";
-import { memoryMiB } from "../core/env.ts";
+import { memoryMiB } from "../bench/env.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

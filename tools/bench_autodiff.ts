@@ -16,12 +16,12 @@
  * `--threads` intra-op threads):
  *
  * - (a) `fwd`: the forward graph alone (logits);
- * - (b) `out`: the gradient graph PTQ4ViT uses (`core/gradients.ts`):
+ * - (b) `out`: the gradient graph PTQ4ViT uses (`core/autodiff/gradients.ts`):
  *   cross-entropy to the FP model's own predicted classes, gradients with
  *   respect to the outputs of all linear and matmul sites, all returned;
  * - (c) `w`: the same loss, gradients with respect to all linear weights.
  *
- * (b) and (c) get the session options `core/gradients.ts` gives its gradient
+ * (b) and (c) get the session options `core/autodiff/gradients.ts` gives its gradient
  * graph (no ONNX Runtime memory pattern), (a) the defaults.
  *
  * A gradient graph runs the forward pass too, so (b)/(a) and (c)/(a) are
@@ -65,7 +65,7 @@ import { resolveModel } from "../core/models.ts";
 import { buildVitGraph, VIT_S } from "../core/ivit/vits.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
-import { memoryMiB } from "../core/env.ts";
+import { memoryMiB } from "../bench/env.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -148,7 +148,7 @@ function modeGraph(
 ): Job & { wrt: number } {
   const feeds: Record<string, TensorData> = { [g.inputNames[0]]: input };
   if (mode === "fwd") return { graph: g, feeds, options: {}, wrt: 0 };
-  // as methods/ptq4vit.ts and core/gradients.ts: linear and matmul sites, pseudo-label CE
+  // as methods/ptq4vit.ts and core/autodiff/gradients.ts: linear and matmul sites, pseudo-label CE
   const sites = findSites(g).filter((s) => s.kind === "linear" || s.kind === "matmul");
   const wrt = mode === "out"
     ? [...new Set(sites.map((s) => s.output))]
@@ -166,7 +166,7 @@ function modeGraph(
     target[i * classes + best] = 1;
   }
   feeds.vitq_target = { data: target, dims: [n, classes] };
-  // the session options core/gradients.ts uses for its gradient graph
+  // the session options core/autodiff/gradients.ts uses for its gradient graph
   return { graph: gg.graph, feeds, options: { memPattern: false }, wrt: wrt.length };
 }
 

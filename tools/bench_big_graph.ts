@@ -15,7 +15,7 @@ import { findSites } from "../core/onnx/sites.ts";
 import { applyPlan } from "../core/quant/apply.ts";
 import { absMax, symmetric, symmetricScale } from "../core/quant/uniform.ts";
 import { standardActSlots } from "../methods/baselines.ts";
-import { memoryMiB } from "../core/env.ts";
+import { memoryMiB } from "../bench/env.ts";
 
 const path = Deno.args[0] ?? "/tmp/vit_b_random.onnx";
 try {

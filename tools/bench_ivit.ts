@@ -2,7 +2,7 @@
  * Speed of I-ViT's integer-only ONNX graph against the FP32 graph, both run
  * by onnxruntime-node on the CPU: images/s at a batch size (median batch
  * time) and batch-1 latency (median, p90), after warm-up runs, with a fixed
- * thread count (core/speed.ts). The integer graph is timed as the float
+ * thread count (bench/speed.ts). The integer graph is timed as the float
  * wrapper the runner evaluates (QuantizeLinear → integer operators → Cast·scale).
  *
  * Models: `shipped` (models/vit_fmnist.onnx, calibrated on shipped
@@ -19,12 +19,12 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { envInfo } from "../core/env.ts";
+import { envInfo } from "../bench/env.ts";
 import { resolveModel } from "../core/models.ts";
 import { Graph } from "../core/onnx/graph.ts";
 import { findSites } from "../core/onnx/sites.ts";
 import { createRuntime, type ImageSource } from "../core/runtime/runtime.ts";
-import { measureSpeed, type Speed } from "../core/speed.ts";
+import { measureSpeed, type Speed } from "../bench/speed.ts";
 import { Rng } from "../core/rng.ts";
 import { runCli, VitqError } from "../core/errors.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";

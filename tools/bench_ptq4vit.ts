@@ -27,7 +27,7 @@ import { buildVitGraph, randomImages, VIT_S } from "../core/ivit/vits.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { METHODS } from "../methods/registry.ts";
-import { memoryMiB } from "../core/env.ts";
+import { memoryMiB } from "../bench/env.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

@@ -8,7 +8,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { Store } from "../core/store.ts";
+import { Store } from "../bench/store.ts";
 import { Rng } from "../core/rng.ts";
 
 const { values } = parseArgs({

@@ -3,12 +3,12 @@
  * image) and I-ViT's running min/max of every activation the lowering
  * quantizes, observed on the FP32 model over the calibration images (first
  * batch sets the range, later batches update it by EMA with momentum 0.95:
- * `QuantActObserver` of core/quant/ivit.ts).
+ * `QuantActObserver` of core/ivit/reference.ts).
  *
  * @module
  */
 import type { Graph } from "../onnx/graph.ts";
-import { QuantActObserver } from "../quant/ivit.ts";
+import { QuantActObserver } from "./reference.ts";
 import { captureGraph, type ImageSource, runBatches, type Runtime } from "../runtime/runtime.ts";
 import { dataValues } from "./lower.ts";
 

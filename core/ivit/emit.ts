@@ -18,7 +18,7 @@
  * @module
  */
 import { DataType, Graph, makeAttr, Tensor } from "../onnx/graph.ts";
-import { INT31_MAX } from "../quant/ivit.ts";
+import { INT31_MAX } from "./reference.ts";
 import { int32Tensor, int8Tensor, onnxType, uint8Tensor } from "./lower.ts";
 import type {
   IntProgram,

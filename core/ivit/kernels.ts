@@ -3,13 +3,13 @@
  *
  * The integer ONNX graph (see `emit.ts`) computes exactly these functions in
  * int32 arithmetic; `simulate.ts` runs them in TypeScript. Where a kernel of
- * `core/quant/ivit.ts` (the float64-exact reference of the I-ViT paper code)
+ * `core/ivit/reference.ts` (the float64-exact reference of the I-ViT paper code)
  * already fits in int32 it is used as is (Shiftmax, ShiftGELU, per-channel
  * weight quantization, the activation observers). Two kernels depart from it,
  * because their intermediates do not fit in int32:
  *
  * 1. **Dyadic requantization** ({@link dyadic15}, {@link requantValue}).
- *    `core/quant/ivit.ts` uses a 31-bit multiplier, `round_half_even(z·m/2^k)`
+ *    `core/ivit/reference.ts` uses a 31-bit multiplier, `round_half_even(z·m/2^k)`
  *    with m in [2^30, 2^31]: `z·m` needs up to 62 bits. Here the multiplier
  *    has 15 bits, m = round_half_up(mantissa·2^15) in [2^14, 2^15] and
  *    k = 15 − exponent, and the rounding is half up:
@@ -29,11 +29,11 @@
  *    (the smallest with C·max|y >> a|² < 2^31), the integer square root runs
  *    on the shifted sum from 2^(16−a), and the output is
  *    `floor(sign(γ)·(y >> a)·floor((2^31−1)/k)/2)`. With `a = 0` (8-bit
- *    inputs) and γ > 0 this is exactly `iLayerNorm` of `core/quant/ivit.ts`.
+ *    inputs) and γ > 0 this is exactly `iLayerNorm` of `core/ivit/reference.ts`.
  *
  * @module
  */
-import { frexp, INT31_MAX } from "../quant/ivit.ts";
+import { frexp, INT31_MAX } from "./reference.ts";
 import { VitqError } from "../errors.ts";
 
 /** Largest int32. */
@@ -413,7 +413,7 @@ function roundDivHalfEven(sum: number, c: number): number {
  * `k ← floor((k + floor(V/k))/2)` from `k0`, output
  * `floor(sign_c·y'·floor((2^31−1)/k) / 2)` in [−2^30, 2^30 − 1]. `sign`
  * (±1 per channel, default all +1) carries the sign of γ. With a = 0,
- * k0 = 2^16 and positive signs this is `iLayerNorm` of `core/quant/ivit.ts`
+ * k0 = 2^16 and positive signs this is `iLayerNorm` of `core/ivit/reference.ts`
  * (γ = 1, β = 0); a negative sign floors −y'·f instead of negating floor(y'·f),
  * which can differ by one unit (2^-30 of the normalized value).
  */

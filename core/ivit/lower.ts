@@ -64,7 +64,7 @@ import {
   ivitSymmetricStep,
   quantizeSymmetric,
   quantizeWeightsPerChannel,
-} from "../quant/ivit.ts";
+} from "./reference.ts";
 import { roundHalfEven } from "../quant/uniform.ts";
 import {
   dyadic15,

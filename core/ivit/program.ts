@@ -155,7 +155,7 @@ export interface ReduceSumStep {
   keepdims: boolean;
 }
 
-/** Shiftmax along the last axis (`shiftmax` of core/quant/ivit.ts). */
+/** Shiftmax along the last axis (`shiftmax` of core/ivit/reference.ts). */
 export interface ShiftmaxStep {
   /** Step kind. */
   kind: "shiftmax";
@@ -183,7 +183,7 @@ export interface ShiftmaxStep {
   splitSum: boolean;
 }
 
-/** ShiftGELU along the last axis (`shiftGelu` of core/quant/ivit.ts, sigmoidScale "float"). */
+/** ShiftGELU along the last axis (`shiftGelu` of core/ivit/reference.ts, sigmoidScale "float"). */
 export interface ShiftGeluStep {
   /** Step kind. */
   kind: "shiftgelu";

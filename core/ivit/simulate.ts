@@ -1,7 +1,7 @@
 /**
  * TypeScript execution of an {@link IntProgram}: the reference the integer
  * ONNX graph is tested against, bit for bit. Kernels come from
- * `core/quant/ivit.ts` where its semantics fit int32 (`shiftmax`,
+ * `core/ivit/reference.ts` where its semantics fit int32 (`shiftmax`,
  * `shiftGelu`) and from `kernels.ts` otherwise (dyadic requantization with a
  * 15-bit multiplier, I-LayerNorm with the Σy² prescale); integer matmul,
  * convolution and the token sum are exact integer sums; data movement
@@ -11,7 +11,7 @@
  */
 import { DataType } from "../onnx/graph.ts";
 import { VitqError } from "../errors.ts";
-import { shiftGelu, shiftmax } from "../quant/ivit.ts";
+import { shiftGelu, shiftmax } from "./reference.ts";
 import { roundHalfEven } from "../quant/uniform.ts";
 import { iLayerNormInt32, requantValue } from "./kernels.ts";
 import { onnxType } from "./lower.ts";

@@ -22,7 +22,7 @@
  */
 import { DataType, type Graph, makeAttr, Tensor } from "../onnx/graph.ts";
 import type { Runtime, Session, TensorData } from "../runtime/runtime.ts";
-import type { Captured } from "../calib.ts";
+import type { Captured } from "../runtime/capture.ts";
 import { addFloatInput, buildGradientGraph } from "../autodiff/backward.ts";
 import { Adam, type Param } from "../autodiff/adam.ts";
 import type { LossTerm } from "../autodiff/backward.ts";

@@ -15,10 +15,10 @@
  *
  * @module
  */
-import type { Graph } from "./onnx/graph.ts";
-import { buildGradientGraph } from "./autodiff/backward.ts";
-import { BatchCollector } from "./calib.ts";
-import type { ImageSource, Runtime } from "./runtime/runtime.ts";
+import type { Graph } from "../onnx/graph.ts";
+import { buildGradientGraph } from "./backward.ts";
+import { BatchCollector } from "../runtime/capture.ts";
+import type { ImageSource, Runtime } from "../runtime/runtime.ts";
 
 /** Options of {@link outputGradients}. */
 export interface GradientOptions {

@@ -4,8 +4,8 @@
  *
  * @module
  */
-import type { Graph } from "./onnx/graph.ts";
-import { runBatches, type Runtime } from "./runtime/runtime.ts";
+import type { Graph } from "../core/onnx/graph.ts";
+import { runBatches, type Runtime } from "../core/runtime/runtime.ts";
 import type { LabelledSource } from "../datasets/source.ts";
 
 /** Accuracy of one graph on one image set. */

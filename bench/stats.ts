@@ -13,7 +13,7 @@
  * @module
  */
 
-import { Rng } from "./rng.ts";
+import { Rng } from "../core/rng.ts";
 
 /** Per-image correctness: 1 / `true` = correct, 0 / `false` = wrong. */
 export type Correctness = ArrayLike<number | boolean>;

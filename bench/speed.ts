@@ -5,9 +5,9 @@
  *
  * @module
  */
-import type { Graph } from "./onnx/graph.ts";
-import type { Runtime } from "./runtime/runtime.ts";
-import { Rng } from "./rng.ts";
+import type { Graph } from "../core/onnx/graph.ts";
+import type { Runtime } from "../core/runtime/runtime.ts";
+import { Rng } from "../core/rng.ts";
 
 /** Measured speed of one graph. */
 export interface Speed {

@@ -22,15 +22,15 @@
  *
  * @module
  */
-import { Graph, Tensor } from "./onnx/graph.ts";
-import type { Runtime, Session } from "./runtime/runtime.ts";
+import { Graph, Tensor } from "../onnx/graph.ts";
+import type { Runtime, Session } from "../runtime/runtime.ts";
 import {
   emitTwinGeluWith,
   emitTwinSoftmaxWith,
   GELU_NEG_RANGE,
   type TwinVariant,
-} from "./quant/twin.ts";
-import { emitSymmetricWith, qRange } from "./quant/uniform.ts";
+} from "./twin.ts";
+import { emitSymmetricWith, qRange } from "./uniform.ts";
 
 /** Search metric. */
 export type Metric = "hessian" | "mse" | "cosine";

@@ -6,8 +6,8 @@
  *
  * @module
  */
-import type { Graph } from "./onnx/graph.ts";
-import { captureGraph, type ImageSource, runBatches, type Runtime } from "./runtime/runtime.ts";
+import type { Graph } from "../onnx/graph.ts";
+import { captureGraph, type ImageSource, runBatches, type Runtime } from "./runtime.ts";
 
 /** Reduced statistics of one value over the calibration set. */
 export interface ValueStats {

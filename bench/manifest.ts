@@ -5,8 +5,8 @@
  * @module
  */
 import Ajv from "ajv";
-import { VitqError } from "./errors.ts";
-import { fromRoot } from "./models.ts";
+import { VitqError } from "../core/errors.ts";
+import { fromRoot } from "../core/models.ts";
 import type { SubsetRule } from "../datasets/subset.ts";
 import { METHODS } from "../methods/registry.ts";
 

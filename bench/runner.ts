@@ -6,13 +6,13 @@
  *
  * @module
  */
-import { Graph } from "./onnx/graph.ts";
-import { findSites, type Site } from "./onnx/sites.ts";
-import { createRuntime, type Runtime } from "./runtime/runtime.ts";
+import { Graph } from "../core/onnx/graph.ts";
+import { findSites, type Site } from "../core/onnx/sites.ts";
+import { createRuntime, type Runtime } from "../core/runtime/runtime.ts";
 import type { Manifest } from "./manifest.ts";
-import { fromRoot, loadRegistry, type ResolvedModel, resolveModel } from "./models.ts";
-import { canonicalJson, sha256Hex } from "./hash.ts";
-import { VitqError } from "./errors.ts";
+import { fromRoot, loadRegistry, type ResolvedModel, resolveModel } from "../core/models.ts";
+import { canonicalJson, sha256Hex } from "../core/hash.ts";
+import { VitqError } from "../core/errors.ts";
 import { evaluate } from "./evaluate.ts";
 import { measureSpeed, type Speed } from "./speed.ts";
 import type { ResultRow, Store } from "./store.ts";

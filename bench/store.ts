@@ -12,7 +12,7 @@ import {
   type DuckDBValue,
   listValue,
 } from "@duckdb/node-api";
-import { VitqError } from "./errors.ts";
+import { VitqError } from "../core/errors.ts";
 import type { LayerRecord } from "../methods/types.ts";
 
 /** Default database path, relative to the working directory. */

@@ -29,7 +29,7 @@
  *
  * @module
  */
-import { roundHalfEven } from "./uniform.ts";
+import { roundHalfEven } from "../quant/uniform.ts";
 
 /** Integer input accepted by every kernel: `Int32Array`, `number[]`, ... of safe integers. */
 export type IntArrayLike = ArrayLike<number>;
