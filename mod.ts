@@ -41,7 +41,13 @@ export { planBench, runPlan } from "./bench/runner.ts";
 export type { BenchOptions, BenchSummary, Cell, Plan } from "./bench/runner.ts";
 export { DEFAULT_DB, Store } from "./bench/store.ts";
 export type { FpRow, ResultRow } from "./bench/store.ts";
-export { gatherTable, renderCsv, renderLatex, renderMarkdown, writeTables } from "./bench/tables.ts";
+export {
+  gatherTable,
+  renderCsv,
+  renderLatex,
+  renderMarkdown,
+  writeTables,
+} from "./bench/tables.ts";
 export type { TableData, TableEntry } from "./bench/tables.ts";
 export { VitqError } from "./core/errors.ts";
 export { Rng } from "./core/rng.ts";

@@ -24,12 +24,7 @@
  */
 import { Graph, Tensor } from "../onnx/graph.ts";
 import type { Runtime, Session } from "../runtime/runtime.ts";
-import {
-  emitTwinGeluWith,
-  emitTwinSoftmaxWith,
-  GELU_NEG_RANGE,
-  type TwinVariant,
-} from "./twin.ts";
+import { emitTwinGeluWith, emitTwinSoftmaxWith, GELU_NEG_RANGE, type TwinVariant } from "./twin.ts";
 import { emitSymmetricWith, qRange } from "./uniform.ts";
 
 /** Search metric. */
