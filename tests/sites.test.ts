@@ -44,6 +44,31 @@ Deno.test("site finder handles LayerNormalization and its decomposed form alike"
   }
 });
 
+Deno.test("LayerNorm sites carry γ, β and ε in both forms, with the same values", async () => {
+  for (const arch of ["vit", "deit", "swin"]) {
+    const ga = await Graph.load(`${FIXTURES}tiny_${arch}_op17.onnx`);
+    const gb = await Graph.load(`${FIXTURES}tiny_${arch}_op13.onnx`);
+    const lnsA = findSites(ga).filter((s) => s.kind === "ln");
+    const lnsB = new Map(findSites(gb).filter((s) => s.kind === "ln").map((s) => [s.id, s]));
+    assert.ok(lnsA.length > 0, arch);
+    for (const a of lnsA) {
+      const b = lnsB.get(a.id)!;
+      for (const [s, g] of [[a, ga], [b, gb]] as const) {
+        assert.ok(s.gamma && s.beta, `${arch} ${s.id}: γ/β named`);
+        assert.ok(s.epsilon !== undefined && s.epsilon > 0 && s.epsilon < 1e-3, `${arch} ε`);
+        const idx = g.index();
+        assert.equal(g.constant(s.gamma, idx)?.size, g.constant(s.beta, idx)?.size);
+      }
+      const vals = (s: typeof a, g: Graph) => [...g.constant(s.gamma!)!.numbers()];
+      assert.deepEqual(vals(a, ga), vals(b, gb), `${arch} ${a.id} γ`);
+      assert.ok(Math.abs(a.epsilon! - b.epsilon!) < 1e-9, `${arch} ${a.id} ε`);
+    }
+  }
+  // sites of other kinds carry none
+  const sites = findSites(await Graph.load(SHIPPED_MODEL));
+  assert.ok(sites.filter((s) => s.kind !== "ln").every((s) => s.gamma === undefined));
+});
+
 Deno.test("site finder: DeiT has two heads, Swin has reduction and merge norms", async () => {
   const deit = findSites(await Graph.load(`${FIXTURES}tiny_deit_op17.onnx`));
   assert.equal(deit.filter((s) => s.role === "head").length, 2);

@@ -999,13 +999,11 @@ class Lowering {
     });
   }
 
-  /** γ and β of a LayerNorm site (LayerNormalization op or the decomposed pattern). */
-  private lnParams(n: Node, C: number): { gamma: number[]; beta: number[] } {
-    const { g } = this;
-    const idx = this.cls.idx;
+  /** γ and β of a LayerNorm site, from the constants the site finder names (γ = 1, β = 0 when absent). */
+  private lnParams(n: Node, site: Site, C: number): { gamma: number[]; beta: number[] } {
     const vec = (v: string | undefined, dflt: number): number[] => {
       if (!v) return new Array(C).fill(dflt);
-      const t = constTensor(g, idx, v);
+      const t = constTensor(this.g, this.cls.idx, v);
       if (!t) throw new VitqError(`${this.source}: I-ViT: LayerNorm ${n.name}: γ/β not constant`);
       const a = t.numbers();
       return Array.from({ length: C }, (_, i) => a[i % a.length]);
@@ -1016,25 +1014,14 @@ class Lowering {
       if (axis !== -1 && axis !== rank - 1) {
         throw new VitqError(`${this.source}: I-ViT: LayerNorm ${n.name} not over the last axis`);
       }
-      return { gamma: vec(n.inputs[1], 1), beta: vec(n.inputs[2], 0) };
     }
-    // decomposed: ... Div(y, sqrt) [-> Mul(γ)] [-> Add(β)]
-    let cur = n;
-    let beta = new Array(C).fill(0), gamma = new Array(C).fill(1);
-    const constIn = (m: Node) => m.inputs.find((v) => !this.cls.data.has(v));
-    const dataIn = (m: Node) => m.inputs.find((v) => this.cls.data.has(v))!;
-    if (cur.opType === "Add" && constIn(cur)) {
-      beta = vec(constIn(cur), 0);
-      cur = g.nodes[idx.producer.get(dataIn(cur))!];
-    }
-    if (cur.opType === "Mul" && constIn(cur)) gamma = vec(constIn(cur), 1);
-    return { gamma, beta };
+    return { gamma: vec(site.gamma, 1), beta: vec(site.beta, 0) };
   }
 
   private layerNorm(n: Node, site: Site): void {
     const x = this.need(site.input!, "small", this.R);
     const C = this.env.dims(site.input!).at(-1)!;
-    const { gamma, beta } = this.lnParams(n, C);
+    const { gamma, beta } = this.lnParams(n, site, C);
     const a = layerNormPrescale(C, x.hi - x.lo);
     const k0 = layerNormStart(a, C, x.hi - x.lo);
     if (a > 0) this.prog.facts.push(`${site.id}: Σy² after a right shift by ${a}, sqrt from ${k0}`);

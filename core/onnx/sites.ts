@@ -50,6 +50,20 @@ export interface Site {
   bias?: string;
   /** The two operands of a matmul site (A, B as the MatMul node sees them). */
   operands?: [string, string];
+  /**
+   * LayerNorm site: the constant value holding γ (an initializer name, resolved
+   * through Identity nodes; the Constant node's output otherwise). Absent when the
+   * LayerNorm has no scale (γ = 1), as a decomposed LayerNorm without its Mul.
+   */
+  gamma?: string;
+  /** LayerNorm site: the constant value holding β, like `gamma`; absent when there is no shift (β = 0). */
+  beta?: string;
+  /**
+   * LayerNorm site: ε added to the variance (the LayerNormalization op's `epsilon`
+   * attribute, 1e-5 by default; the constant of the `Add` under the `Sqrt` in the
+   * decomposed form). Absent only for a decomposed LayerNorm whose ε is not such a constant.
+   */
+  epsilon?: number;
 }
 
 const PASS = new Set([
@@ -205,13 +219,40 @@ interface LayerNorm {
   output: string;
   last: Node;
   first: Node;
+  gamma?: string;
+  beta?: string;
+  epsilon?: number;
+}
+
+/** A constant operand as a site names it: its initializer, or the value itself. */
+function constName(c: Ctx, v: string | undefined): string | undefined {
+  return v ? weightSource(c, v) ?? v : undefined;
+}
+
+/** ε of a decomposed LayerNorm: Div(y, Sqrt(Add(var, ε))). */
+function decomposedEpsilon(c: Ctx, div: Node): number | undefined {
+  const sqrt = node(c, div.inputs[1]);
+  const add = sqrt?.opType === "Sqrt" ? node(c, sqrt.inputs[0]) : undefined;
+  if (!add || add.opType !== "Add") return undefined;
+  const v = add.inputs.find((x) => isConst(c, x));
+  const t = v === undefined ? undefined : c.g.constant(constName(c, v)!, c.idx);
+  return t && t.size === 1 ? t.numbers()[0] : undefined;
 }
 
 function findLayerNorms(c: Ctx): LayerNorm[] {
   const out: LayerNorm[] = [];
   for (const n of c.g.nodes) {
     if (n.opType === "LayerNormalization" && c.data.has(n.inputs[0])) {
-      out.push({ input: n.inputs[0], output: n.outputs[0], last: n, first: n });
+      const eps = n.attributes.find((a) => a.name === "epsilon");
+      out.push({
+        input: n.inputs[0],
+        output: n.outputs[0],
+        last: n,
+        first: n,
+        gamma: constName(c, n.inputs[1]),
+        beta: constName(c, n.inputs[2]),
+        epsilon: eps ? eps.f : 1e-5,
+      });
       continue;
     }
     // decomposed: Sub(x, ReduceMean(x)) -> ... -> Div(sub, Sqrt(...)) [-> Mul(gamma) -> Add(beta)]
@@ -223,13 +264,23 @@ function findLayerNorms(c: Ctx): LayerNorm[] {
     );
     if (!div) continue;
     let last = div;
+    const affine: Record<string, string | undefined> = {};
     for (const op of ["Mul", "Add"]) {
       const next = consumers(c, last.outputs[0]);
       if (next.length === 1 && next[0].opType === op && next[0].inputs.some((v) => isConst(c, v))) {
         last = next[0];
+        affine[op] = constName(c, last.inputs.find((v) => isConst(c, v)));
       }
     }
-    out.push({ input: n.inputs[0], output: last.outputs[0], last, first: mean });
+    out.push({
+      input: n.inputs[0],
+      output: last.outputs[0],
+      last,
+      first: mean,
+      gamma: affine.Mul,
+      beta: affine.Add,
+      epsilon: decomposedEpsilon(c, div),
+    });
   }
   return out;
 }
@@ -465,6 +516,9 @@ export function findSites(g: Graph, source = "<graph>"): Site[] {
       node: l.last.name,
       input: l.input,
       output: l.output,
+      gamma: l.gamma,
+      beta: l.beta,
+      epsilon: l.epsilon,
     });
   }
   const order = (s: Site) => pos.get(g.nodes.find((n) => n.name === s.node)!) ?? 0;
