@@ -7,6 +7,7 @@
 import type { Graph } from "../core/onnx/graph.ts";
 import { runBatches, type Runtime } from "../core/runtime/runtime.ts";
 import type { LabelledSource } from "../datasets/source.ts";
+import { VitqError } from "../core/errors.ts";
 
 /** Accuracy of one graph on one image set. */
 export interface EvalResult {
@@ -19,6 +20,16 @@ export interface EvalResult {
   preds: Int32Array;
   /** Rank (0 = top) of the true class per image. */
   trueRank: Int32Array;
+  /**
+   * Images whose logits hold a NaN or an infinity. Each counts as wrong: its
+   * prediction is -1 and the true class is ranked last (rank = class count).
+   */
+  nonFinite: number;
+}
+
+/** The one-line reason a result with non-finite logits carries. */
+export function nonFiniteMessage(n: number): string {
+  return `non-finite logits on ${n} image${n === 1 ? "" : "s"}`;
 }
 
 /** Evaluate `graph` on `images` with batches of `batchSize`. */
@@ -32,6 +43,7 @@ export async function evaluate(
   const n = images.length;
   const preds = new Int32Array(n), trueRank = new Int32Array(n);
   const t0 = performance.now();
+  let nonFinite = 0;
   try {
     const out0 = session.outputNames[0];
     await runBatches(session, images, batchSize, (out, start, b) => {
@@ -39,9 +51,23 @@ export async function evaluate(
       const k = logits.length / b;
       for (let i = 0; i < b; i++) {
         const row = logits.subarray(i * k, (i + 1) * k);
+        const t = images.labels[start + i];
+        if (!Number.isInteger(t) || t < 0 || t >= k) {
+          throw new VitqError(
+            `image ${images.ids[start + i]}: label ${t} is outside the model's ${k} classes (0..${
+              k - 1
+            })`,
+          );
+        }
+        if (!row.every(Number.isFinite)) {
+          // a NaN compares false with everything: without this the true class would rank first
+          nonFinite++;
+          preds[start + i] = -1;
+          trueRank[start + i] = k;
+          continue;
+        }
         let best = 0;
         for (let j = 1; j < k; j++) if (row[j] > row[best]) best = j;
-        const t = images.labels[start + i];
         let rank = 0;
         for (let j = 0; j < k; j++) if (row[j] > row[t] || (row[j] === row[t] && j < t)) rank++;
         preds[start + i] = best;
@@ -57,5 +83,14 @@ export async function evaluate(
     if (trueRank[i] === 0) correct++;
     if (trueRank[i] < 5) c5++;
   }
-  return { n, correct, top1: (100 * correct) / n, top5: (100 * c5) / n, seconds, preds, trueRank };
+  return {
+    n,
+    correct,
+    top1: (100 * correct) / n,
+    top5: (100 * c5) / n,
+    seconds,
+    preds,
+    trueRank,
+    nonFinite,
+  };
 }

@@ -13,7 +13,7 @@ import type { Manifest } from "./manifest.ts";
 import { fromRoot, loadRegistry, type ResolvedModel, resolveModel } from "../core/models.ts";
 import { canonicalJson, sha256Hex } from "../core/hash.ts";
 import { VitqError } from "../core/errors.ts";
-import { evaluate } from "./evaluate.ts";
+import { evaluate, nonFiniteMessage } from "./evaluate.ts";
 import { measureSpeed, type Speed } from "./speed.ts";
 import type { ResultRow, Store } from "./store.ts";
 import { Progress } from "./progress.ts";
@@ -275,6 +275,13 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
     const evalSrc = await plan.evalSplit.source(plan.evalIndices, pm.model.card);
     progress.log(`${pm.model.name}: FP32 baseline on ${evalSrc.length} images`);
     const fpEval = await evaluate(runtime, pm.bytes, evalSrc, manifest.batchSize);
+    if (fpEval.nonFinite > 0) {
+      throw new VitqError(
+        `${pm.model.path}: FP32 baseline refused: ${
+          nonFiniteMessage(fpEval.nonFinite)
+        } of ${fpEval.n} (NaN or Inf weights, or a zero std in the model card?)`,
+      );
+    }
     const fpCell = `fp32:${pm.sha.slice(0, 16)}:${plan.evalHash.slice(0, 16)}:${backend}`;
     const fpSpeed: Speed | undefined = manifest.speed.enabled
       ? await measureSpeed(runtime, pm.bytes, evalSrc.shape, speedOpts(manifest))
@@ -389,7 +396,17 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
           timed_graph: q.graphKind ?? base.timed_graph,
           notes: q.notes ?? null,
         };
+        if (ev.nonFinite > 0) {
+          // every such image counts as wrong; the cell says why and is not kept as ok
+          row.status = "error";
+          row.error = nonFiniteMessage(ev.nonFinite);
+        }
         await store.putCell(row, q.layers, ev);
+        if (row.status === "error") {
+          failed++;
+          progress.finish(`${tag}: FAILED: ${row.error} (top-1 ${ev.top1.toFixed(2)})`);
+          continue;
+        }
         ran++;
         progress.finish(
           `${tag}: top-1 ${ev.top1.toFixed(2)} (FP32 ${fpEval.top1.toFixed(2)}), calib ${

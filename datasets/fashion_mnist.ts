@@ -89,6 +89,16 @@ export async function loadFashionMnist(dir: string, split: "test" | "train"): Pr
       `${img}: images [${images.dims}] and labels [${labels.dims}] do not describe the same N images`,
     );
   }
+  const bad = labels.data.findIndex((l) => l >= FMNIST_CLASSES.length);
+  if (bad >= 0) {
+    throw new VitqError(
+      `${lab}: label ${
+        labels.data[bad]
+      } at index ${bad} is outside the ${FMNIST_CLASSES.length} Fashion-MNIST classes (0..${
+        FMNIST_CLASSES.length - 1
+      })`,
+    );
+  }
   const n = images.dims[0];
   if (indices && indices.length !== n) {
     throw new VitqError(`${dir}/calib-ids.txt: ${indices.length} ids for ${n} images`);

@@ -134,6 +134,14 @@ async function listDir(dir: string): Promise<Entry[]> {
         isDir = s?.isDirectory ?? false;
         isFile = s?.isFile ?? false;
       }
+      // an image name that is not a readable file is named, never dropped silently
+      if (!isDir && !isFile && isImageName(e.name)) {
+        throw new VitqError(
+          `${join(dir, e.name)}: listed image is not a regular file (${
+            e.isSymlink ? "dangling or unreadable symlink" : "fifo, socket or device"
+          }); remove it or fix the link`,
+        );
+      }
       out.push({ name: e.name, isDir, isFile });
     }
   } catch (err) {
