@@ -1,12 +1,20 @@
 /**
- * Turn a quantization plan (which weights and which activation inputs get which
- * uniform quantizer) into a fake-quant graph. Weights are quantized once in
- * TypeScript and stored dequantized; activations get an emitted Div/Round/Clip/Mul
- * subgraph in front of the consuming node's input slot.
+ * Turn a quantization plan (which weights and which activations get which
+ * quantizer) into a fake-quant graph. Weights are quantized once in TypeScript
+ * and stored dequantized; activations get an emitted Div/Round/Clip/Mul
+ * subgraph (or a custom emitter's subgraph) that the chosen consumers read.
+ *
+ * An activation plan takes one of two forms:
+ * - slot form (`site`, `slot`): input `slot` of the site's node reads the
+ *   quantized value (linear input: slot 0; matmul operands: 0 and 1);
+ * - value form (`value`, optional `consumers`): one quantizer on a value (a
+ *   LayerNorm's input, a softmax or GELU output), read by exactly the listed
+ *   consumer nodes, or by every node that reads the value when `consumers` is
+ *   absent (the graph output, if the value is one, stays FP).
  *
  * @module
  */
-import { type Graph, Tensor } from "../onnx/graph.ts";
+import { type Graph, type Node, Tensor } from "../onnx/graph.ts";
 import type { Site } from "../onnx/sites.ts";
 import { emitFakeQuant, fakeQuant, sqnrDb, type UniformQuantizer } from "./uniform.ts";
 
@@ -17,15 +25,28 @@ export interface WeightPlan {
 }
 
 /**
- * Quantize input `slot` of the site's node (linear input: slot 0; matmul operands:
- * 0 and 1) with a uniform quantizer `q`, or with a custom emitter `emit` (twin,
- * log and other non-uniform quantizers) that returns the quantized value's name.
+ * Quantize one activation with a uniform quantizer `q`, or with a custom
+ * emitter `emit` (twin, log, two-scaled and other non-uniform quantizers) that
+ * returns the quantized value's name. Give either `site` and `slot` (slot form)
+ * or `value` (value form, see the module notes).
  */
 export interface ActPlan {
-  site: Site;
-  slot: number;
+  /** Slot form: the site whose node's input `slot` is quantized. */
+  site?: Site;
+  /** Slot form: the input slot of the site's node. */
+  slot?: number;
+  /** Value form: the value to quantize. */
+  value?: string;
+  /**
+   * Value form: names of the nodes that read the quantized value (every input
+   * slot of such a node that reads `value`). Absent: all consumers of `value`.
+   */
+  consumers?: string[];
+  /** Name prefix of the emitted tensors (value form; default derived from the value name). */
+  prefix?: string;
   q?: UniformQuantizer;
   emit?: (g: Graph, input: string, prefix: string) => string;
+  /** Rank of the quantized value (needed for per-channel uniform quantizers). */
   rank?: number;
 }
 
@@ -41,11 +62,44 @@ export function siteWeight(g: Graph, site: Site): { data: Float32Array; dims: nu
   return { data: t.float32(), dims: t.dims };
 }
 
+/** One node input slot that reads a quantized value. */
+interface Target {
+  node: Node;
+  slot: number;
+}
+
+/** The input slots a value-form plan rewires, resolved on the graph before any activation edit. */
+function valueTargets(g: Graph, a: ActPlan): Target[] {
+  const v = a.value!;
+  const readers = g.nodes.filter((n) => n.inputs.includes(v));
+  if (a.consumers) {
+    for (const c of a.consumers) {
+      if (!readers.some((n) => n.name === c)) {
+        throw new Error(`applyPlan: node ${c} does not read value ${v}`);
+      }
+    }
+  }
+  const chosen = a.consumers ? readers.filter((n) => a.consumers!.includes(n.name)) : readers;
+  return chosen.flatMap((node) =>
+    node.inputs.flatMap((x, slot) => (x === v ? [{ node, slot }] : []))
+  );
+}
+
+/** A value name usable as a tensor-name prefix. */
+function prefixOf(value: string): string {
+  return value.replace(/[^A-Za-z0-9_.]+/g, "_").replace(/^_+/, "") || "value";
+}
+
 /**
  * Build the fake-quant graph for a plan. The input graph is left unchanged
  * unless `inPlace` is set: then it is edited and its weight bytes are
  * overwritten (no second copy of the weights: for big graphs that are not
  * needed in FP any more).
+ *
+ * Slot-form plans are applied in order (two on one slot chain, as before value
+ * plans existed); a value-form plan's targets are resolved on the graph as it
+ * is before any activation is quantized, and a slot claimed by a value-form
+ * plan and by any other plan is an error (it would be quantized twice).
  */
 export function applyPlan(
   graph: Graph,
@@ -69,13 +123,45 @@ export function applyPlan(
     g.setInitializer(Tensor.fromFloat32(name, dims, wq));
     n.inputs[1] = name;
   }
+  // value-form targets, resolved before any activation edit; check for slots claimed twice
+  const claimed = new Map<Node, Map<number, string>>();
+  const claim = (t: Target, by: string, strict: boolean) => {
+    let m = claimed.get(t.node);
+    if (!m) claimed.set(t.node, m = new Map());
+    const prev = m.get(t.slot);
+    if (prev !== undefined && (strict || prev.startsWith("value "))) {
+      throw new Error(
+        `applyPlan: input ${t.slot} of node ${t.node.name} is quantized by two plans (${prev}; ${by})`,
+      );
+    }
+    m.set(t.slot, by);
+  };
+  const resolved = acts.map((a) => {
+    if (a.value === undefined) return undefined;
+    if (a.site !== undefined || a.slot !== undefined) {
+      throw new Error(`applyPlan: plan for value ${a.value} also names a site slot`);
+    }
+    const ts = valueTargets(g, a);
+    for (const t of ts) claim(t, `value ${a.value}`, true);
+    return ts;
+  });
   for (const a of acts) {
-    const n = nodeByName.get(a.site.node)!;
-    const prefix = `${a.site.id}_in${a.slot}`;
-    n.inputs[a.slot] = a.emit
-      ? a.emit(g, n.inputs[a.slot], prefix)
-      : emitFakeQuant(g, n.inputs[a.slot], a.q!, prefix, a.rank);
+    if (a.value !== undefined) continue;
+    claim({ node: nodeByName.get(a.site!.node)!, slot: a.slot! }, `site ${a.site!.id}`, false);
   }
+  acts.forEach((a, i) => {
+    const emit = (input: string, prefix: string) =>
+      a.emit ? a.emit(g, input, prefix) : emitFakeQuant(g, input, a.q!, prefix, a.rank);
+    const targets = resolved[i];
+    if (targets === undefined) {
+      const n = nodeByName.get(a.site!.node)!;
+      n.inputs[a.slot!] = emit(n.inputs[a.slot!], `${a.site!.id}_in${a.slot}`);
+      return;
+    }
+    if (targets.length === 0) return;
+    const out = emit(a.value!, a.prefix ?? prefixOf(a.value!));
+    for (const t of targets) t.node.inputs[t.slot] = out;
+  });
   g.prune();
   g.topoSort();
   return { graph: g, weights: applied };
