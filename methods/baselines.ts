@@ -6,6 +6,9 @@
  * patch-embedding weight (its input, the image, stays FP), and both operands of
  * the two attention matmuls. Softmax, GELU and LayerNorm computation, biases and
  * residual adds stay FP. Every quantizer is symmetric, signed and per tensor.
+ * Option `scope: "full"` quantizes, in addition, every LayerNorm input, the
+ * softmax output and the GELU output for the consumers they feed
+ * (`core/quant/scope.ts`): the fully quantized baseline rows.
  *
  * @module
  */
@@ -13,6 +16,7 @@ import { collectStats } from "../core/runtime/capture.ts";
 import type { Site } from "../core/onnx/sites.ts";
 import { type ActPlan, applyPlan, siteWeight, type WeightPlan } from "../core/quant/apply.ts";
 import { absMax, symmetric, symmetricScale } from "../core/quant/uniform.ts";
+import { activationTargets, type Scope, targetPlan } from "../core/quant/scope.ts";
 import type { LayerRecord, QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
 
 /** An activation tensor quantized by the baselines: a node input slot and its value. */
@@ -46,7 +50,7 @@ async function uniformBaseline(
 ): Promise<QuantizedModel> {
   const { bits } = ctx;
   const linears = ctx.sites.filter((s) => s.kind === "linear");
-  const slots = standardActSlots(ctx.sites);
+  const slots = activationTargets(ctx.graph, ctx.sites, (ctx.options.scope ?? "linear") as Scope);
   const stats = await collectStats(
     ctx.runtime,
     ctx.graph,
@@ -59,11 +63,9 @@ async function uniformBaseline(
     const { data } = siteWeight(ctx.graph, site);
     return { site, q: symmetric(bits.w, symmetricScale(weightBound(data), bits.w)) };
   });
-  const acts: ActPlan[] = slots.map((s) => ({
-    site: s.site,
-    slot: s.slot,
-    q: symmetric(bits.a, symmetricScale(actBound(s.value, stats), bits.a)),
-  }));
+  const acts: ActPlan[] = slots.map((s) =>
+    targetPlan(s, { q: symmetric(bits.a, symmetricScale(actBound(s.value, stats), bits.a)) })
+  );
   const { graph, weights: applied } = applyPlan(ctx.graph, weights, acts);
   const layers: LayerRecord[] = [];
   applied.forEach((w, i) =>
@@ -104,6 +106,11 @@ function weightPercentile(w: Float32Array, p: number): number {
   return a[lo] + (a[hi] - a[lo]) * (pos - lo);
 }
 
+/** Validate the `scope` option. */
+function checkScope(o: Record<string, unknown>): string | undefined {
+  return o.scope === "linear" || o.scope === "full" ? undefined : "scope must be linear or full";
+}
+
 /** MinMax: steps from the absolute maximum of each tensor over the calibration set. */
 export const minmax: QuantMethod = {
   name: "minmax",
@@ -111,7 +118,8 @@ export const minmax: QuantMethod = {
   description:
     "symmetric per-tensor uniform; step = max|x| / (2^(k-1)-1) for weights and calibrated activations",
   approximations: "none (baseline)",
-  defaults: {},
+  defaults: { scope: "linear" },
+  checkOptions: checkScope,
   quantize: (ctx) => uniformBaseline(ctx, (v, st) => st.get(v)!.absMax, undefined, absMax),
 };
 
@@ -122,8 +130,10 @@ export const percentile: QuantMethod = {
   description:
     "symmetric per-tensor uniform; activations clipped at the p-th percentile of |x| over the calibration set, weights at the q-th percentile of |w|",
   approximations: "none (baseline)",
-  defaults: { percentile: 99.99, weightPercentile: 100 },
+  defaults: { percentile: 99.99, weightPercentile: 100, scope: "linear" },
   checkOptions(o) {
+    const bad = checkScope(o);
+    if (bad) return bad;
     for (const k of ["percentile", "weightPercentile"]) {
       const v = o[k];
       if (typeof v !== "number" || !(v > 50 && v <= 100)) {
