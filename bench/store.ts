@@ -80,6 +80,7 @@ create or replace view pairwise as
 create table if not exists layers (
   cell_id varchar, site varchar, kind varchar, role varchar, block integer, tensor varchar,
   bits integer, scale double, quantizer varchar, sqnr_db double);
+alter table layers add column if not exists elements bigint;
 `;
 
 /** A result row as the runner writes it. */
@@ -304,6 +305,7 @@ export class Store {
           scale: l.scale,
           quantizer: l.quantizer,
           sqnr_db: l.sqnrDb,
+          elements: l.elements,
         });
       }
     });

@@ -57,7 +57,8 @@ import {
   type UnitReport,
   type UnitTensors,
 } from "../core/recon/train.ts";
-import type { LayerRecord, QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+import type { QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+import { LayerRecorder } from "./layers.ts";
 
 /** Options of ADFQ-ViT (defaults: the reference code's). */
 export interface AdfqOptions {
@@ -737,36 +738,25 @@ export async function runAdfq(
   const weights = states.flatMap((s) => s.weights);
   const hard = weights.map((w) => ({ site: w.site, data: hardWeight(w), dims: w.dims }));
   const graph = quantizeGraph(ctx.graph, hard, states.flatMap((s) => s.acts));
-  const layers: LayerRecord[] = [];
+  const rec = new LayerRecorder(ctx);
   weights.forEach((w, i) => {
-    const s = sqnrDb(w.w, hard[i].data);
-    layers.push({
-      site: w.site.id,
-      kind: w.site.kind,
-      role: w.site.role,
-      block: w.site.block,
-      tensor: "weight",
+    rec.add(w.site, "weight", w.site.weight!, {
       bits: w.bits,
       scale: w.scale[0],
       quantizer: "per-channel asym, AdaRound",
-      sqnrDb: Number.isFinite(s) ? s : null,
+      sqnrDb: sqnrDb(w.w, hard[i].data),
     });
   });
   for (const a of states.flatMap((s) => s.acts)) {
     for (const t of a.targets) {
-      layers.push({
-        site: t.site.id,
-        kind: t.site.kind,
-        role: t.site.role,
-        block: t.site.block,
-        tensor: a.tensor,
+      rec.add(t.site, a.tensor, a.value, {
         bits: a.bits,
         scale: actScale(a),
         quantizer: describeAct(a),
-        sqnrDb: null,
       });
     }
   }
+  const layers = await rec.records();
   const mean = (f: (r: UnitReport) => number) =>
     reports.reduce((acc, r) => acc + f(r), 0) / Math.max(reports.length, 1);
   const improved = reports.filter((r) => r.recAfter < r.recBefore).length;

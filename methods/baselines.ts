@@ -17,7 +17,8 @@ import type { Site } from "../core/onnx/sites.ts";
 import { type ActPlan, applyPlan, siteWeight, type WeightPlan } from "../core/quant/apply.ts";
 import { absMax, symmetric, symmetricScale } from "../core/quant/uniform.ts";
 import { activationTargets, type Scope, targetPlan } from "../core/quant/scope.ts";
-import type { LayerRecord, QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+import type { QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+import { LayerRecorder } from "./layers.ts";
 
 /** An activation tensor quantized by the baselines: a node input slot and its value. */
 export interface ActSlot {
@@ -67,33 +68,24 @@ async function uniformBaseline(
     targetPlan(s, { q: symmetric(bits.a, symmetricScale(actBound(s.value, stats), bits.a)) })
   );
   const { graph, weights: applied } = applyPlan(ctx.graph, weights, acts);
-  const layers: LayerRecord[] = [];
+  const rec = new LayerRecorder(ctx);
   applied.forEach((w, i) =>
-    layers.push({
-      site: w.site.id,
-      kind: w.site.kind,
-      role: w.site.role,
-      block: w.site.block,
-      tensor: "weight",
+    rec.add(w.site, "weight", w.site.weight!, {
       bits: bits.w,
       scale: weights[i].q.scale[0],
       quantizer: "per-tensor sym",
-      sqnrDb: Number.isFinite(w.sqnrDb) ? w.sqnrDb : null,
+      sqnrDb: w.sqnrDb,
     })
   );
   slots.forEach((s, i) =>
-    layers.push({
-      site: s.site.id,
-      kind: s.site.kind,
-      role: s.site.role,
-      block: s.site.block,
-      tensor: s.tensor,
+    rec.add(s.site, s.tensor, s.value, {
       bits: bits.a,
       scale: acts[i].q!.scale[0],
       quantizer: "per-tensor sym",
-      sqnrDb: null,
+      elements: stats.get(s.value)!.count / ctx.calib.length,
     })
   );
+  const layers = await rec.records();
   return { graph, layers };
 }
 

@@ -37,7 +37,8 @@ import type { IvitVariant } from "../core/ivit/lower.ts";
 import type { NDArray } from "../core/ivit/nd.ts";
 import type { IntProgram } from "../core/ivit/program.ts";
 import { simulatedPredictions, simulateProgram } from "../core/ivit/simulate.ts";
-import type { LayerRecord, QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+import type { QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+import { LayerRecorder } from "./layers.ts";
 
 /** TypeScript simulation of the integer graph on a batch of images. */
 export interface IvitSimulation {
@@ -91,24 +92,26 @@ export async function quantizeIvit(ctx: QuantContext): Promise<IvitQuantizedMode
   const program = built.program;
   const graph = emitFloatWrapper(program);
   const integerGraph = emitIntegerGraph(program);
-  const layers: LayerRecord[] = program.records.map((r) => {
+  const rec = new LayerRecorder(ctx);
+  for (const r of program.records) {
     const site = ctx.sites.find((s) =>
       r.tensor === "weight"
         ? s.weight === r.value
         : s.input === r.value || s.output === r.value || s.operands?.includes(r.value)
     );
-    return {
-      site: site?.id ?? r.value,
-      kind: site?.kind ?? (r.tensor === "weight" ? "constant" : "activation"),
-      role: site?.role ?? r.tensor,
-      block: site?.block ?? -1,
-      tensor: r.tensor === "weight" ? "weight" : site?.input === r.value ? "input" : "output",
-      bits: r.bits,
-      scale: r.scale,
-      quantizer: r.quantizer,
-      sqnrDb: r.sqnrDb,
-    };
-  });
+    rec.add(
+      {
+        id: site?.id ?? r.value,
+        kind: site?.kind ?? (r.tensor === "weight" ? "constant" : "activation"),
+        role: site?.role ?? r.tensor,
+        block: site?.block ?? -1,
+      },
+      r.tensor === "weight" ? "weight" : site?.input === r.value ? "input" : "output",
+      r.value,
+      { bits: r.bits, scale: r.scale, quantizer: r.quantizer, sqnrDb: r.sqnrDb },
+    );
+  }
+  const layers = await rec.records();
   const ops = new Map<string, number>();
   for (const n of integerGraph.nodes) ops.set(n.opType, (ops.get(n.opType) ?? 0) + 1);
   const notes = [

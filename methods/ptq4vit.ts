@@ -32,7 +32,8 @@ import { type CandidateQuantizer, CandidateScorer, type Metric } from "../core/q
 import { attr } from "../core/onnx/graph.ts";
 import { outputGradients } from "../core/autodiff/gradients.ts";
 import type { Graph } from "../core/onnx/graph.ts";
-import type { LayerRecord, QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+import type { QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+import { LayerRecorder, type TensorQuant } from "./layers.ts";
 
 /** Options shared by PTQ4ViT and BasePTQ. */
 export interface Ptq4vitOptions {
@@ -526,19 +527,17 @@ async function quantizePtq4vit(ctx: QuantContext): Promise<QuantizedModel> {
   const data = await calibData(ctx, sites, o);
   const weights: WeightPlan[] = [];
   const acts: ActPlan[] = [];
-  const layers: LayerRecord[] = [];
-  const rec = (s: Site, tensor: string, b: number, scale: number, quantizer: string) =>
-    layers.push({
-      site: s.id,
-      kind: s.kind,
-      role: s.role,
-      block: s.block,
-      tensor,
-      bits: b,
-      scale,
-      quantizer,
-      sqnrDb: null,
-    });
+  const recorded: { site: Site; tensor: string; value: string; q: TensorQuant }[] = [];
+  const rec = (s: Site, tensor: string, b: number, scale: number, quantizer: string) => {
+    const value = tensor === "weight"
+      ? s.weight!
+      : tensor === "input"
+      ? s.input!
+      : s.operands![tensor === "a" ? 0 : 1];
+    const cap = data.values.get(value);
+    const elements = cap ? cap.data.length / ctx.calib.length : undefined;
+    recorded.push({ site: s, tensor, value, q: { bits: b, scale, quantizer, elements } });
+  };
   for (const site of sites) {
     ctx.log(`${site.id}: searching`);
     if (site.kind === "linear") {
@@ -586,10 +585,13 @@ async function quantizePtq4vit(ctx: QuantContext): Promise<QuantizedModel> {
     }
   }
   const { graph, weights: applied } = applyPlan(ctx.graph, weights, acts);
-  for (const a of applied) {
-    const l = layers.find((x) => x.site === a.site.id && x.tensor === "weight");
-    if (l) l.sqnrDb = Number.isFinite(a.sqnrDb) ? a.sqnrDb : null;
+  const sqnr = new Map(applied.map((a) => [a.site.id, a.sqnrDb]));
+  const recorder = new LayerRecorder(ctx);
+  for (const r of recorded) {
+    const sqnrDb = r.tensor === "weight" ? sqnr.get(r.site.id) : undefined;
+    recorder.add(r.site, r.tensor, r.value, { ...r.q, sqnrDb });
   }
+  const layers = await recorder.records();
   const notes = `metric ${o.metric}${
     o.metric === "hessian" ? ` (gradient ${o.gradient}, sub-batch ${o.gradBatch})` : ""
   }; grid ${o.alpha}..${o.beta} x ${o.n}, ${o.rounds} rounds; twin softmax ${

@@ -48,6 +48,12 @@ export interface LayerRecord {
   quantizer: string;
   /** SQNR (dB) of the quantized tensor against FP where it was measured (weights), else null. */
   sqnrDb: number | null;
+  /**
+   * Element count of the quantized tensor: a weight's size, an activation's
+   * elements per image. Build records with `LayerRecorder` (methods/layers.ts),
+   * which fills it.
+   */
+  elements: number;
 }
 
 /** What a method returns. */

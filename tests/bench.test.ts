@@ -34,6 +34,20 @@ Deno.test("bench end to end: rows in DuckDB, tables rendered, resume, force, det
   const layers = await rows(db, "select count(*)::int as n from layers");
   // per cell: 26 weights + 25 linear inputs + 24 matmul operands
   assert.equal(layers[0].n, 4 * (26 + 25 + 24));
+  // element counts: a weight's size, an activation's elements per image
+  const el = await rows(
+    db,
+    "select site, tensor, min(elements)::int as lo, max(elements)::int as hi from layers group by all",
+  );
+  const count = (site: string, tensor: string) => {
+    const r = el.find((x) => x.site === site && x.tensor === tensor)!;
+    assert.equal(r.lo, r.hi, `${site} ${tensor}`);
+    return r.lo;
+  };
+  assert.equal(count("b0.qkv", "weight"), 64 * 192);
+  assert.equal(count("b0.qkv", "input"), 50 * 64);
+  assert.equal(count("b0.qk", "b"), 4 * 16 * 50);
+  assert.equal(count("patch_embed", "weight"), 64 * 16);
   const ids = await rows(db, "select kind, n from id_sets order by kind");
   assert.deepEqual(ids.map((r) => [r.kind, r.n]), [["calibration", 8], ["eval", 200]]);
   const runs = await rows(db, "select * from runs");
