@@ -69,6 +69,20 @@ export interface QuantizedModel {
    * method says so, since its graph is the deployable one.
    */
   graphKind?: string;
+  /**
+   * A deployable graph beside the fake-quant `graph`, when the method can emit
+   * one: real low-bit storage and integer kernels (QuantizeLinear / MatMulInteger /
+   * ConvInteger / DequantizeLinear, packed weights), computing what `graph`
+   * simulates. Optional; `graph` stays the one the runner evaluates for Top-1.
+   * A method whose `graph` already is deployable (I-ViT) leaves this out and says
+   * so in `graphKind`.
+   */
+  deployable?: {
+    /** The deployable ONNX graph. */
+    graph: Graph;
+    /** What it computes and stores, e.g. `int8 weights, QDQ activations`. */
+    kind: string;
+  };
 }
 
 /** A quantization method behind the common interface. */
