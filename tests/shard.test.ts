@@ -185,6 +185,29 @@ Deno.test({
       assert.equal(again.same, 8);
       assert.deepEqual(await snapshot(`${dir}/merged.duckdb`, `${dir}/t3`), a);
 
+      // Parquet export of the merged file: every table, same row counts
+      const pq = await deno(
+        [
+          "run",
+          "-A",
+          `${ROOT}cli/export_parquet.ts`,
+          "--db",
+          `${dir}/merged.duckdb`,
+          "--out",
+          `${dir}/pq`,
+        ],
+        ROOT,
+      );
+      assert.equal(pq.code, 0, pq.err);
+      for (const t of ["results", "predictions", "layers", "fp_baselines", "runs"]) {
+        const [n] = await rows(`${dir}/merged.duckdb`, `select count(*)::int as n from ${t}`);
+        const [m] = await rows(
+          `${dir}/merged.duckdb`,
+          `select count(*)::int as n from read_parquet('${dir}/pq/${t}.parquet')`,
+        );
+        assert.equal(m.n, n.n, t);
+      }
+
       // a shard whose cell disagrees with the merged one is refused, naming the cell
       const bad = `${dir}/bad.duckdb`;
       await Deno.copyFile(shardFiles[0], bad);
