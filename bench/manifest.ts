@@ -70,7 +70,8 @@ export async function normalizeManifest(raw: unknown, file: string): Promise<Man
     const spec = typeof x === "string"
       ? { name: x }
       : x as { name: string; label?: string; options?: Record<string, unknown> };
-    const method = METHODS[spec.name];
+    // own properties only: "constructor" or "__proto__" are not methods
+    const method = Object.hasOwn(METHODS, spec.name) ? METHODS[spec.name] : undefined;
     if (!method) {
       throw new VitqError(
         `${file}: /methods/${i}/name: unknown method "${spec.name}" (known: ${
@@ -79,7 +80,7 @@ export async function normalizeManifest(raw: unknown, file: string): Promise<Man
       );
     }
     for (const k of Object.keys(spec.options ?? {})) {
-      if (!(k in method.defaults)) {
+      if (!Object.hasOwn(method.defaults, k)) {
         throw new VitqError(
           `${file}: /methods/${i}/options/${k}: unknown option of method ${spec.name}`,
         );
@@ -124,12 +125,54 @@ export async function normalizeManifest(raw: unknown, file: string): Promise<Man
 }
 
 /** Read, parse, validate and normalize a manifest file. */
+/**
+ * Mixed-precision bit entries: each target must lie within the candidate bit-widths,
+ * and some method of the manifest must support mixed precision (the others get no
+ * cell for that entry).
+ */
+function checkMixed(
+  bits: { w: number; a: number; mixed?: number[] }[],
+  methods: MethodSpec[],
+  file: string,
+): void {
+  bits.forEach((b, i) => {
+    if (!b.mixed) return;
+    const lo = Math.min(...b.mixed), hi = Math.max(...b.mixed);
+    for (const k of ["w", "a"] as const) {
+      if (b[k] < lo || b[k] > hi) {
+        throw new VitqError(
+          `${file}: /bits/${i}/${k}: target ${b[k]} is outside the mixed candidates ${lo}..${hi}`,
+        );
+      }
+    }
+    if (!methods.some((x) => METHODS[x.name].mixedPrecision)) {
+      throw new VitqError(
+        `${file}: /bits/${i}/mixed: no method of this manifest supports mixed precision (${
+          Object.values(METHODS).filter((x) => x.mixedPrecision).map((x) => x.name).join(", ")
+        } do)`,
+      );
+    }
+  });
+}
+
+/** Largest manifest file read (bytes). */
+export const MAX_MANIFEST_BYTES = 1 << 20;
+
 export async function loadManifest(path: string): Promise<{ manifest: Manifest; text: string }> {
   let text: string;
   try {
     text = await Deno.readTextFile(path);
+    // a fifo or a device would never end: only regular files of sane size are read
+    const st = await Deno.stat(path);
+    if (!st.isFile) throw new VitqError(`${path}: cannot read manifest (not a regular file)`);
+    if (st.size > MAX_MANIFEST_BYTES) {
+      throw new VitqError(
+        `${path}: cannot read manifest (${st.size} bytes; at most ${MAX_MANIFEST_BYTES})`,
+      );
+    }
   } catch (e) {
     throw new VitqError(`${path}: cannot read manifest (${(e as Error).name})`);
+    if (e instanceof VitqError) throw e;
   }
   let raw: unknown;
   try {

@@ -13,6 +13,7 @@ import type { Manifest } from "./manifest.ts";
 import { fromRoot, loadRegistry, type ResolvedModel, resolveModel } from "../core/models.ts";
 import { canonicalJson, sha256Hex } from "../core/hash.ts";
 import { VitqError } from "../core/errors.ts";
+import { faultPoint } from "../core/fault.ts";
 import { evaluate, nonFiniteMessage } from "./evaluate.ts";
 import { measureSpeed, type Speed } from "./speed.ts";
 import type { ResultRow, Store } from "./store.ts";
@@ -97,7 +98,9 @@ async function checkMissing(manifest: Manifest, file: string): Promise<void> {
   const missing: string[] = [];
   const commands: string[] = [];
   for (const name of manifest.models) {
-    const e = reg[name] as { file?: string; export?: string } | undefined;
+    const e = (Object.hasOwn(reg, name) ? reg[name] : undefined) as
+      | { file?: string; export?: string }
+      | undefined;
     if (!e?.file || await exists(fromRoot(e.file))) continue;
     missing.push(e.file);
     if (e.export) commands.push(e.export);
@@ -310,6 +313,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
       const method = METHODS[cell.method];
       const tag =
         `${cell.label} ${pm.model.name} W${cell.bits.w}A${cell.bits.a} seed ${cell.calibSeed}`;
+    faultPoint("fp-stored");
       progress.start(tag);
       await store.putIdSet(
         cell.calibHash,
@@ -411,6 +415,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
         progress.finish(
           `${tag}: top-1 ${ev.top1.toFixed(2)} (FP32 ${fpEval.top1.toFixed(2)}), calib ${
             calibSeconds.toFixed(1)
+        faultPoint("cell-stored");
           }s`,
         );
       } catch (e) {

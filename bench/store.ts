@@ -13,6 +13,7 @@ import {
   listValue,
 } from "@duckdb/node-api";
 import { VitqError } from "../core/errors.ts";
+import { faultPoint } from "../core/fault.ts";
 import type { LayerRecord } from "../methods/types.ts";
 
 /** Default database path, relative to the working directory. */
@@ -164,39 +165,260 @@ function placeholders(n: number): string {
   return Array.from({ length: n }, (_, i) => `$${i + 1}`).join(", ");
 }
 
-/** An open result database. */
-export class Store {
-  private constructor(private instance: DuckDBInstance, readonly conn: DuckDBConnection) {}
+/** Tables every vitq database has; one missing means the file was damaged. */
+const CORE_TABLES = [
+  "runs",
+  "id_sets",
+  "fp_baselines",
+  "results",
+  "images",
+  "predictions",
+  "layers",
+];
 
-  /** Open (creating if needed) the database at `path`. */
-  static async open(path: string): Promise<Store> {
-    let instance: DuckDBInstance;
-    try {
-      const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : ".";
-      if (path !== ":memory:") await Deno.mkdir(dir, { recursive: true });
-      instance = await DuckDBInstance.create(path);
-    } catch (e) {
-      throw new VitqError(`--db ${path}: cannot open DuckDB database (${(e as Error).message})`);
+/** How {@link Store.open} opens a database. */
+export interface OpenOptions {
+  /**
+   * Read-only: the file must be a vitq database already; nothing is written to it
+   * (no schema, no checkpoint), statements that write are refused, and so is any
+   * file access from SQL (COPY, ATTACH, read_csv, ...). Default false.
+   */
+  readOnly?: boolean;
+  /**
+   * Longest wait, in seconds, for a lock held by another process (default 60
+   * read-only, 600 writing). A writing store holds the lock only while it writes.
+   */
+  lockWaitSeconds?: number;
+  /**
+   * Writing only: open the file for each operation (a query, a cell's
+   * transaction) and release it right after, so that other processes can read
+   * finished results meanwhile (the bench does this). Default false: the store
+   * holds the file until {@link Store.close} (needed e.g. for ATTACH).
+   */
+  releaseBetweenOperations?: boolean;
+}
+
+/**
+ * Refuse database paths that would keep nothing (`""`, `:memory:`) or reach
+ * outside the file system (`md:`); `flag` names the option in the error.
+ */
+export function checkDbPath(path: string, flag = "--db"): void {
+  if (path.trim() === "") {
+    throw new VitqError(`${flag}: empty path; name a database file such as ${DEFAULT_DB}`);
+  }
+  if (path.startsWith(":memory:")) {
+    throw new VitqError(
+      `${flag} ${path}: an in-memory database keeps no results after the run; name a file such as ${DEFAULT_DB}`,
+    );
+  }
+  if (/^(md|motherduck):/i.test(path)) {
+    throw new VitqError(`${flag} ${path}: not a local file; name a database file`);
+  }
+}
+
+function isLockError(e: unknown): boolean {
+  return /could not set lock|conflicting lock/i.test(String((e as Error)?.message ?? e));
+}
+
+async function statOrNull(p: string): Promise<Deno.FileInfo | null> {
+  try {
+    return await Deno.stat(p);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * An open result database. A read-only store holds one read-only connection (a
+ * consistent view) until {@link Store.close}; a writing store either holds the
+ * file too, or (`releaseBetweenOperations`) opens it only for each operation, so
+ * that other processes can read finished cells while a bench runs. Opening waits,
+ * with backoff, while another process holds the lock.
+ */
+export class Store {
+  private inst?: DuckDBInstance;
+  private c?: DuckDBConnection;
+  private depth = 0;
+  private closed = false;
+
+  private constructor(
+    /** Path of the database file. */
+    readonly path: string,
+    /** Opened read-only. */
+    readonly readOnly: boolean,
+    private waitSeconds: number,
+    private releaseEach: boolean,
+  ) {}
+
+  /**
+   * Open the database at `path`. Writing (default): created with the vitq schema
+   * when it does not exist; an existing file must be a vitq database (a DuckDB
+   * file with other tables is refused, never altered). Read-only: see
+   * {@link OpenOptions.readOnly}.
+   */
+  static async open(path: string, opts: OpenOptions = {}): Promise<Store> {
+    checkDbPath(path);
+    const readOnly = opts.readOnly ?? false;
+    const st = await statOrNull(path);
+    if (st && !st.isFile) throw new VitqError(`--db ${path}: not a regular file`);
+    if (readOnly && !st) {
+      throw new VitqError(`--db ${path}: no such database; run deno task bench first`);
     }
-    const conn = await instance.connect();
-    await conn.run(SCHEMA);
-    return new Store(instance, conn);
+    if (!st) {
+      const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
+      try {
+        await Deno.mkdir(dir, { recursive: true });
+      } catch (e) {
+        throw new VitqError(`--db ${path}: cannot create folder ${dir} (${(e as Error).message})`);
+      }
+    }
+    const store = new Store(
+      path,
+      readOnly,
+      opts.lockWaitSeconds ?? (readOnly ? 60 : 600),
+      !readOnly && (opts.releaseBetweenOperations ?? false),
+    );
+    try {
+      await store.withConn(() => store.checkSchema());
+    } catch (e) {
+      store.close();
+      throw e;
+    }
+    return store;
+  }
+
+  private async openInstance(): Promise<DuckDBInstance> {
+    const t0 = performance.now();
+    let delay = 20, told = false;
+    const config: Record<string, string> = this.readOnly
+      ? { access_mode: "READ_ONLY", enable_external_access: "false", lock_configuration: "true" }
+      : {};
+    for (;;) {
+      try {
+        return await DuckDBInstance.create(this.path, config);
+      } catch (e) {
+        const msg = String((e as Error)?.message ?? e).split("\n")[0];
+        if (!isLockError(e)) {
+          throw new VitqError(`--db ${this.path}: cannot open DuckDB database (${msg})`);
+        }
+        const waited = (performance.now() - t0) / 1000;
+        if (waited >= this.waitSeconds) {
+          throw new VitqError(
+            `--db ${this.path}: still locked by another process after ${
+              Math.round(waited)
+            } s; try again when it is done (${msg})`,
+          );
+        }
+        if (!told && waited > 5) {
+          told = true;
+          console.error(`vitq: waiting for ${this.path}, locked by another process`);
+        }
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(500, delay * 2);
+      }
+    }
+  }
+
+  /** Run `fn` with an open connection (opened and released around it when writing). */
+  private async withConn<T>(fn: (c: DuckDBConnection) => Promise<T>): Promise<T> {
+    if (this.closed) throw new Error(`store ${this.path} is closed`);
+    if (!this.c) {
+      const inst = await this.openInstance();
+      try {
+        this.c = await inst.connect();
+      } catch (e) {
+        inst.closeSync();
+        throw e;
+      }
+      this.inst = inst;
+    }
+    this.depth++;
+    try {
+      return await fn(this.c);
+    } finally {
+      this.depth--;
+      if (this.depth === 0 && (this.releaseEach || this.closed)) this.release();
+    }
+  }
+
+  private release(): void {
+    this.c?.closeSync();
+    this.inst?.closeSync();
+    this.c = undefined;
+    this.inst = undefined;
+  }
+
+  /** The open connection (only inside an operation with `releaseBetweenOperations`). */
+  get conn(): DuckDBConnection {
+    if (!this.c) throw new Error(`store ${this.path}: no open connection outside an operation`);
+    return this.c;
+  }
+
+  /** Check the file is a vitq database (writing: create or upgrade its schema). */
+  private async checkSchema(): Promise<void> {
+    const c = this.conn;
+    const tables = (await c.runAndReadAll(
+      `select table_name from information_schema.tables
+        where table_catalog = current_database() and table_schema = 'main'
+          and table_type = 'BASE TABLE'`,
+    )).getRowsJS().map((r) => String(r[0]));
+    let marked = false;
+    if (tables.includes("vitq_meta")) {
+      const v = (await c.runAndReadAll(`select value from vitq_meta where key = 'format'`))
+        .getRowsJS();
+      marked = v.length > 0 && v[0][0] === "vitq";
+    }
+    // databases written before the marker existed: the result tables identify them
+    const legacy = !marked && ["runs", "results", "predictions"].every((t) => tables.includes(t));
+    if (!marked && !legacy && tables.length > 0) {
+      throw new VitqError(
+        `--db ${this.path}: a DuckDB database that is not a vitq result database (tables ${
+          tables.slice(0, 5).join(", ")
+        }${tables.length > 5 ? ", ..." : ""}); name another file`,
+      );
+    }
+    const missing = CORE_TABLES.filter((t) => !tables.includes(t));
+    if ((marked || legacy) && missing.length) {
+      throw new VitqError(
+        `--db ${this.path}: damaged vitq database: table ${
+          missing.join(", ")
+        } missing (dropped?); restore it or start a new file`,
+      );
+    }
+    if (this.readOnly) {
+      if (tables.length === 0) {
+        throw new VitqError(`--db ${this.path}: empty database; run deno task bench first`);
+      }
+      return;
+    }
+    await c.run("begin transaction");
+    try {
+      await c.run(SCHEMA);
+      await c.run(`create table if not exists vitq_meta (key varchar primary key, value varchar)`);
+      await c.run(`insert into vitq_meta values ('format', 'vitq') on conflict do nothing`);
+      await c.run("commit");
+    } catch (e) {
+      await c.run("rollback");
+      throw e;
+    }
   }
 
   /** Run a query and return rows as plain JS objects. */
-  async query(sql: string, params: DuckDBValue[] = []): Promise<Record<string, unknown>[]> {
-    const r = await this.conn.runAndReadAll(sql, params);
-    return r.getRowObjectsJS() as Record<string, unknown>[];
+  query(sql: string, params: DuckDBValue[] = []): Promise<Record<string, unknown>[]> {
+    return this.withConn(async (c) => {
+      const r = await c.runAndReadAll(sql, params);
+      return r.getRowObjectsJS() as Record<string, unknown>[];
+    });
   }
 
   /** Run a statement. */
   async exec(sql: string, params: DuckDBValue[] = []): Promise<void> {
-    await this.conn.run(sql, params);
+    await this.withConn((c) => c.run(sql, params));
   }
 
   private async insert(table: string, row: Record<string, unknown>): Promise<void> {
     const cols = Object.keys(row);
-    await this.conn.run(
+    await this.exec(
       `insert into ${table} (${cols.join(", ")}) values (${placeholders(cols.length)})`,
       cols.map((c) => (row[c] === undefined ? null : row[c]) as DuckDBValue),
     );
@@ -319,27 +541,30 @@ export class Store {
   /** Update columns of a run row. */
   async finishRun(runId: string, fields: Record<string, unknown>): Promise<void> {
     const cols = Object.keys(fields);
-    await this.conn.run(
+    await this.exec(
       `update runs set ${cols.map((c, i) => `${c} = $${i + 2}`).join(", ")} where run_id = $1`,
       [runId, ...cols.map((c) => fields[c] as DuckDBValue)],
     );
   }
 
-  /** Run `fn` inside BEGIN/COMMIT, rolling back on error. */
+  /** Run `fn` inside BEGIN/COMMIT (one open of the file), rolling back on error. */
   async transaction(fn: () => Promise<void>): Promise<void> {
-    await this.conn.run("begin transaction");
-    try {
-      await fn();
-      await this.conn.run("commit");
-    } catch (e) {
-      await this.conn.run("rollback");
-      throw e;
-    }
+    await this.withConn(async (c) => {
+      await c.run("begin transaction");
+      try {
+        await fn();
+        faultPoint("store-commit");
+        await c.run("commit");
+      } catch (e) {
+        await c.run("rollback");
+        throw e;
+      }
+    });
   }
 
-  /** Close the database (flushes to disk). */
+  /** Close the database (flushes to disk and releases the file). */
   close(): void {
-    this.conn.closeSync();
-    this.instance.closeSync();
+    this.closed = true;
+    if (this.depth === 0) this.release();
   }
 }

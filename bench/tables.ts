@@ -6,6 +6,8 @@
  * @module
  */
 import type { Store } from "./store.ts";
+import { VitqError } from "../core/errors.ts";
+import { faultPoint } from "../core/fault.ts";
 import { isDifferent, mcnemarExact, pairedBootstrap, pairedCounts } from "./stats.ts";
 
 /** Bootstrap settings used for every interval in the tables (recorded in legends). */
@@ -456,13 +458,75 @@ export function renderSpeedCsv(d: TableData): string {
  * speed.csv (timings of this machine) under `dir`; returns both Markdown texts.
  */
 export async function writeTables(d: TableData, dir: string): Promise<string> {
-  await Deno.mkdir(dir, { recursive: true });
+  const { parent, base, dir: target } = splitDir(dir);
+  await Deno.mkdir(parent, { recursive: true });
+  await recoverTables(target);
+  const fresh = `${parent}/.${base}.new`, old = `${parent}/.${base}.old`;
   const md = renderMarkdown(d);
   const speed = renderSpeedMarkdown(d).join("\n");
-  await Deno.writeTextFile(`${dir}/top1.md`, md + "\n");
-  await Deno.writeTextFile(`${dir}/speed.md`, speed + "\n");
-  await Deno.writeTextFile(`${dir}/top1.tex`, renderLatex(d));
-  await Deno.writeTextFile(`${dir}/top1.csv`, renderCsv(d));
-  await Deno.writeTextFile(`${dir}/speed.csv`, renderSpeedCsv(d));
+  const texts: Record<string, string> = {
+    "top1.md": md + "\n",
+    "speed.md": speed + "\n",
+    "top1.tex": renderLatex(d),
+    "top1.csv": renderCsv(d),
+    "speed.csv": renderSpeedCsv(d),
+  };
+  await Deno.mkdir(fresh);
+  for (const f of TABLE_FILES) {
+    await Deno.writeTextFile(`${fresh}/${f}`, texts[f]);
+    faultPoint("tables-write");
+  }
+  const had = await exists(target);
+  if (had) {
+    for await (const e of Deno.readDir(target)) {
+      if (!TABLE_FILES.includes(e.name) && e.isFile) {
+        await Deno.copyFile(`${target}/${e.name}`, `${fresh}/${e.name}`);
+      }
+    }
+  }
+  await Deno.writeTextFile(`${fresh}/.complete`, "");
+  if (had) await Deno.rename(target, old);
+  faultPoint("tables-swap");
+  await Deno.rename(fresh, target);
+  await Deno.remove(`${target}/.complete`);
+  if (had) await Deno.remove(old, { recursive: true });
   return `${md}\n${speed}`;
 }
+/** The files of one table set, in the order they are written. */
+export const TABLE_FILES = ["top1.md", "speed.md", "top1.tex", "top1.csv", "speed.csv"];
+
+function splitDir(dir: string): { parent: string; base: string; dir: string } {
+  const d = dir.replace(/\/+$/, "");
+  if (d.trim() === "" || /(^|\/)\.{1,2}$/.test(d)) {
+    throw new VitqError(`tables folder "${dir}": name a folder such as results/tables/<name>`);
+  }
+  const i = d.lastIndexOf("/");
+  return { parent: i < 0 ? "." : d.slice(0, i) || "/", base: d.slice(i + 1), dir: d };
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await Deno.lstat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Finish or undo an interrupted {@link writeTables} on `dir`: a complete new set
+ * left beside a missing folder is moved into place; leftovers are removed.
+ */
+export async function recoverTables(dir: string): Promise<void> {
+  const { parent, base, dir: d } = splitDir(dir);
+  const fresh = `${parent}/.${base}.new`, old = `${parent}/.${base}.old`;
+  if (!(await exists(d)) && (await exists(`${fresh}/.complete`))) {
+    await Deno.rename(fresh, d);
+  }
+  for (const p of [fresh, old]) if (await exists(p)) await Deno.remove(p, { recursive: true });
+  if (await exists(`${d}/.complete`)) await Deno.remove(`${d}/.complete`);
+}
+
+ * The set is written to a sibling folder and swapped in by rename, so a reader
+ * (or a kill at any point) sees the old set or the new one, never a mix; other
+ * files in `dir` are carried over.

@@ -15,27 +15,48 @@ import { DEFAULT_DB, Store } from "../bench/store.ts";
 import { gatherTable, renderPairs, writeTables } from "../bench/tables.ts";
 
 await runCli(async () => {
-  const { values, positionals } = parseArgs({
-    args: Deno.args,
-    allowPositionals: true,
-    options: {
-      db: { type: "string", default: DEFAULT_DB },
-      out: { type: "string", default: "results/tables" },
-      pairs: { type: "boolean", default: false },
-      bits: { type: "string" },
-      model: { type: "string" },
-    },
-  });
+  let parsed;
   try {
-    await Deno.stat(values.db!);
-  } catch {
-    throw new VitqError(`--db ${values.db}: no such database; run deno task bench first`);
+    parsed = parseArgs({
+      args: Deno.args,
+      allowPositionals: true,
+      options: {
+        db: { type: "string", default: DEFAULT_DB },
+        out: { type: "string", default: "results/tables" },
+        pairs: { type: "boolean", default: false },
+        bits: { type: "string" },
+        model: { type: "string" },
+      },
+    });
+  } catch (e) {
+    throw new VitqError(
+      `${(e as Error).message}; usage: deno task tables [name ...] [--db FILE] [--out DIR]`,
+    );
   }
-  const store = await Store.open(values.db!);
+  const { values, positionals } = parsed;
+  if (values.out!.trim() === "") {
+    throw new VitqError("--out: empty path; name a folder such as results/tables");
+  }
+  // read-only: never changes the database, and works while a bench writes to it
+  const store = await Store.open(values.db!, { readOnly: true });
   try {
-    const names = positionals.length ? positionals : (await store.query(
-      `select distinct manifest_name from results order by 1`,
+    const stored = (await store.query(
+      `select distinct manifest_name from results where status = 'ok' order by 1`,
     )).map((r) => r.manifest_name as string);
+    if (stored.length === 0) {
+      throw new VitqError(`--db ${values.db}: no results yet; nothing to write`);
+    }
+    // a name with no results would overwrite its tables with empty ones: refuse it
+    for (const name of positionals) {
+      if (!stored.includes(name)) {
+        throw new VitqError(
+          `${name}: no results for this manifest in ${values.db} (it has ${
+            stored.slice(0, 10).join(", ")
+          }${stored.length > 10 ? ", ..." : ""})`,
+        );
+      }
+    }
+    const names = positionals.length ? positionals : stored;
     if (values.pairs) {
       const m = (values.bits ?? "").match(/^W?(\d+)[A/](\d+)$/i);
       if (!m) throw new VitqError(`--bits: expected W/A such as 4/4, got "${values.bits ?? ""}"`);

@@ -44,6 +44,17 @@ export function fromRoot(p: string): string {
   return p.startsWith("/") ? p : `${ROOT}${p}`;
 }
 
+/**
+ * Read a small text file (a card, the registry), refusing anything that is not a
+ * regular file (a fifo or a device would never end) or larger than 16 MiB.
+ */
+export async function readRegularText(path: string): Promise<string> {
+  const st = await Deno.stat(path);
+  if (!st.isFile) throw new Error("not a regular file");
+  if (st.size > 16 << 20) throw new Error(`${st.size} bytes is too large`);
+  return await Deno.readTextFile(path);
+}
+
 /** Read `models/registry.json`. */
 export async function loadRegistry(): Promise<Record<string, RegistryEntry>> {
   const path = fromRoot("models/registry.json");
@@ -62,7 +73,10 @@ export async function resolveModel(name: string, where: string): Promise<Resolve
     const cardPath = path.replace(/\.onnx$/, ".json");
     let card: ModelCard;
     try {
-      card = JSON.parse(await Deno.readTextFile(cardPath));
+      card = JSON.parse(await readRegularText(cardPath));
+      if (!card || typeof card !== "object" || Array.isArray(card)) {
+        throw new Error("not a JSON object");
+      }
     } catch (err) {
       throw new VitqError(
         `${where}: cannot read model card ${cardPath} (${(err as Error).message})`,
@@ -71,7 +85,7 @@ export async function resolveModel(name: string, where: string): Promise<Resolve
     return { name: card.name ?? name, path, card };
   }
   const reg = await loadRegistry();
-  const e = reg[name];
+  const e = Object.hasOwn(reg, name) ? reg[name] : undefined;
   if (!e) {
     throw new VitqError(
       `${where}: unknown model "${name}" (known: ${Object.keys(reg).join(", ")})`,
@@ -80,7 +94,10 @@ export async function resolveModel(name: string, where: string): Promise<Resolve
   const cardPath = fromRoot(e.card);
   let card: ModelCard;
   try {
-    card = JSON.parse(await Deno.readTextFile(cardPath));
+    card = JSON.parse(await readRegularText(cardPath));
+    if (!card || typeof card !== "object" || Array.isArray(card)) {
+      throw new Error("not a JSON object");
+    }
   } catch (err) {
     throw new VitqError(
       `${cardPath}: cannot read model card for ${name} (${(err as Error).message})`,

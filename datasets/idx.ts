@@ -46,8 +46,11 @@ export function decodeIdx(bytes: Uint8Array, source: string): IdxArray {
 export async function readIdx(path: string): Promise<IdxArray> {
   let bytes: Uint8Array;
   try {
+    const st = await Deno.stat(path);
+    if (!st.isFile) throw new VitqError(`${path}: cannot read IDX file (not a regular file)`);
     bytes = await Deno.readFile(path);
   } catch (e) {
+    if (e instanceof VitqError) throw e;
     throw new VitqError(`${path}: cannot read IDX file (${(e as Error).name})`);
   }
   return decodeIdx(bytes, path);

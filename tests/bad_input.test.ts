@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { cli, smallManifest, tmpDir, writeManifest } from "./helpers.ts";
+import { cli, FIXTURE_CARD, smallManifest, tmpDir, writeManifest } from "./helpers.ts";
 
 /** Run a bad bench and check: exit 2, one line naming `expect`, database unchanged. */
 async function expectBad(dir: string, db: string, args: string[], expect: RegExp) {
@@ -84,7 +84,10 @@ Deno.test("bad input: one-line errors, exit code 2, database left as it was", as
   );
 
   await Deno.writeTextFile(`${dir}/broken.onnx`, "this is not protobuf");
-  await Deno.writeTextFile(`${dir}/broken.json`, JSON.stringify({ name: "broken" }));
+  await Deno.writeTextFile(
+    `${dir}/broken.json`,
+    JSON.stringify({ ...FIXTURE_CARD, name: "broken" }),
+  );
   const onnx = await writeManifest(
     dir,
     smallManifest({ name: "onnx", models: [`${dir}/broken.onnx`] }),
