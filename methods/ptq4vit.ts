@@ -31,7 +31,7 @@ import {
 import { type CandidateQuantizer, CandidateScorer, type Metric } from "../core/quant/search.ts";
 import { attr } from "../core/onnx/graph.ts";
 import { outputGradients } from "../core/autodiff/gradients.ts";
-import type { Graph } from "../core/onnx/graph.ts";
+import { CellCache } from "./cache.ts";
 import type { QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
 import { LayerRecorder, type TensorQuant } from "./layers.ts";
 
@@ -257,7 +257,7 @@ interface CalibData {
   grads: Map<string, Float32Array> | undefined;
 }
 
-const cache = new WeakMap<Graph, { key: string; data: CalibData }>();
+const cache = new CellCache<CalibData>();
 
 async function calibData(ctx: QuantContext, sites: Site[], o: Ptq4vitOptions): Promise<CalibData> {
   const outputs = sites.map((s) => s.output);
@@ -268,25 +268,17 @@ async function calibData(ctx: QuantContext, sites: Site[], o: Ptq4vitOptions): P
       ),
     ),
   ];
-  const ids = (ctx.calib as { ids?: string[] }).ids ?? [];
-  const key = JSON.stringify([
-    ids,
-    o.metric === "hessian" ? o.gradient : "none",
-    o.gradBatch,
-    ctx.calib.length,
-  ]);
-  const hit = cache.get(ctx.graph);
-  if (hit && hit.key === key) return hit.data;
-  const captured = await captureValues(ctx.runtime, ctx.graph, values, ctx.calib, ctx.batchSize);
-  const grads = o.metric === "hessian"
-    ? await outputGradients(ctx.runtime, ctx.graph, outputs, ctx.calib, {
-      mode: o.gradient,
-      subBatch: o.gradBatch,
-    })
-    : undefined;
-  const data = { values: captured, grads };
-  cache.set(ctx.graph, { key, data });
-  return data;
+  const depends = [o.metric === "hessian" ? o.gradient : "none", o.gradBatch];
+  return await cache.get(ctx, depends, async () => {
+    const captured = await captureValues(ctx.runtime, ctx.graph, values, ctx.calib, ctx.batchSize);
+    const grads = o.metric === "hessian"
+      ? await outputGradients(ctx.runtime, ctx.graph, outputs, ctx.calib, {
+        mode: o.gradient,
+        subBatch: o.gradBatch,
+      })
+      : undefined;
+    return { values: captured, grads };
+  });
 }
 
 function linearProblem(

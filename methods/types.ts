@@ -29,6 +29,15 @@ export interface QuantContext {
   /** Batch size for calibration runs. */
   batchSize: number;
   seed: number;
+  /**
+   * SHA-256 of the model file (the runner's `model_sha`): with `calibHash`, the
+   * explicit key of calibration data a method shares between cells (see
+   * `CellCache`, methods/cache.ts). A hand-built context gives any string that
+   * differs between different models.
+   */
+  modelHash: string;
+  /** Hash of the calibration image ids (the runner's `calib_hash`); differs between calibration sets. */
+  calibHash: string;
   log: (msg: string) => void;
 }
 

@@ -33,7 +33,7 @@ import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { adfq, runAdfq } from "../methods/adfq.ts";
 import type { QuantContext } from "../methods/types.ts";
-import { FIXTURE_CARD as card, FIXTURES, randomData, runtime } from "./helpers.ts";
+import { contextKeys, FIXTURE_CARD as card, FIXTURES, randomData, runtime } from "./helpers.ts";
 
 async function ctx(
   fixture: string,
@@ -51,6 +51,7 @@ async function ctx(
     runtime: await runtime(),
     options: { ...adfq.defaults, ...options },
     batchSize: 32,
+    ...(await contextKeys(graph, `train 0..${nCalib - 1}`)),
     seed: 0,
     log: () => {},
   };
@@ -376,6 +377,7 @@ for (const name of ["vit_fmnist", "deit_fmnist", "swin_fmnist"]) {
       runtime: await runtime(),
       options: { ...adfq.defaults, iters },
       batchSize: 32,
+      ...(await contextKeys(graph, "train 0..15")),
       seed: 0,
       log: () => {},
     };

@@ -4,6 +4,8 @@
  * @module
  */
 import { createRuntime, type Runtime } from "../core/runtime/runtime.ts";
+import type { Graph } from "../core/onnx/graph.ts";
+import { sha256Hex } from "../core/hash.ts";
 
 /** Repository root. */
 export const ROOT = new URL("../", import.meta.url).pathname;
@@ -63,6 +65,17 @@ export function randomData(n: number, seed: number, scale = 1): Float32Array {
     out[i] = ((s / 4294967296) * 2 - 1) * scale;
   }
   return out;
+}
+
+/**
+ * The explicit cache keys of a hand-built QuantContext: the SHA-256 of the
+ * model's bytes and of a label naming its calibration images.
+ */
+export async function contextKeys(
+  graph: Graph,
+  calib: string,
+): Promise<{ modelHash: string; calibHash: string }> {
+  return { modelHash: await sha256Hex(graph.toBytes()), calibHash: await sha256Hex(calib) };
 }
 
 /** Write a small manifest to a temp file and return its path. */

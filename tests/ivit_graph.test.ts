@@ -38,7 +38,7 @@ import {
   type Step,
 } from "../core/ivit/mod.ts";
 import { ivit, type IvitQuantizedModel, quantizeIvit } from "../methods/ivit.ts";
-import { FIXTURE_CARD, FIXTURES, randomData, runtime } from "./helpers.ts";
+import { contextKeys, FIXTURE_CARD, FIXTURES, randomData, runtime } from "./helpers.ts";
 import { checkLowerable } from "../core/ivit/lower.ts";
 
 // ------------------------------------------------------------------ helpers
@@ -95,6 +95,7 @@ function shippedModel() {
       runtime: await runtime(),
       options: { ...ivit.defaults },
       batchSize: 32,
+      ...(await contextKeys(graph, "train 0..63")),
       seed: 0,
       log: () => {},
     });
@@ -405,6 +406,7 @@ function swinModel(file: string, variant = "reference") {
           runtime: await runtime(),
           options: { variant },
           batchSize: 16,
+          ...(await contextKeys(g, "train 0..63 (fixture)")),
           seed: 0,
           log: () => {},
         });
@@ -631,6 +633,7 @@ Deno.test("ivit: paper variant, negative LayerNorm γ and a DeiT head stay bit-e
       runtime: await runtime(),
       options: { variant },
       batchSize: 4,
+      ...(await contextKeys(g, "random images")),
       seed: 0,
       log: () => {},
     });
@@ -664,6 +667,7 @@ Deno.test("ivit: an op with no integer lowering fails before any evaluation, nam
     },
   };
   const data = randomData(784, 1);
+  const keys = await contextKeys(g, "one random image");
   await assert.rejects(
     () =>
       ivit.quantize({
@@ -674,6 +678,7 @@ Deno.test("ivit: an op with no integer lowering fails before any evaluation, nam
         runtime: noRuns,
         options: { ...ivit.defaults },
         batchSize: 1,
+        ...keys,
         seed: 0,
         log: () => {},
       }),

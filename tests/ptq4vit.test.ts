@@ -4,7 +4,7 @@ import { findSites } from "../core/onnx/sites.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { baseptq, ptq4vit } from "../methods/ptq4vit.ts";
-import { FIXTURE_CARD as card, FIXTURES, runtime } from "./helpers.ts";
+import { contextKeys, FIXTURE_CARD as card, FIXTURES, runtime } from "./helpers.ts";
 import type { QuantContext } from "../methods/types.ts";
 
 async function ctx(
@@ -22,6 +22,7 @@ async function ctx(
     runtime: await runtime(),
     options,
     batchSize: 8,
+    ...(await contextKeys(graph, "train 0..7")),
     seed: 0,
     log: () => {},
   };

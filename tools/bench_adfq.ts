@@ -154,6 +154,8 @@ async function bench(
     runtime: rt,
     options: { ...ADFQ_DEFAULTS, iters, initSamples: Math.min(64, calib.length) },
     batchSize: 32,
+    modelHash: name, // ADFQ keeps no calibration data between runs
+    calibHash: `${calib.length} images`,
     seed: 0,
     log: (m) => console.error(`  ${m}`),
   });

@@ -17,6 +17,7 @@ import { parseArgs } from "node:util";
 import * as ort from "onnxruntime-node";
 import { resolveModel } from "../core/models.ts";
 import { Graph } from "../core/onnx/graph.ts";
+import { sha256Hex } from "../core/hash.ts";
 import { findSites } from "../core/onnx/sites.ts";
 import { createRuntime } from "../core/runtime/runtime.ts";
 import { evaluate } from "../bench/evaluate.ts";
@@ -91,6 +92,8 @@ const q = await minmax.quantize({
   runtime: rt,
   options: {},
   batchSize: batch,
+  modelHash: await sha256Hex(bytes),
+  calibHash: await sha256Hex("train 0..31"),
   seed: 0,
   log: () => {},
 });
