@@ -378,6 +378,8 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
           options: cell.options,
           batchSize: manifest.batchSize,
           seed: cell.calibSeed,
+          modelHash: pm.sha,
+          calibHash: cell.calibHash,
           log: (m) => progress.log(`  ${m}`),
         });
         const calibSeconds = (performance.now() - t0) / 1000;
