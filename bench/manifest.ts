@@ -124,44 +124,13 @@ export async function normalizeManifest(raw: unknown, file: string): Promise<Man
   };
 }
 
-/** Read, parse, validate and normalize a manifest file. */
-/**
- * Mixed-precision bit entries: each target must lie within the candidate bit-widths,
- * and some method of the manifest must support mixed precision (the others get no
- * cell for that entry).
- */
-function checkMixed(
-  bits: { w: number; a: number; mixed?: number[] }[],
-  methods: MethodSpec[],
-  file: string,
-): void {
-  bits.forEach((b, i) => {
-    if (!b.mixed) return;
-    const lo = Math.min(...b.mixed), hi = Math.max(...b.mixed);
-    for (const k of ["w", "a"] as const) {
-      if (b[k] < lo || b[k] > hi) {
-        throw new VitqError(
-          `${file}: /bits/${i}/${k}: target ${b[k]} is outside the mixed candidates ${lo}..${hi}`,
-        );
-      }
-    }
-    if (!methods.some((x) => METHODS[x.name].mixedPrecision)) {
-      throw new VitqError(
-        `${file}: /bits/${i}/mixed: no method of this manifest supports mixed precision (${
-          Object.values(METHODS).filter((x) => x.mixedPrecision).map((x) => x.name).join(", ")
-        } do)`,
-      );
-    }
-  });
-}
-
 /** Largest manifest file read (bytes). */
 export const MAX_MANIFEST_BYTES = 1 << 20;
 
+/** Read, parse, validate and normalize a manifest file. */
 export async function loadManifest(path: string): Promise<{ manifest: Manifest; text: string }> {
   let text: string;
   try {
-    text = await Deno.readTextFile(path);
     // a fifo or a device would never end: only regular files of sane size are read
     const st = await Deno.stat(path);
     if (!st.isFile) throw new VitqError(`${path}: cannot read manifest (not a regular file)`);
@@ -170,9 +139,10 @@ export async function loadManifest(path: string): Promise<{ manifest: Manifest; 
         `${path}: cannot read manifest (${st.size} bytes; at most ${MAX_MANIFEST_BYTES})`,
       );
     }
+    text = await Deno.readTextFile(path);
   } catch (e) {
-    throw new VitqError(`${path}: cannot read manifest (${(e as Error).name})`);
     if (e instanceof VitqError) throw e;
+    throw new VitqError(`${path}: cannot read manifest (${(e as Error).name})`);
   }
   let raw: unknown;
   try {

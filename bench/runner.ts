@@ -308,12 +308,12 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
       fp_cell: fpCell,
       run_id: runId,
     }, fpEval);
+    faultPoint("fp-stored");
     progress.log(`${pm.model.name}: FP32 top-1 ${fpEval.top1.toFixed(2)}`);
     for (const cell of cells) {
       const method = METHODS[cell.method];
       const tag =
         `${cell.label} ${pm.model.name} W${cell.bits.w}A${cell.bits.a} seed ${cell.calibSeed}`;
-    faultPoint("fp-stored");
       progress.start(tag);
       await store.putIdSet(
         cell.calibHash,
@@ -408,6 +408,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
           row.error = nonFiniteMessage(ev.nonFinite);
         }
         await store.putCell(row, q.layers, ev);
+        faultPoint("cell-stored");
         if (row.status === "error") {
           failed++;
           progress.finish(`${tag}: FAILED: ${row.error} (top-1 ${ev.top1.toFixed(2)})`);
@@ -417,7 +418,6 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
         progress.finish(
           `${tag}: top-1 ${ev.top1.toFixed(2)} (FP32 ${fpEval.top1.toFixed(2)}), calib ${
             calibSeconds.toFixed(1)
-        faultPoint("cell-stored");
           }s`,
         );
       } catch (e) {

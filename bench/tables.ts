@@ -453,9 +453,47 @@ export function renderSpeedCsv(d: TableData): string {
   return out.join("\n") + "\n";
 }
 
+/** The files of one table set, in the order they are written. */
+export const TABLE_FILES = ["top1.md", "speed.md", "top1.tex", "top1.csv", "speed.csv"];
+
+function splitDir(dir: string): { parent: string; base: string; dir: string } {
+  const d = dir.replace(/\/+$/, "");
+  if (d.trim() === "" || /(^|\/)\.{1,2}$/.test(d)) {
+    throw new VitqError(`tables folder "${dir}": name a folder such as results/tables/<name>`);
+  }
+  const i = d.lastIndexOf("/");
+  return { parent: i < 0 ? "." : d.slice(0, i) || "/", base: d.slice(i + 1), dir: d };
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await Deno.lstat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Finish or undo an interrupted {@link writeTables} on `dir`: a complete new set
+ * left beside a missing folder is moved into place; leftovers are removed.
+ */
+export async function recoverTables(dir: string): Promise<void> {
+  const { parent, base, dir: d } = splitDir(dir);
+  const fresh = `${parent}/.${base}.new`, old = `${parent}/.${base}.old`;
+  if (!(await exists(d)) && (await exists(`${fresh}/.complete`))) {
+    await Deno.rename(fresh, d);
+  }
+  for (const p of [fresh, old]) if (await exists(p)) await Deno.remove(p, { recursive: true });
+  if (await exists(`${d}/.complete`)) await Deno.remove(`${d}/.complete`);
+}
+
 /**
  * Write top1.md, top1.tex, top1.csv (accuracy: deterministic) and speed.md,
  * speed.csv (timings of this machine) under `dir`; returns both Markdown texts.
+ * The set is written to a sibling folder and swapped in by rename, so a reader
+ * (or a kill at any point) sees the old set or the new one, never a mix; other
+ * files in `dir` are carried over.
  */
 export async function writeTables(d: TableData, dir: string): Promise<string> {
   const { parent, base, dir: target } = splitDir(dir);
@@ -492,41 +530,3 @@ export async function writeTables(d: TableData, dir: string): Promise<string> {
   if (had) await Deno.remove(old, { recursive: true });
   return `${md}\n${speed}`;
 }
-/** The files of one table set, in the order they are written. */
-export const TABLE_FILES = ["top1.md", "speed.md", "top1.tex", "top1.csv", "speed.csv"];
-
-function splitDir(dir: string): { parent: string; base: string; dir: string } {
-  const d = dir.replace(/\/+$/, "");
-  if (d.trim() === "" || /(^|\/)\.{1,2}$/.test(d)) {
-    throw new VitqError(`tables folder "${dir}": name a folder such as results/tables/<name>`);
-  }
-  const i = d.lastIndexOf("/");
-  return { parent: i < 0 ? "." : d.slice(0, i) || "/", base: d.slice(i + 1), dir: d };
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await Deno.lstat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Finish or undo an interrupted {@link writeTables} on `dir`: a complete new set
- * left beside a missing folder is moved into place; leftovers are removed.
- */
-export async function recoverTables(dir: string): Promise<void> {
-  const { parent, base, dir: d } = splitDir(dir);
-  const fresh = `${parent}/.${base}.new`, old = `${parent}/.${base}.old`;
-  if (!(await exists(d)) && (await exists(`${fresh}/.complete`))) {
-    await Deno.rename(fresh, d);
-  }
-  for (const p of [fresh, old]) if (await exists(p)) await Deno.remove(p, { recursive: true });
-  if (await exists(`${d}/.complete`)) await Deno.remove(`${d}/.complete`);
-}
-
- * The set is written to a sibling folder and swapped in by rename, so a reader
- * (or a kill at any point) sees the old set or the new one, never a mix; other
- * files in `dir` are carried over.
