@@ -19,8 +19,15 @@
  */
 import { type Captured, captureValues } from "../core/runtime/capture.ts";
 import type { Site } from "../core/onnx/sites.ts";
+import { QDQ_KIND } from "../core/quant/deploy.ts";
 import { type ActPlan, applyPlan, type WeightPlan } from "../core/quant/apply.ts";
-import { fakeQuant, symmetric, type UniformQuantizer } from "../core/quant/uniform.ts";
+import {
+  absMaxPerChannel,
+  fakeQuant,
+  symmetric,
+  type UniformQuantizer,
+} from "../core/quant/uniform.ts";
+import { VitqError } from "../core/errors.ts";
 import {
   emitTwinGelu,
   emitTwinSoftmax,
@@ -52,6 +59,25 @@ export interface Ptq4vitOptions {
   rounds: number;
   /** Images per gradient pass (the reference uses 4). */
   gradBatch: number;
+  /**
+   * Steps of the attention-matmul operands (Q·Kᵀ and A·V): one per head, as the
+   * reference's batching matmul quantizer (`n_G = heads`, heads read from the
+   * operand's shape `[B, heads, N, d]`), or one per operand (`tensor`).
+   * The post-softmax twin quantizer keeps one split per tensor either way, as in the reference.
+   */
+  matmulGranularity: "head" | "tensor";
+  /**
+   * Partner operand when scoring the post-softmax twin quantizer's split: the FP
+   * value operand, as the reference's split search does (`fp`), or the quantized one (`quantized`).
+   */
+  softmaxPartner: "fp" | "quantized";
+  /**
+   * Cosine metric with several weight groups (the qkv thirds): each group scored by
+   * the cosine over its own output columns, all groups searched at once, as the
+   * reference (`per-group`); or the cosine over whole rows, groups one after the
+   * other (`sequential`). The per-channel patch embedding is searched sequentially in both.
+   */
+  groupCosine: "per-group" | "sequential";
 }
 
 const PTQ4VIT_DEFAULTS: Ptq4vitOptions = {
@@ -66,6 +92,9 @@ const PTQ4VIT_DEFAULTS: Ptq4vitOptions = {
   n: 100,
   rounds: 3,
   gradBatch: 4,
+  matmulGranularity: "head",
+  softmaxPartner: "fp",
+  groupCosine: "per-group",
 };
 
 const BASEPTQ_DEFAULTS: Ptq4vitOptions = {
@@ -87,6 +116,15 @@ function checkOptions(o: Record<string, unknown>): string | undefined {
   }
   if (!["paper", "reference"].includes(o.variant as string)) {
     return "variant must be paper or reference";
+  }
+  if (!["head", "tensor"].includes(o.matmulGranularity as string)) {
+    return "matmulGranularity must be head or tensor";
+  }
+  if (!["fp", "quantized"].includes(o.softmaxPartner as string)) {
+    return "softmaxPartner must be fp or quantized";
+  }
+  if (!["per-group", "sequential"].includes(o.groupCosine as string)) {
+    return "groupCosine must be per-group or sequential";
   }
   for (const k of ["twinSoftmax", "twinGelu", "patchPerChannel"]) {
     if (typeof o[k] !== "boolean") return `${k} must be true or false`;
@@ -366,6 +404,10 @@ async function searchLinear(
     : undefined;
   const actInit = act ? actStep(act) : 0;
   const decomposes = o.metric !== "cosine";
+  // cosine per group over its own columns (the reference's qkv thirds); the
+  // per-channel patch embedding keeps the sequential search (see groupCosine)
+  const perGroupCos = !decomposes && o.groupCosine === "per-group" && p.groups.length > 1 &&
+    p.groups.length < p.cout && p.groups.every(([a, b]) => b - a === p.cout / p.groups.length);
   const wScorer = await CandidateScorer.create(ctx.runtime, {
     vary: "b",
     aDims: [p.m, p.cin],
@@ -373,6 +415,7 @@ async function searchLinear(
     oDims: [p.m, p.cout],
     metric: o.metric,
     perColumn: decomposes,
+    cosineGroups: perGroupCos ? p.groups.length : undefined,
     bias: p.bias,
     quant: { kind: "uniform", bits: wb, columns: p.cout },
   });
@@ -390,8 +433,9 @@ async function searchLinear(
   let last = NaN;
   try {
     for (let r = 0; r < o.rounds; r++) {
+      ctx.step?.(`${site.id} round ${r + 1}/${o.rounds}`);
       const xq = act ? quantAct(p.x, act, ab, o.variant) : p.x;
-      if (decomposes) {
+      if (decomposes || perGroupCos) {
         const scores = await wScorer.scoreQuantized(
           o.n,
           (k) => expandGroups(p.groups, wInit.map((s) => s * factors[k]), p.cout),
@@ -402,6 +446,7 @@ async function searchLinear(
         );
         p.groups.forEach(([a, b], gi) => {
           const tot = scores.map((s) => {
+            if (perGroupCos) return s[gi];
             let t = 0;
             for (let j = a; j < b; j++) t += s[j];
             return t;
@@ -452,97 +497,273 @@ async function searchLinear(
   return { colSteps: expandGroups(p.groups, wCur, p.cout), act, score: last };
 }
 
-/** Search both operands of a matmul site. */
+/**
+ * A matmul operand's quantizer: the post-softmax twin quantizer (one split per
+ * tensor), or uniform symmetric with one step per group along axis 1 (the heads
+ * of `[B, heads, N, d]`; a single group is one step per tensor).
+ */
+type OperandQ =
+  | { kind: "twin-softmax"; split: number }
+  | { kind: "grouped"; steps: Float32Array };
+
+/** The searched matmul steps of one site: A and B quantizers and the number of groups. */
+export interface MatmulSteps {
+  a: OperandQ;
+  b: OperandQ;
+  groups: number;
+}
+
+/** Per-group steps as a uniform quantizer on axis 1 (per tensor for one group). */
+function groupedQuantizer(steps: Float32Array, bits: number): UniformQuantizer {
+  return steps.length === 1 ? symmetric(bits, steps[0]) : {
+    bits,
+    signed: true,
+    scale: steps,
+    zeroPoint: new Float32Array(steps.length),
+    axis: 1,
+  };
+}
+
+function quantOperand(x: Captured, q: OperandQ, bits: number, variant: TwinVariant): Float32Array {
+  return q.kind === "twin-softmax"
+    ? twinSoftmax(x.data, { bits, split: q.split, variant })
+    : fakeQuant(x.data, x.dims, groupedQuantizer(q.steps, bits));
+}
+
+/**
+ * Groups of an attention matmul's operands: 1 for `matmulGranularity: "tensor"`,
+ * else the heads, axis 1 of both operands (`[B, heads, N, d]` and `[B, heads, d, N]`
+ * or `[B, heads, N, N]`; Swin's window attention `[B·windows, heads, N, d]`), as the
+ * reference's batching matmul quantizer takes `n_G = A.shape[1]`.
+ */
+function matmulGroups(site: Site, a: number[], b: number[], o: Ptq4vitOptions): number {
+  if (o.matmulGranularity === "tensor") return 1;
+  if (a.length !== 4 || b.length !== 4 || a[1] !== b[1]) {
+    throw new VitqError(
+      `${site.id}: per-head steps need operands [B, heads, ., .] with the same heads, got [${a}] and [${b}] (use matmulGranularity: "tensor")`,
+    );
+  }
+  return a[1];
+}
+
+/** Initial step per group (axis 1): max|x| over the group / (2^(k-1) - 0.5). */
+function groupInit(x: Captured, groups: number, bits: number): Float32Array {
+  const m = groups === 1 ? Float32Array.of(absMax(x.data)) : absMaxPerChannel(x.data, x.dims, 1);
+  return m.map((v) => initStep(v, bits));
+}
+
+/** Argmin of each column of K score rows (one row per candidate). */
+function argminColumns(scores: Float64Array[]): number[] {
+  return Array.from(scores[0], (_, j) => argmin(scores.map((s) => s[j])));
+}
+
+/**
+ * Search both operands of a matmul site: A then B in each round, each group's step
+ * on the grid Δ0·(α + i(β-α)/n) (the twin softmax's split over 2^-i, i < 20).
+ * Group scores decompose (head h of the output depends on head h of A and B
+ * only), so all groups are scored at once per candidate and each takes its own
+ * best. The twin split is scored against the FP value operand (`softmaxPartner: fp`,
+ * the reference) or the quantized one; uniform A against the quantized B, as in the reference.
+ */
 async function searchMatmul(
   ctx: QuantContext,
   site: Site,
   data: CalibData,
   o: Ptq4vitOptions,
-): Promise<{ a: ActQ; b: ActQ }> {
+): Promise<MatmulSteps> {
   const ab = ctx.bits.a;
   const A = data.values.get(site.operands![0])!, B = data.values.get(site.operands![1])!;
   const O = data.values.get(site.output)!;
   const G = data.grads?.get(site.output);
+  const groups = matmulGroups(site, A.dims, B.dims, o);
   const factors = Array.from({ length: o.n }, (_, i) => o.alpha + (i * (o.beta - o.alpha)) / o.n);
   const twin = site.role === "av" && o.twinSoftmax;
-  const aInit = initStep(absMax(A.data), ab), bInit = initStep(absMax(B.data), ab);
-  let a: ActQ = twin ? { kind: "twin-softmax", split: 1 } : { kind: "uniform", step: aInit };
-  let b: ActQ = { kind: "uniform", step: bInit };
-  const aCands: ActQ[] = twin
-    ? Array.from({ length: 20 }, (_, i) => ({ kind: "twin-softmax", split: 2 ** -i }))
-    : factors.map((f) => ({ kind: "uniform", step: Math.fround(aInit * f) }));
-  const bCands: ActQ[] = factors.map((f) => ({ kind: "uniform", step: Math.fround(bInit * f) }));
-  const mk = async (vary: "a" | "b") =>
-    await CandidateScorer.create(ctx.runtime, {
-      vary,
-      aDims: A.dims,
-      bDims: B.dims,
-      oDims: O.dims,
-      metric: o.metric,
-      quant: candidateQuantizer(vary === "a" ? a : b, ab, o.variant),
-    });
-  const sa = await mk("a"), sb = await mk("b");
+  const aInit = groupInit(A, groups, ab), bInit = groupInit(B, groups, ab);
+  const splits = Array.from({ length: 20 }, (_, i) => 2 ** -i);
+  let a: OperandQ = twin ? { kind: "twin-softmax", split: 1 } : { kind: "grouped", steps: aInit };
+  let b: OperandQ = { kind: "grouped", steps: bInit };
+  const cand = (init: Float32Array, k: number) => init.map((s) => Math.fround(s * factors[k]));
+  const uniform = { kind: "uniform" as const, bits: ab, columns: groups, axis: 1 };
+  const keepAxis = groups > 1 ? 1 : undefined;
+  const sa = await CandidateScorer.create(ctx.runtime, {
+    vary: "a",
+    aDims: A.dims,
+    bDims: B.dims,
+    oDims: O.dims,
+    metric: o.metric,
+    keepAxis: twin ? undefined : keepAxis,
+    quant: twin ? { kind: "twin-softmax", bits: ab, variant: o.variant } : uniform,
+  });
+  const sb = await CandidateScorer.create(ctx.runtime, {
+    vary: "b",
+    aDims: A.dims,
+    bDims: B.dims,
+    oDims: O.dims,
+    metric: o.metric,
+    keepAxis,
+    quant: uniform,
+  });
   try {
     for (let r = 0; r < o.rounds; r++) {
-      const bq = quantAct(B.data, b, ab, o.variant);
-      const s1 = await sa.scoreQuantized(
-        aCands.length,
-        (k) => [actStep(aCands[k])],
-        A.data,
-        bq,
-        O.data,
-        G,
-      );
-      a = aCands[argmin(s1.map((s) => s[0]))];
-      const aq = quantAct(A.data, a, ab, o.variant);
+      ctx.step?.(`${site.id} round ${r + 1}/${o.rounds}`);
+      if (twin) {
+        const partner = o.softmaxPartner === "fp" ? B.data : quantOperand(B, b, ab, o.variant);
+        const s1 = await sa.scoreQuantized(
+          splits.length,
+          (k) => [splits[k]],
+          A.data,
+          partner,
+          O.data,
+          G,
+        );
+        a = { kind: "twin-softmax", split: splits[argmin(s1.map((s) => s[0]))] };
+      } else {
+        const s1 = await sa.scoreQuantized(
+          o.n,
+          (k) => cand(aInit, k),
+          A.data,
+          quantOperand(B, b, ab, o.variant),
+          O.data,
+          G,
+        );
+        a = {
+          kind: "grouped",
+          steps: Float32Array.from(argminColumns(s1), (k, h) => cand(aInit, k)[h]),
+        };
+      }
       const s2 = await sb.scoreQuantized(
-        bCands.length,
-        (k) => [actStep(bCands[k])],
+        o.n,
+        (k) => cand(bInit, k),
         B.data,
-        aq,
+        quantOperand(A, a, ab, o.variant),
         O.data,
         G,
       );
-      b = bCands[argmin(s2.map((s) => s[0]))];
+      b = {
+        kind: "grouped",
+        steps: Float32Array.from(argminColumns(s2), (k, h) => cand(bInit, k)[h]),
+      };
     }
   } finally {
     await sa.release();
     await sb.release();
   }
-  return { a, b };
+  return { a, b, groups };
+}
+
+/** The searched quantizers of one site. */
+type SiteResult =
+  | { site: Site; kind: "linear"; groups: number; colSteps: Float32Array; act?: ActQ }
+  | { site: Site; kind: "matmul"; steps: MatmulSteps };
+
+/** Calibrate (parallel: every site on FP data) the linear and matmul sites passing `only`. */
+async function searchSites(
+  ctx: QuantContext,
+  o: Ptq4vitOptions,
+  only: (s: Site) => boolean = () => true,
+): Promise<{ results: SiteResult[]; data: CalibData }> {
+  const all = ctx.sites.filter((s) => s.kind === "linear" || s.kind === "matmul");
+  const data = await calibData(ctx, all, o);
+  const results: SiteResult[] = [];
+  for (const site of all.filter(only)) {
+    (ctx.step ?? ctx.log)(`${site.id}: searching`);
+    if (site.kind === "linear") {
+      const p = linearProblem(ctx, site, data, o.patchPerChannel);
+      const res = await searchLinear(ctx, site, p, o);
+      results.push({
+        site,
+        kind: "linear",
+        groups: p.groups.length,
+        colSteps: res.colSteps,
+        act: res.act,
+      });
+    } else {
+      results.push({ site, kind: "matmul", steps: await searchMatmul(ctx, site, data, o) });
+    }
+  }
+  return { results, data };
+}
+
+/** One searched parameter set of a site: a weight's, an input's or a matmul operand's steps. */
+export interface StepRecord {
+  site: string;
+  /** `weight` (one step per group: the qkv thirds, patch-embed channels), `input`, `a`, `b`. */
+  tensor: string;
+  /** `uniform` steps, `twin-gelu` positive step or `twin-softmax` split. */
+  quantizer: string;
+  /** One value per group (heads for matmul operands, weight groups for weights). */
+  steps: number[];
+}
+
+/**
+ * The steps PTQ4ViT or BasePTQ (`options` of the context, merged over the
+ * method's defaults by the caller) chooses for the sites passing `only`. Sites are
+ * calibrated independently on FP data, so a subset gets the same steps as a
+ * whole-model calibration (used by the parity fixture test).
+ */
+export async function searchSteps(
+  ctx: QuantContext,
+  only?: (s: Site) => boolean,
+): Promise<StepRecord[]> {
+  const o = ctx.options as unknown as Ptq4vitOptions;
+  const { results } = await searchSites(ctx, o, only);
+  const out: StepRecord[] = [];
+  const operand = (q: OperandQ) =>
+    q.kind === "twin-softmax"
+      ? { quantizer: "twin-softmax", steps: [q.split] }
+      : { quantizer: "uniform", steps: [...q.steps] };
+  for (const r of results) {
+    if (r.kind === "linear") {
+      const first: number[] = [];
+      for (let j = 0; j < r.colSteps.length; j += r.colSteps.length / r.groups) {
+        first.push(r.colSteps[j]);
+      }
+      out.push({ site: r.site.id, tensor: "weight", quantizer: "uniform", steps: first });
+      if (r.act) {
+        out.push({
+          site: r.site.id,
+          tensor: "input",
+          quantizer: r.act.kind === "uniform" ? "uniform" : r.act.kind,
+          steps: [actStep(r.act)],
+        });
+      }
+    } else {
+      out.push({ site: r.site.id, tensor: "a", ...operand(r.steps.a) });
+      out.push({ site: r.site.id, tensor: "b", ...operand(r.steps.b) });
+    }
+  }
+  return out;
 }
 
 async function quantizePtq4vit(ctx: QuantContext): Promise<QuantizedModel> {
   const o = ctx.options as unknown as Ptq4vitOptions;
   const { bits } = ctx;
-  const sites = ctx.sites.filter((s) => s.kind === "linear" || s.kind === "matmul");
-  const data = await calibData(ctx, sites, o);
+  const { results, data } = await searchSites(ctx, o);
   const weights: WeightPlan[] = [];
   const acts: ActPlan[] = [];
   const recorded: { site: Site; tensor: string; value: string; q: TensorQuant }[] = [];
-  const rec = (s: Site, tensor: string, b: number, scale: number, quantizer: string) => {
+  // `parts`: one record per head of a matmul operand (tensor `a[h3]`), each holding 1/parts of it
+  const rec = (s: Site, tensor: string, b: number, scale: number, quantizer: string, parts = 1) => {
     const value = tensor === "weight"
       ? s.weight!
       : tensor === "input"
       ? s.input!
-      : s.operands![tensor === "a" ? 0 : 1];
+      : s.operands![tensor[0] === "a" ? 0 : 1];
     const cap = data.values.get(value);
-    const elements = cap ? cap.data.length / ctx.calib.length : undefined;
+    const elements = cap ? cap.data.length / ctx.calib.length / parts : undefined;
     recorded.push({ site: s, tensor, value, q: { bits: b, scale, quantizer, elements } });
   };
-  for (const site of sites) {
-    ctx.log(`${site.id}: searching`);
-    if (site.kind === "linear") {
-      const p = linearProblem(ctx, site, data, o.patchPerChannel);
-      const res = await searchLinear(ctx, site, p, o);
+  for (const res of results) {
+    const site = res.site;
+    if (res.kind === "linear") {
       // express column steps along the initializer's own output axis
-      const perChannel = p.groups.length > 1;
+      const perChannel = res.groups > 1;
       const q: UniformQuantizer = perChannel
         ? {
           bits: bits.w,
           signed: true,
           scale: res.colSteps,
-          zeroPoint: new Float32Array(p.cout),
+          zeroPoint: new Float32Array(res.colSteps.length),
           axis: site.weightOutAxis,
         }
         : symmetric(bits.w, res.colSteps[0]);
@@ -552,7 +773,7 @@ async function quantizePtq4vit(ctx: QuantContext): Promise<QuantizedModel> {
         "weight",
         bits.w,
         res.colSteps[0],
-        perChannel ? `sym, ${p.groups.length} groups` : "per-tensor sym",
+        perChannel ? `sym, ${res.groups} groups` : "per-tensor sym",
       );
       if (res.act) {
         acts.push({
@@ -564,19 +785,26 @@ async function quantizePtq4vit(ctx: QuantContext): Promise<QuantizedModel> {
         rec(site, "input", bits.a, actStep(res.act), actName(res.act));
       }
     } else {
-      const res = await searchMatmul(ctx, site, data, o);
-      for (const [slot, q] of [[0, res.a], [1, res.b]] as const) {
-        acts.push({
-          site,
-          slot,
-          q: q.kind === "uniform" ? symmetric(bits.a, q.step) : undefined,
-          emit: emitAct(q, bits.a, o.variant),
-        });
-        rec(site, slot === 0 ? "a" : "b", bits.a, actStep(q), actName(q));
+      const { a, b, groups } = res.steps;
+      for (const [slot, q] of [[0, a], [1, b]] as const) {
+        const t = slot === 0 ? "a" : "b";
+        if (q.kind === "twin-softmax") {
+          acts.push({ site, slot, emit: emitAct(q, bits.a, o.variant) });
+          rec(site, t, bits.a, q.split, "twin-softmax");
+          continue;
+        }
+        acts.push({ site, slot, q: groupedQuantizer(q.steps, bits.a), rank: 4 });
+        if (groups === 1) rec(site, t, bits.a, q.steps[0], "per-tensor sym");
+        // one record per head: tensor a[h0], a[h1], ... with that head's step
+        else {q.steps.forEach((st, h) =>
+            rec(site, `${t}[h${h}]`, bits.a, st, "per-head sym", groups)
+          );}
       }
     }
   }
-  const { graph, weights: applied } = applyPlan(ctx.graph, weights, acts);
+  const { graph, weights: applied, deploy } = applyPlan(ctx.graph, weights, acts, {
+    deploy: true,
+  });
   const sqnr = new Map(applied.map((a) => [a.site.id, a.sqnrDb]));
   const recorder = new LayerRecorder(ctx);
   for (const r of recorded) {
@@ -589,7 +817,7 @@ async function quantizePtq4vit(ctx: QuantContext): Promise<QuantizedModel> {
   }; grid ${o.alpha}..${o.beta} x ${o.n}, ${o.rounds} rounds; twin softmax ${
     o.twinSoftmax ? o.variant : "off"
   }, twin GELU ${o.twinGelu ? "on" : "off"}`;
-  return { graph, layers, notes };
+  return { graph, layers, notes, deployable: deploy && { graph: deploy, kind: QDQ_KIND } };
 }
 
 const APPROX =

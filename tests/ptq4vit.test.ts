@@ -4,7 +4,10 @@ import { findSites } from "../core/onnx/sites.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { baseptq, ptq4vit } from "../methods/ptq4vit.ts";
-import { contextKeys, FIXTURE_CARD as card, FIXTURES, runtime } from "./helpers.ts";
+import { contextKeys, FIXTURE_CARD as card, FIXTURES, randomData, runtime } from "./helpers.ts";
+import { CandidateScorer, type Metric } from "../core/quant/search.ts";
+import { fakeQuant } from "../core/quant/uniform.ts";
+import { captureValues } from "../core/runtime/capture.ts";
 import type { QuantContext } from "../methods/types.ts";
 
 async function ctx(
@@ -87,4 +90,158 @@ Deno.test("PTQ4ViT options are validated", () => {
   assert.equal(ptq4vit.checkOptions!({ ...ptq4vit.defaults }), undefined);
   assert.match(ptq4vit.checkOptions!({ ...ptq4vit.defaults, metric: "l1" })!, /metric/);
   assert.match(ptq4vit.checkOptions!({ ...ptq4vit.defaults, alpha: 2 })!, /alpha/);
+});
+
+/** Direct per-head scores of Ô = A·B for [B, H, N, K] x [B, H, K, M] operands: K-candidate rows of H values. */
+function perHeadDirect(
+  a: Float32Array,
+  b: Float32Array,
+  dims: [number, number, number, number, number],
+  o: Float32Array,
+  g: Float32Array,
+  metric: Metric,
+): Float64Array {
+  const [bs, h, n, k, m] = dims;
+  const out = new Float64Array(h);
+  for (let hh = 0; hh < h; hh++) {
+    let tot = 0, cos = 0;
+    for (let bb = 0; bb < bs; bb++) {
+      for (let i = 0; i < n; i++) {
+        let dot = 0, ny = 0, no = 0;
+        for (let j = 0; j < m; j++) {
+          let y = 0;
+          for (let t = 0; t < k; t++) {
+            y += a[((bb * h + hh) * n + i) * k + t] * b[((bb * h + hh) * k + t) * m + j];
+          }
+          const oi = ((bb * h + hh) * n + i) * m + j;
+          const d = y - o[oi];
+          tot += metric === "hessian" ? (d * g[oi]) ** 2 : d * d;
+          dot += y * o[oi];
+          ny += y * y;
+          no += o[oi] * o[oi];
+        }
+        cos += dot / Math.sqrt(ny * no);
+      }
+    }
+    out[hh] = metric === "cosine" ? -cos / (bs * n) : tot;
+  }
+  return out;
+}
+
+Deno.test("per-head candidate scores (one step per head on axis 1) equal a direct computation", async () => {
+  const dims: [number, number, number, number, number] = [2, 3, 5, 4, 6];
+  const [bs, h, n, k, m] = dims;
+  const a = randomData(bs * h * n * k, 11, 1.5);
+  const b = randomData(bs * h * k * m, 12, 1);
+  const o = randomData(bs * h * n * m, 13, 2);
+  const g = randomData(bs * h * n * m, 14, 1);
+  const cands = [[0.1, 0.2, 0.3], [0.25, 0.05, 0.4]];
+  for (const metric of ["hessian", "mse", "cosine"] as Metric[]) {
+    const sc = await CandidateScorer.create(await runtime(), {
+      vary: "a",
+      aDims: [bs, h, n, k],
+      bDims: [bs, h, k, m],
+      oDims: [bs, h, n, m],
+      metric,
+      keepAxis: 1,
+      quant: { kind: "uniform", bits: 4, columns: h, axis: 1 },
+    });
+    const got = await sc.scoreQuantized(cands.length, (i) => cands[i], a, b, o, g);
+    await sc.release();
+    cands.forEach((c, i) => {
+      const aq = fakeQuant(a, [bs, h, n, k], {
+        bits: 4,
+        signed: true,
+        scale: Float32Array.from(c),
+        zeroPoint: new Float32Array(h),
+        axis: 1,
+      });
+      const want = perHeadDirect(aq, b, dims, o, g, metric);
+      assert.equal(got[i].length, h);
+      for (let j = 0; j < h; j++) {
+        assert.ok(
+          Math.abs(got[i][j] - want[j]) <= 1e-4 * Math.abs(want[j]) + 1e-6,
+          `${metric} cand ${i} head ${j}: ${got[i][j]} vs ${want[j]}`,
+        );
+      }
+    });
+  }
+});
+
+Deno.test("per-group cosine scores each qkv third by the cosine over its own columns", async () => {
+  const rows = 7, cin = 5, cout = 9;
+  const x = randomData(rows * cin, 21, 1);
+  const w = randomData(cin * cout, 22, 0.5);
+  const o = randomData(rows * cout, 23, 1);
+  const sc = await CandidateScorer.create(await runtime(), {
+    vary: "b",
+    aDims: [rows, cin],
+    bDims: [cin, cout],
+    oDims: [rows, cout],
+    metric: "cosine",
+    cosineGroups: 3,
+  });
+  const got = await sc.score(1, () => w, x, o);
+  await sc.release();
+  for (let gi = 0; gi < 3; gi++) {
+    let cos = 0;
+    for (let i = 0; i < rows; i++) {
+      let dot = 0, ny = 0, no = 0;
+      for (let j = gi * 3; j < gi * 3 + 3; j++) {
+        let y = 0;
+        for (let t = 0; t < cin; t++) y += x[i * cin + t] * w[t * cout + j];
+        dot += y * o[i * cout + j];
+        ny += y * y;
+        no += o[i * cout + j] ** 2;
+      }
+      cos += dot / Math.sqrt(ny * no);
+    }
+    assert.ok(
+      Math.abs(got[0][gi] + cos / rows) < 1e-5,
+      `group ${gi}: ${got[0][gi]} vs ${-cos / rows}`,
+    );
+  }
+});
+
+Deno.test("per-head matmul steps: one record per head, emitted per head (bit-exact), per-tensor as an option", async () => {
+  const bits = { w: 4, a: 4 };
+  const c = await ctx("tiny_vit_op17.onnx", { ...baseptq.defaults, n: 10 }, bits);
+  const q = await baseptq.quantize(c);
+  const site = c.sites.find((s) => s.id === "b0.qk")!;
+  const heads = q.layers.filter((l) => l.site === "b0.qk" && l.tensor.startsWith("a["));
+  assert.ok(heads.length > 1, "one record per head");
+  assert.deepEqual(heads.map((l) => l.tensor), heads.map((_, i) => `a[h${i}]`));
+  assert.ok(heads.every((l) => l.quantizer === "per-head sym"));
+  // in the quantized graph, the matmul reads per-head fake quantization of its Q operand
+  const node = q.graph.nodes.find((n) => n.name === site.node)!;
+  const qv = await captureValues(
+    c.runtime,
+    q.graph,
+    [site.operands![0], node.inputs[0]],
+    c.calib,
+    8,
+  );
+  const x = qv.get(site.operands![0])!;
+  assert.equal(x.dims[1], heads.length, "heads from the operand's axis 1");
+  const want = fakeQuant(x.data, x.dims, {
+    bits: 4,
+    signed: true,
+    scale: Float32Array.from(heads, (l) => l.scale),
+    zeroPoint: new Float32Array(heads.length),
+    axis: 1,
+  });
+  assert.deepEqual(qv.get(node.inputs[0])!.data, want);
+  // per-tensor: one record per operand
+  const t = await baseptq.quantize({
+    ...c,
+    options: { ...baseptq.defaults, n: 10, matmulGranularity: "tensor" },
+  });
+  assert.deepEqual(
+    t.layers.filter((l) => l.site === "b0.qk").map((l) => [l.tensor, l.quantizer]),
+    [["a", "per-tensor sym"], ["b", "per-tensor sym"]],
+  );
+  assert.match(
+    baseptq.checkOptions!({ ...baseptq.defaults, matmulGranularity: "row" })!,
+    /matmulGranularity/,
+  );
 });

@@ -34,12 +34,13 @@ export type Metric = "hessian" | "mse" | "cosine";
  * How the scoring graph quantizes the varying operand from per-candidate
  * parameters (one row of `params` per candidate):
  * - `uniform`: symmetric signed, one step per candidate, or `columns` steps per
- *   candidate along the operand's last axis (per-output-channel weights);
+ *   candidate along the operand's axis `axis` (default: the last axis; per-output-channel
+ *   weights use the last axis, per-head attention operands `[B, heads, N, d]` axis 1);
  * - `twin-softmax`: PTQ4ViT post-softmax twin quantizer, parameter = split point;
  * - `twin-gelu`: PTQ4ViT post-GELU twin quantizer, parameter = positive step.
  */
 export type CandidateQuantizer =
-  | { kind: "uniform"; bits: number; columns?: number }
+  | { kind: "uniform"; bits: number; columns?: number; axis?: number }
   | { kind: "twin-softmax"; bits: number; variant: TwinVariant }
   | { kind: "twin-gelu"; bits: number };
 
@@ -54,6 +55,19 @@ export interface ScoreProblem {
   metric: Metric;
   /** Keep the last (output-column) axis in the score (hessian / mse only). */
   perColumn?: boolean;
+  /**
+   * Keep this axis of the output (counted in `oDims`, not the last one) in the
+   * score: one score per candidate and index along it, e.g. per attention head
+   * (axis 1 of `[B, heads, N, d]`). For `cosine`, rows are still the last axis
+   * and the mean runs over every other axis.
+   */
+  keepAxis?: number;
+  /**
+   * Cosine only: split the last axis into this many equal contiguous groups and
+   * score each group by the cosine over its own columns (one score per candidate
+   * and group), as PTQ4ViT's reference scores the q, k and v thirds of qkv.
+   */
+  cosineGroups?: number;
   /** Bias added to the output (broadcast over the last axis). */
   bias?: Float32Array;
   /** Quantize the varying operand in the graph (input `x` + parameters `p`) instead of feeding candidates. */
@@ -69,7 +83,10 @@ function paramWidth(q: CandidateQuantizer): number {
 function emitCandidates(g: Graph, q: CandidateQuantizer, varDims: number[]): string {
   const rank = varDims.length;
   const width = paramWidth(q);
-  const shape = width > 1 ? [-1, ...Array(rank - 1).fill(1), width] : [-1, ...Array(rank).fill(1)];
+  const axis = q.kind === "uniform" && q.axis !== undefined ? q.axis : rank - 1;
+  const shape = width > 1
+    ? [-1, ...Array.from({ length: rank }, (_, i) => (i === axis ? width : 1))]
+    : [-1, ...Array(rank).fill(1)];
   const p = g.addNode("Reshape", ["p", i64(g, "pshape", shape)]);
   const c = (name: string, v: number) => g.constFloat(name, v);
   if (q.kind === "uniform") {
@@ -128,23 +145,40 @@ export function scoringGraph(p: ScoreProblem): Graph {
   let score: string;
   if (p.metric === "cosine") {
     const last = i64(g, "last", [-1]);
-    const dot = g.addNode("ReduceSum", [g.addNode("Mul", [y, "o"]), last], {
+    let yo = y, oo = "o", rowAxes = all.slice(0, -1);
+    const groups = p.cosineGroups ?? 1;
+    if (groups > 1) {
+      const cols = p.oDims[p.oDims.length - 1];
+      if (cols % groups !== 0) {
+        throw new Error(`cosineGroups ${groups} do not divide ${cols} columns`);
+      }
+      const split = [...p.oDims.slice(0, -1), groups, cols / groups];
+      yo = g.addNode("Reshape", [y, i64(g, "ysplit", [-1, ...split])]);
+      oo = g.addNode("Reshape", ["o", i64(g, "osplit", split)]);
+      rowAxes = all.slice(0, -1); // [K, rows..., G] after the cosine: reduce rows, keep G
+    } else if (p.keepAxis !== undefined) {
+      rowAxes = rowAxes.filter((a) => a !== p.keepAxis! + 1);
+    }
+    const dot = g.addNode("ReduceSum", [g.addNode("Mul", [yo, oo]), last], {
       attributes: [{ name: "keepdims", type: 2, i: 0 }],
     });
-    const ny = g.addNode("ReduceSum", [g.addNode("Mul", [y, y]), last], {
+    const ny = g.addNode("ReduceSum", [g.addNode("Mul", [yo, yo]), last], {
       attributes: [{ name: "keepdims", type: 2, i: 0 }],
     });
-    const no = g.addNode("ReduceSum", [g.addNode("Mul", ["o", "o"]), last], {
+    const no = g.addNode("ReduceSum", [g.addNode("Mul", [oo, oo]), last], {
       attributes: [{ name: "keepdims", type: 2, i: 0 }],
     });
     const den = g.addNode("Sqrt", [
       g.addNode("Add", [g.addNode("Mul", [ny, no]), g.constFloat("eps", 1e-20)]),
     ]);
     const cos = g.addNode("Div", [dot, den]);
-    const rows = all.slice(0, -1);
-    const mean = rows.length
+    const mean = rowAxes.length
       ? g.addNode("ReduceMean", [cos], {
-        attributes: [{ name: "axes", type: 7, ints: rows }, { name: "keepdims", type: 2, i: 0 }],
+        attributes: [{ name: "axes", type: 7, ints: rowAxes }, {
+          name: "keepdims",
+          type: 2,
+          i: 0,
+        }],
       })
       : cos;
     score = g.addNode("Neg", [mean]);
@@ -152,7 +186,11 @@ export function scoringGraph(p: ScoreProblem): Graph {
     let d = g.addNode("Sub", [y, "o"]);
     if (p.metric === "hessian") d = g.addNode("Mul", [d, "g"]);
     const e = g.addNode("Mul", [d, d]);
-    const axes = p.perColumn ? all.slice(0, -1) : all;
+    const axes = p.perColumn
+      ? all.slice(0, -1)
+      : p.keepAxis !== undefined
+      ? all.filter((a) => a !== p.keepAxis! + 1)
+      : all;
     score = axes.length
       ? g.addNode("ReduceSum", [e, i64(g, "axes", axes)], {
         attributes: [{ name: "keepdims", type: 2, i: 0 }],
@@ -191,7 +229,8 @@ export class CandidateScorer {
    * Score `count` candidates (`make(k)` gives candidate k, with the varying
    * operand's dims; only one chunk is held at a time) against the fixed operand,
    * the FP output `o` and, for the hessian metric, the gradient `g`. Returns K
-   * scores, or K x columns when `perColumn`.
+   * scores, or K x columns when `perColumn` (K x groups / K x the kept axis with
+   * `cosineGroups` / `keepAxis`).
    */
   async score(
     count: number,
