@@ -17,7 +17,7 @@ import { faultPoint } from "../core/fault.ts";
 import { evaluate, nonFiniteMessage } from "./evaluate.ts";
 import { measureSpeed, type Speed } from "./speed.ts";
 import type { ResultRow, Store } from "./store.ts";
-import { Progress } from "./progress.ts";
+import { Progress, storedEstimates } from "./progress.ts";
 import { envInfo } from "./env.ts";
 import { type DatasetSplit, IMAGENET_LAYOUT, openDataset } from "../datasets/dataset.ts";
 import { describeRule, drawCalibration, hashIds, selectSubset } from "../datasets/subset.ts";
@@ -263,7 +263,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
   );
   const stored = opts.force ? new Set<string>() : await store.storedCells();
   const todo = plan.cells.filter((c) => !stored.has(c.id));
-  const progress = new Progress(todo.length, opts.quiet);
+  const progress = new Progress(todo.length, opts.quiet, await storedEstimates(store, todo));
   if (plan.cells.length > todo.length) {
     progress.log(
       `${
@@ -314,7 +314,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
       const method = METHODS[cell.method];
       const tag =
         `${cell.label} ${pm.model.name} W${cell.bits.w}A${cell.bits.a} seed ${cell.calibSeed}`;
-      progress.start(tag);
+      progress.start(tag, cell.id);
       await store.putIdSet(
         cell.calibHash,
         "calibration",
@@ -381,6 +381,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
           modelHash: pm.sha,
           calibHash: cell.calibHash,
           log: (m) => progress.log(`  ${m}`),
+          step: (m) => progress.step(m),
         });
         const calibSeconds = (performance.now() - t0) / 1000;
         const bytes = q.graph.toBytes();

@@ -2,7 +2,8 @@
  * `deno task bench <manifest.json> [--db FILE] [--force] [--backend node|wasm] [--quiet]`
  *
  * Runs every cell of a manifest not stored yet, stores results in DuckDB, writes
- * the tables under results/tables/<name>/ and prints them.
+ * the tables under results/tables/<name>/ and prints them, and writes the HTML
+ * report (`bench/report.ts`) to results/report/<name>.html (`--report DIR`).
  *
  * @module
  */
@@ -12,9 +13,10 @@ import { loadManifest } from "../bench/manifest.ts";
 import { planBench, runPlan } from "../bench/runner.ts";
 import { DEFAULT_DB, Store } from "../bench/store.ts";
 import { gatherTable, writeTables } from "../bench/tables.ts";
+import { REPORT_DIR, writeReport } from "../bench/report.ts";
 
 const USAGE =
-  "usage: deno task bench <manifest.json> [--db results/vitq.duckdb] [--force] [--backend node|wasm] [--tables DIR] [--quiet]";
+  "usage: deno task bench <manifest.json> [--db results/vitq.duckdb] [--force] [--backend node|wasm] [--tables DIR] [--report DIR] [--quiet]";
 
 await runCli(async () => {
   let parsed;
@@ -27,6 +29,7 @@ await runCli(async () => {
         force: { type: "boolean", default: false },
         backend: { type: "string" },
         tables: { type: "string", default: "results/tables" },
+        report: { type: "string", default: REPORT_DIR },
         quiet: { type: "boolean", default: false },
         help: { type: "boolean", default: false },
       },
@@ -60,6 +63,8 @@ await runCli(async () => {
     const data = await gatherTable(store, manifest.name, summary.cells.map((c) => c.id));
     const md = await writeTables(data, `${values.tables}/${manifest.name}`);
     console.log(md);
+    const cellIds = summary.cells.map((c) => c.id);
+    console.log(`report: ${await writeReport(store, manifest.name, values.report!, { cellIds })}`);
     console.log(
       `cells: ${summary.ran} run, ${summary.skipped} already stored, ${summary.failed} failed; results in ${values.db}, tables in ${values.tables}/${manifest.name}/`,
     );

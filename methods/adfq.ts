@@ -645,6 +645,7 @@ export async function runAdfq(
   await fpCache.plan();
   setup += (performance.now() - t00) / 1000;
   for (const [ui, unit] of units.entries()) {
+    ctx.step?.(`${unit.id} unit ${ui + 1}/${units.length}: ${o.iters} steps`);
     const t0 = performance.now();
     const st = unitState(ctx, unit, o);
     const outs = outsOf(unit);

@@ -434,6 +434,7 @@ async function searchLinear(
   try {
     for (let r = 0; r < o.rounds; r++) {
       ctx.step?.(`${site.id} round ${r + 1}/${o.rounds}`);
+      ctx.step?.(`${site.id} round ${r + 1}/${o.rounds}`);
       const xq = act ? quantAct(p.x, act, ab, o.variant) : p.x;
       if (decomposes || perGroupCos) {
         const scores = await wScorer.scoreQuantized(
@@ -605,6 +606,7 @@ async function searchMatmul(
   });
   try {
     for (let r = 0; r < o.rounds; r++) {
+      ctx.step?.(`${site.id} round ${r + 1}/${o.rounds}`);
       ctx.step?.(`${site.id} round ${r + 1}/${o.rounds}`);
       if (twin) {
         const partner = o.softmaxPartner === "fp" ? B.data : quantOperand(B, b, ab, o.variant);

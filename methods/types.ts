@@ -39,6 +39,11 @@ export interface QuantContext {
   /** Hash of the calibration image ids (the runner's `calib_hash`); differs between calibration sets. */
   calibHash: string;
   log: (msg: string) => void;
+  /**
+   * Show the current step of a long method (e.g. `b7.fc1 round 2/3`) on the
+   * progress line; transient, not logged. Absent outside a bench run.
+   */
+  step?: (msg: string) => void;
 }
 
 /** One quantized tensor of one site: what was quantized and how well. */
