@@ -5,14 +5,16 @@
  *
  * @module
  */
-import type { Graph } from "../core/onnx/graph.ts";
-import type { Runtime } from "../core/runtime/runtime.ts";
+import { Graph } from "../core/onnx/graph.ts";
+import type { Runtime, Session } from "../core/runtime/runtime.ts";
 import { Rng } from "../core/rng.ts";
 
 /** Measured speed of one graph. */
 export interface Speed {
   /** Images per second at `batch`, from the median batch time. */
   ips: number;
+  /** Images per second at `batch` from the 90th-percentile (slow) batch time. */
+  ipsP90?: number;
   /** Batch-1 latency, median over repetitions (ms). */
   latMedMs: number;
   /** Batch-1 latency, 90th percentile (ms). */
@@ -37,35 +39,88 @@ export async function measureSpeed(
   shape: readonly number[],
   opts: { batch: number; repetitions: number; warmup: number },
 ): Promise<Speed> {
-  const session = await runtime.createSession(graph, "speed graph");
-  const input = session.inputNames[0];
-  const per = shape.reduce((a, b) => a * b, 1);
-  const rng = new Rng(1234);
-  const make = (n: number) => {
-    const d = new Float32Array(n * per);
-    for (let i = 0; i < d.length; i++) d[i] = rng.next() * 2 - 1;
-    return { data: d, dims: [n, ...shape] };
-  };
-  const timeRuns = async (feed: { data: Float32Array; dims: number[] }) => {
-    for (let i = 0; i < opts.warmup; i++) await session.run({ [input]: feed });
-    const times: number[] = [];
-    for (let i = 0; i < opts.repetitions; i++) {
-      const t0 = performance.now();
-      await session.run({ [input]: feed });
-      times.push(performance.now() - t0);
-    }
-    return times;
-  };
+  return (await measureInterleaved(runtime, [graph], shape, opts))[0];
+}
+
+/**
+ * Time several graphs side by side: every graph gets its warm-up runs, then the
+ * repetitions go round-robin (graph order rotated each round), first at `batch`,
+ * then at batch 1. A load change during the measurement lands on every graph
+ * alike, so their ratio is measured, not two figures taken minutes apart.
+ */
+export async function measureInterleaved(
+  runtime: Runtime,
+  graphs: (Graph | Uint8Array)[],
+  shape: readonly number[],
+  opts: { batch: number; repetitions: number; warmup: number },
+): Promise<Speed[]> {
+  const sessions: Session[] = [];
   try {
-    const big = await timeRuns(make(opts.batch));
-    const one = await timeRuns(make(1));
-    return {
-      ips: opts.batch / (quantile(big, 0.5) / 1000),
-      latMedMs: quantile(one, 0.5),
-      latP90Ms: quantile(one, 0.9),
-      ...opts,
+    for (const g of graphs) sessions.push(await runtime.createSession(g, "speed graph"));
+    const per = shape.reduce((a, b) => a * b, 1);
+    const rng = new Rng(1234);
+    const make = (n: number) => {
+      const d = new Float32Array(n * per);
+      for (let i = 0; i < d.length; i++) d[i] = rng.next() * 2 - 1;
+      return { data: d, dims: [n, ...shape] };
     };
+    const timeRounds = async (feed: { data: Float32Array; dims: number[] }) => {
+      for (const s of sessions) {
+        for (let i = 0; i < opts.warmup; i++) await s.run({ [s.inputNames[0]]: feed });
+      }
+      const times: number[][] = sessions.map(() => []);
+      for (let r = 0; r < opts.repetitions; r++) {
+        for (let k = 0; k < sessions.length; k++) {
+          const j = (k + r) % sessions.length;
+          const s = sessions[j];
+          const t0 = performance.now();
+          await s.run({ [s.inputNames[0]]: feed });
+          times[j].push(performance.now() - t0);
+        }
+      }
+      return times;
+    };
+    const big = await timeRounds(make(opts.batch));
+    const one = await timeRounds(make(1));
+    return sessions.map((_, j) => ({
+      ips: opts.batch / (quantile(big[j], 0.5) / 1000),
+      ipsP90: opts.batch / (quantile(big[j], 0.9) / 1000),
+      latMedMs: quantile(one[j], 0.5),
+      latP90Ms: quantile(one[j], 0.9),
+      ...opts,
+    }));
   } finally {
-    await session.release();
+    for (const s of sessions) await s.release();
   }
+}
+
+/**
+ * The operators of a graph after ONNX Runtime's optimizations, counted by type
+ * (for example `MatMulIntegerToFloat: 48`): which fused integer kernels run.
+ * Empty on the wasm backend, which cannot write its optimized graph.
+ */
+export async function fusedOps(
+  runtime: Runtime,
+  bytes: Uint8Array,
+): Promise<Record<string, number>> {
+  if (runtime.backend !== "node") return {};
+  const dir = await Deno.makeTempDir({ prefix: "vitq-opt-" });
+  try {
+    const path = `${dir}/optimized.onnx`;
+    const s = await runtime.createSession(bytes, "optimized graph", { optimizedModelPath: path });
+    await s.release();
+    const g = Graph.fromBytes(await Deno.readFile(path), path);
+    const counts: Record<string, number> = {};
+    for (const n of g.nodes) counts[n.opType] = (counts[n.opType] ?? 0) + 1;
+    return counts;
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** The fused integer kernels among {@link fusedOps}' counts, as `Op xN, ...` (sorted). */
+export function integerKernels(counts: Record<string, number>): string {
+  const integer = /Integer|^QLinear|^QGemm|^QAttention|NBits|^DynamicQuantize/;
+  return Object.entries(counts).filter(([op]) => integer.test(op)).sort()
+    .map(([op, n]) => `${op} x${n}`).join(", ");
 }

@@ -17,6 +17,7 @@
 import { type Graph, type Node, Tensor } from "../onnx/graph.ts";
 import type { Site } from "../onnx/sites.ts";
 import { emitFakeQuant, fakeQuant, sqnrDb, type UniformQuantizer } from "./uniform.ts";
+import { emitQdqActivation, emitQdqWeight, qdqable } from "./deploy.ts";
 
 /** Quantize the weight of a linear site. */
 export interface WeightPlan {
@@ -105,17 +106,40 @@ export function applyPlan(
   graph: Graph,
   weights: WeightPlan[],
   acts: ActPlan[],
-  opts: { inPlace?: boolean } = {},
+  opts: { inPlace?: boolean; deploy?: boolean } = {},
+): { graph: Graph; weights: AppliedWeight[]; deploy?: Graph } {
+  // the deploy graph first: in-place application overwrites the FP weights it reads
+  const deploy = opts.deploy ? build(graph.clone(), weights, acts, "qdq").graph : undefined;
+  return {
+    ...build(opts.inPlace ? graph : graph.clone(), weights, acts, "fake", opts.inPlace),
+    deploy,
+  };
+}
+
+/**
+ * Apply a plan to `g` (edited). `mode` "fake": weights stored dequantized, activations as
+ * float fake-quant subgraphs; "qdq": uniform quantizers as integer codes with
+ * QuantizeLinear/DequantizeLinear (`deploy.ts`), the others as in "fake".
+ */
+function build(
+  g: Graph,
+  weights: WeightPlan[],
+  acts: ActPlan[],
+  mode: "fake" | "qdq",
+  inPlace = false,
 ): { graph: Graph; weights: AppliedWeight[] } {
-  const g = opts.inPlace ? graph : graph.clone();
   const nodeByName = new Map(g.nodes.map((n) => [n.name, n]));
   const applied: AppliedWeight[] = [];
   for (const w of weights) {
     const n = nodeByName.get(w.site.node)!;
     const { data, dims } = siteWeight(g, w.site);
+    if (mode === "qdq" && qdqable(w.q)) {
+      n.inputs[1] = emitQdqWeight(g, data, dims, w.q, `${w.site.id}_w`);
+      continue;
+    }
     const wq = fakeQuant(data, dims, w.q);
     applied.push({ site: w.site, sqnrDb: sqnrDb(data, wq) });
-    if (opts.inPlace) {
+    if (inPlace) {
       g.initializers.get(w.site.weight!)!.raw.set(new Uint8Array(wq.buffer));
       continue;
     }
@@ -151,7 +175,11 @@ export function applyPlan(
   }
   acts.forEach((a, i) => {
     const emit = (input: string, prefix: string) =>
-      a.emit ? a.emit(g, input, prefix) : emitFakeQuant(g, input, a.q!, prefix, a.rank);
+      a.emit
+        ? a.emit(g, input, prefix)
+        : mode === "qdq" && qdqable(a.q!)
+        ? emitQdqActivation(g, input, a.q!, prefix, a.rank)
+        : emitFakeQuant(g, input, a.q!, prefix, a.rank);
     const targets = resolved[i];
     if (targets === undefined) {
       const n = nodeByName.get(a.site!.node)!;

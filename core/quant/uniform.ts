@@ -98,6 +98,30 @@ export function fakeQuant(x: Float32Array, dims: number[], q: UniformQuantizer):
 }
 
 /**
+ * TypeScript reference of the integer codes behind {@link fakeQuant}:
+ * `clamp(round_half_even(x / Δ) + z, qmin, qmax)` per element, so that
+ * `(code - z) * Δ` equals `fakeQuant(x)` bit for bit (tested). Deploy graphs
+ * store weights as these codes.
+ */
+export function quantCodes(x: Float32Array, dims: number[], q: UniformQuantizer): Int32Array {
+  const { qmin, qmax } = qRange(q.bits, q.signed);
+  const out = new Int32Array(x.length);
+  const perTensor = q.axis === undefined || q.scale.length === 1;
+  const inner = perTensor ? x.length : dims.slice(q.axis! + 1).reduce((a, b) => a * b, 1);
+  const ch = perTensor ? 1 : dims[q.axis!];
+  for (let start = 0, c = 0; start < x.length; start += inner, c = (c + 1) % ch) {
+    const s = q.scale[c], z = q.zeroPoint[c];
+    for (let i = start; i < start + inner; i++) {
+      let r = roundHalfEven(Math.fround(x[i] / s)) + z;
+      if (r < qmin) r = qmin;
+      else if (r > qmax) r = qmax;
+      out[i] = r;
+    }
+  }
+  return out;
+}
+
+/**
  * Emit the fake-quant subgraph for value `input` into `g` and return the name of
  * its output. `rank` is the input's rank (needed for per-channel broadcasting).
  */

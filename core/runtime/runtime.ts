@@ -37,6 +37,11 @@ export interface SessionOptions {
    * reuses the arena's chunks instead.
    */
   memPattern?: boolean;
+  /**
+   * Write the graph as ONNX Runtime optimized it (fused kernels) to this path
+   * (node backend; the wasm backend ignores it).
+   */
+  optimizedModelPath?: string;
 }
 
 /** A configured ONNX Runtime. */
@@ -75,6 +80,10 @@ class OrtRuntime implements Runtime {
       graphOptimizationLevel: "all",
     };
     if (options.memPattern === false) opts.enableMemPattern = false;
+    if (options.optimizedModelPath && this.backend === "node") {
+      opts.optimizedModelFilePath = options.optimizedModelPath;
+      opts.logSeverityLevel = 3; // ORT warns that the file holds machine-specific fusions
+    }
     if (this.backend === "node") {
       opts.intraOpNumThreads = this.threads;
       opts.interOpNumThreads = 1;

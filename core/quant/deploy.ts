@@ -1,0 +1,202 @@
+/**
+ * Deployable graphs: the same quantization plan as the fake-quant graph, written
+ * as standard ONNX QDQ (QuantizeLinear / DequantizeLinear) that ONNX Runtime
+ * fuses into integer kernels (MatMulIntegerToFloat, QLinearMatMul, QGemm,
+ * QLinearConv, ...).
+ *
+ * - A uniform weight quantizer becomes an int8 (signed) or uint8 (unsigned)
+ *   initializer of its integer codes ({@link quantCodes}) and a
+ *   DequantizeLinear with the step(s) and zero point(s), per tensor or along
+ *   the quantizer's axis. 2- to 8-bit codes live in 8-bit containers (packed
+ *   4-bit `int4` needs opset 21, which the shipped opset-13/17 graphs cannot
+ *   simply declare: their ReduceMean and other ops changed form in opset 18).
+ * - A uniform activation quantizer becomes QuantizeLinear -> DequantizeLinear;
+ *   when its integer range is narrower than the container (k < 8 bits, or a
+ *   zero point that shifts it), the input is first clipped to the range's float
+ *   bounds `(qmin - z)·Δ .. (qmax - z)·Δ`, which gives the same codes as
+ *   clipping after rounding.
+ * - Any other quantizer (twin uniform, log2 / log-√2, per-patch outlier,
+ *   two-scaled, ...) keeps its float fake-quant emission: the deploy graph then
+ *   computes that site in float. {@link integerCoverage} says which sites run
+ *   integer kernels and their share of the multiply-accumulates.
+ *
+ * @module
+ */
+import { DataType, type Graph, makeAttr, Tensor } from "../onnx/graph.ts";
+import type { Site } from "../onnx/sites.ts";
+import { qRange, quantCodes, type UniformQuantizer } from "./uniform.ts";
+
+/** What a deploy graph built by `applyPlan(..., { deploy: true })` computes and stores. */
+export const QDQ_KIND =
+  "QDQ: uniform quantizers as int8/uint8 codes with QuantizeLinear/DequantizeLinear (ONNX Runtime fuses them into integer kernels); other quantizers as float fake-quant";
+
+/** Can `q` be written as QuantizeLinear/DequantizeLinear with an 8-bit container? */
+export function qdqable(q: UniformQuantizer): boolean {
+  return q.bits >= 2 && q.bits <= 8 && q.zeroPoint.every((z) => Number.isInteger(z));
+}
+
+function container(q: UniformQuantizer): { type: number; lo: number; hi: number } {
+  return q.signed
+    ? { type: DataType.INT8, lo: -128, hi: 127 }
+    : { type: DataType.UINT8, lo: 0, hi: 255 };
+}
+
+function codesTensor(name: string, dims: number[], codes: ArrayLike<number>, type: number): Tensor {
+  const bytes = type === DataType.INT8
+    ? new Uint8Array(Int8Array.from(codes).buffer)
+    : Uint8Array.from(codes);
+  return new Tensor(name, type, dims, bytes);
+}
+
+function zeroPoints(g: Graph, prefix: string, q: UniformQuantizer, type: number): string {
+  const dims = q.zeroPoint.length > 1 ? [q.zeroPoint.length] : [];
+  return g.setInitializer(
+    codesTensor(g.uniqueName(`${prefix}_zp`), dims, Array.from(q.zeroPoint), type),
+  );
+}
+
+function axisAttr(q: UniformQuantizer) {
+  return q.axis !== undefined && q.scale.length > 1 ? [makeAttr("axis", q.axis)] : [];
+}
+
+/**
+ * Replace the float weight `x` (shape `dims`) by int8/uint8 codes and a
+ * DequantizeLinear; returns the dequantized value's name.
+ */
+export function emitQdqWeight(
+  g: Graph,
+  x: Float32Array,
+  dims: number[],
+  q: UniformQuantizer,
+  prefix: string,
+): string {
+  const c = container(q);
+  const codes = g.setInitializer(
+    codesTensor(g.uniqueName(`${prefix}_codes`), dims, quantCodes(x, dims, q), c.type),
+  );
+  const scaleDims = q.scale.length > 1 ? [q.scale.length] : [];
+  const s = g.constFloat(`${prefix}_scale`, q.scale, scaleDims);
+  return g.addNode("DequantizeLinear", [codes, s, zeroPoints(g, prefix, q, c.type)], {
+    attributes: axisAttr(q),
+  });
+}
+
+/**
+ * Emit QuantizeLinear -> DequantizeLinear for activation `input` (rank `rank`
+ * for per-channel quantizers); returns the dequantized value's name. The values
+ * equal {@link emitFakeQuant}'s (tested on the shipped models).
+ */
+export function emitQdqActivation(
+  g: Graph,
+  input: string,
+  q: UniformQuantizer,
+  prefix: string,
+  rank?: number,
+): string {
+  const c = container(q);
+  const { qmin, qmax } = qRange(q.bits, q.signed);
+  const perChannel = q.axis !== undefined && q.scale.length > 1;
+  const scaleDims = perChannel ? [q.scale.length] : [];
+  const s = g.constFloat(`${prefix}_scale`, q.scale, scaleDims);
+  const zp = zeroPoints(g, prefix, q, c.type);
+  let x = input;
+  // codes are clamped to [qmin, qmax] after adding z, QuantizeLinear saturates to the container
+  if (qmin !== c.lo || qmax !== c.hi) {
+    const lo = q.scale.map((s, i) => Math.fround((qmin - q.zeroPoint[i]) * s));
+    const hi = q.scale.map((s, i) => Math.fround((qmax - q.zeroPoint[i]) * s));
+    if (!perChannel) {
+      x = g.addNode("Clip", [
+        x,
+        g.constFloat(`${prefix}_lo`, lo[0]),
+        g.constFloat(`${prefix}_hi`, hi[0]),
+      ]);
+    } else {
+      if (rank === undefined) {
+        throw new Error(`emitQdqActivation ${prefix}: per-channel needs the rank`);
+      }
+      const bd = Array.from({ length: rank }, (_, i) => (i === q.axis ? q.scale.length : 1));
+      x = g.addNode("Max", [x, g.constFloat(`${prefix}_lo`, lo, bd)]);
+      x = g.addNode("Min", [x, g.constFloat(`${prefix}_hi`, hi, bd)]);
+    }
+  }
+  const attrs = axisAttr(q);
+  const codes = g.addNode("QuantizeLinear", [x, s, zp], { attributes: attrs });
+  return g.addNode("DequantizeLinear", [codes, s, zp], { attributes: attrs });
+}
+
+/** Which quantized sites of a deploy graph run integer kernels, and their share of the MACs. */
+export interface IntegerCoverage {
+  /** Site ids whose matmul/conv reads only dequantized integer codes. */
+  integerSites: string[];
+  /** Linear and matmul site ids that compute in float in the deploy graph. */
+  floatSites: string[];
+  /** Multiply-accumulates per image of the integer sites and of all linear/matmul sites. */
+  integerMacs: number;
+  totalMacs: number;
+}
+
+/** The values whose shapes {@link integerCoverage} needs: each linear/matmul node's output and second operand. */
+export function coverageValues(fp: Graph, sites: Site[]): string[] {
+  const byName = new Map(fp.nodes.map((n) => [n.name, n]));
+  const out = new Set<string>();
+  for (const site of sites) {
+    if (site.kind !== "linear" && site.kind !== "matmul") continue;
+    const n = byName.get(site.node);
+    if (!n) continue;
+    out.add(n.outputs[0]);
+    if (!fp.initializers.has(n.inputs[1])) out.add(n.inputs[1]);
+  }
+  return [...out];
+}
+
+/**
+ * Integer coverage of a deploy graph. `dims` gives the shapes of
+ * {@link coverageValues} on one image (from a capture run of the FP graph).
+ */
+export function integerCoverage(
+  fp: Graph,
+  deploy: Graph,
+  sites: Site[],
+  dims: Map<string, number[]>,
+): IntegerCoverage {
+  const producer = new Map<string, string>();
+  for (const n of deploy.nodes) for (const o of n.outputs) producer.set(o, n.opType);
+  const fpNodes = new Map(fp.nodes.map((n) => [n.name, n]));
+  const depNodes = new Map(deploy.nodes.map((n) => [n.name, n]));
+  const out: IntegerCoverage = { integerSites: [], floatSites: [], integerMacs: 0, totalMacs: 0 };
+  for (const site of sites) {
+    if (site.kind !== "linear" && site.kind !== "matmul") continue;
+    const f = fpNodes.get(site.node), n = depNodes.get(site.node);
+    if (!f || !n) continue;
+    const transB = f.attributes.find((x) => x.name === "transB")?.i;
+    const macs = siteMacs(
+      f.opType,
+      dims.get(f.outputs[0]),
+      fp.initializers.get(f.inputs[1])?.dims ?? dims.get(f.inputs[1]),
+      Number(transB ?? 0) === 1,
+    );
+    out.totalMacs += macs;
+    const integer = producer.get(n.inputs[0]) === "DequantizeLinear" &&
+      producer.get(n.inputs[1]) === "DequantizeLinear";
+    if (integer) {
+      out.integerSites.push(site.id);
+      out.integerMacs += macs;
+    } else out.floatSites.push(site.id);
+  }
+  return out;
+}
+
+/** MACs of one MatMul/Gemm/Conv from its output shape and its second operand's shape. */
+function siteMacs(
+  op: string,
+  outDims: number[] | undefined,
+  wDims: number[] | undefined,
+  transB: boolean,
+): number {
+  if (!outDims || !wDims) return 0;
+  const outN = outDims.reduce((x, y) => x * y, 1);
+  if (op === "Conv") return outN * wDims.slice(1).reduce((x, y) => x * y, 1);
+  // MatMul [.., M, K] x [.., K, N]; Gemm B is [K, N], or [N, K] with transB
+  const k = op === "Gemm" && transB ? wDims[1] : wDims[wDims.length - 2];
+  return outN * k;
+}

@@ -1,0 +1,150 @@
+import assert from "node:assert/strict";
+import { Graph } from "../core/onnx/graph.ts";
+import { findSites } from "../core/onnx/sites.ts";
+import { fakeQuant, qRange, quantCodes, type UniformQuantizer } from "../core/quant/uniform.ts";
+import { coverageValues, emitQdqActivation, integerCoverage } from "../core/quant/deploy.ts";
+import { emitFakeQuant } from "../core/quant/uniform.ts";
+import { captureGraph } from "../core/runtime/runtime.ts";
+import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
+import { makeSource } from "../datasets/source.ts";
+import { minmax } from "../methods/baselines.ts";
+import type { QuantContext } from "../methods/types.ts";
+import { contextKeys, randomData, ROOT, runtime } from "./helpers.ts";
+import { fusedOps } from "../bench/speed.ts";
+
+function quantizers(): { name: string; q: UniformQuantizer }[] {
+  const out: { name: string; q: UniformQuantizer }[] = [];
+  for (const bits of [2, 3, 4, 5, 6, 8]) {
+    out.push({
+      name: `W${bits} signed per-tensor`,
+      q: { bits, signed: true, scale: Float32Array.of(0.037), zeroPoint: Float32Array.of(0) },
+    });
+    const { qmax } = qRange(bits, false);
+    out.push({
+      name: `W${bits} unsigned zp per-channel`,
+      q: {
+        bits,
+        signed: false,
+        scale: Float32Array.of(0.05, 0.011, 0.3),
+        zeroPoint: Float32Array.of(Math.floor(qmax / 2), 1, 0),
+        axis: 1,
+      },
+    });
+  }
+  return out;
+}
+
+Deno.test("deploy: integer codes reproduce fakeQuant bit for bit ((code - z) * step)", () => {
+  const x = randomData(3 * 3 * 50, 7, 6);
+  for (const { name, q } of quantizers()) {
+    const dims = [3, 3, 50];
+    const codes = quantCodes(x, dims, q);
+    const fq = fakeQuant(x, dims, q);
+    const { qmin, qmax } = qRange(q.bits, q.signed);
+    const inner = 50;
+    for (let i = 0; i < x.length; i++) {
+      const c = q.scale.length > 1 ? Math.floor(i / inner) % 3 : 0;
+      assert.ok(codes[i] >= qmin && codes[i] <= qmax, name);
+      assert.equal(Math.fround((codes[i] - q.zeroPoint[c]) * q.scale[c]), fq[i], `${name} [${i}]`);
+    }
+  }
+});
+
+Deno.test("deploy: QuantizeLinear/DequantizeLinear equals the fake-quant subgraph in ONNX Runtime", async () => {
+  const rt = await runtime();
+  const dims = [4, 3, 64];
+  // values on and between the grid, ties, far outside the range
+  const x = randomData(dims.reduce((a, b) => a * b), 11, 8);
+  for (let i = 0; i < 64; i++) x[i] = (i - 32) * 0.0185;
+  for (const { name, q } of quantizers()) {
+    const g = Graph.create(17);
+    g.addInput("x", dims);
+    const a = emitFakeQuant(g, "x", q, "fq", 3);
+    const b = emitQdqActivation(g, "x", q, "qdq", 3);
+    g.addOutput(a);
+    g.addOutput(b);
+    const s = await rt.createSession(g);
+    const out = await s.run({ x: { data: x, dims } });
+    await s.release();
+    // equal values (QuantizeLinear gives +0 where the fake-quant Mul gives -0)
+    const plain = (d: Float32Array) => Array.from(d, (v) => (v === 0 ? 0 : v));
+    assert.deepEqual(plain(out[b].data), plain(out[a].data), name);
+  }
+});
+
+async function shippedCtx(bits: { w: number; a: number }): Promise<QuantContext> {
+  const graph = await Graph.load(`${ROOT}models/vit_fmnist.onnx`);
+  const card = JSON.parse(await Deno.readTextFile(`${ROOT}models/vit_fmnist.json`));
+  const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
+  return {
+    graph,
+    sites: findSites(graph),
+    calib: makeSource(train, Array.from({ length: 32 }, (_, i) => i), card),
+    bits,
+    runtime: await runtime(),
+    options: { ...minmax.defaults },
+    batchSize: 32,
+    ...(await contextKeys(graph, "train 0..31")),
+    seed: 0,
+    log: () => {},
+  } as QuantContext;
+}
+
+Deno.test({
+  name:
+    "deploy: minmax on the shipped ViT gives a QDQ graph whose Top-1 matches the fake-quant graph, with integer kernels on every linear and attention matmul",
+  sanitizeResources: false,
+  fn: async () => {
+    const rt = await runtime();
+    const card = JSON.parse(await Deno.readTextFile(`${ROOT}models/vit_fmnist.json`));
+    const test = await loadFashionMnist(SHIPPED_FMNIST, "test");
+    const n = 1000;
+    const src = makeSource(test, Array.from({ length: n }, (_, i) => i), card);
+    const images = await src.slice(0, n);
+    const labels = Array.from({ length: n }, (_, i) => test.labels[i]);
+    const top1 = async (g: Graph) => {
+      const s = await rt.createSession(g);
+      let ok = 0;
+      for (let i = 0; i < n; i += 100) {
+        const out = await s.run({
+          [s.inputNames[0]]: {
+            data: images.subarray(i * 784, (i + 100) * 784),
+            dims: [100, 1, 28, 28],
+          },
+        });
+        const y = out[s.outputNames[0]].data;
+        for (let j = 0; j < 100; j++) {
+          const row = y.subarray(j * 10, j * 10 + 10);
+          let best = 0;
+          for (let c = 1; c < 10; c++) if (row[c] > row[best]) best = c;
+          if (best === labels[i + j]) ok++;
+        }
+      }
+      await s.release();
+      return (100 * ok) / n;
+    };
+    for (const bits of [{ w: 8, a: 8 }, { w: 4, a: 4 }]) {
+      const c = await shippedCtx(bits);
+      const q = await minmax.quantize(c);
+      assert.ok(q.deployable, "minmax returns a deployable graph");
+      const [fake, dep] = [await top1(q.graph), await top1(q.deployable.graph)];
+      console.log(`W${bits.w}A${bits.a}: fake-quant ${fake.toFixed(1)}, deploy ${dep.toFixed(1)}`);
+      // the same codes: identical up to float summation order in the integer kernels
+      assert.ok(Math.abs(fake - dep) <= (bits.w === 8 ? 0.1 : 0.5), `${fake} vs ${dep}`);
+      // coverage: every linear and attention matmul but the patch embedding (its input, the image, is FP)
+      const sites = c.sites;
+      const cap = await rt.createSession(captureGraph(c.graph, coverageValues(c.graph, sites)));
+      const out = await cap.run({ input: { data: images.subarray(0, 784), dims: [1, 1, 28, 28] } });
+      await cap.release();
+      const dims = new Map(Object.entries(out).map(([k, v]) => [k, v.dims]));
+      const cov = integerCoverage(c.graph, q.deployable.graph, sites, dims);
+      assert.deepEqual(cov.floatSites, ["patch_embed"]);
+      assert.ok(cov.integerMacs / cov.totalMacs > 0.8, `${cov.integerMacs} / ${cov.totalMacs}`);
+      const fused = await fusedOps(rt, q.deployable.graph.toBytes());
+      assert.ok(
+        (fused.MatMulIntegerToFloat ?? 0) + (fused.QLinearMatMul ?? 0) + (fused.QGemm ?? 0) > 0,
+        JSON.stringify(fused),
+      );
+    }
+  },
+});
