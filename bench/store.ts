@@ -35,6 +35,12 @@ create table if not exists fp_baselines (
   ips double, lat_med_ms double, lat_p90_ms double, batch_size integer, threads integer,
   fp_cell varchar, run_id varchar, created_at timestamp,
   primary key (model_sha, eval_hash, backend));
+create table if not exists outlier_stats (
+  model varchar, model_sha varchar, dataset varchar, calib_hash varchar, calib_size integer,
+  calib_seed integer, calib_split varchar, site varchar, role varchar, block integer,
+  value varchar, channels integer, max_range double, max_channel integer, median_range double,
+  range_ratio double, abs_max double, tau double, above bigint, n bigint, share_above double,
+  created_at timestamp, primary key (model_sha, calib_hash, site));
 create table if not exists results (
   cell_id varchar primary key, run_id varchar, manifest_name varchar,
   method varchar, label varchar, options varchar, paper varchar, approximations varchar,
@@ -149,6 +155,33 @@ export interface FpRow {
   threads: number;
   fp_cell: string;
   run_id: string;
+}
+
+/** Outlier statistics of one linear layer's input on a calibration set (`deno task outliers`). */
+export interface OutlierStatsRow {
+  model: string;
+  model_sha: string;
+  dataset: string;
+  calib_hash: string;
+  calib_size: number;
+  calib_seed: number;
+  calib_split: string;
+  site: string;
+  role: string;
+  block: number;
+  value: string;
+  channels: number;
+  max_range: number;
+  max_channel: number;
+  median_range: number;
+  /** max_range / median_range. */
+  range_ratio: number;
+  abs_max: number;
+  tau: number;
+  above: number;
+  n: number;
+  /** above / n. */
+  share_above: number;
 }
 
 /** Per-image predictions of one cell (or of an FP32 baseline). */
@@ -504,6 +537,25 @@ export class Store {
       );
       await this.insert("fp_baselines", { ...row, created_at: new Date().toISOString() });
       await this.putPredictions(row.fp_cell, preds);
+    });
+  }
+
+  /**
+   * Store outlier statistics (one row per site), replacing earlier rows of the
+   * same model file and calibration set.
+   */
+  async putOutlierStats(rows: OutlierStatsRow[]): Promise<void> {
+    await this.transaction(async () => {
+      for (const k of new Set(rows.map((r) => `${r.model_sha}\n${r.calib_hash}`))) {
+        const [sha, calib] = k.split("\n");
+        await this.exec(`delete from outlier_stats where model_sha = $1 and calib_hash = $2`, [
+          sha,
+          calib,
+        ]);
+      }
+      for (const r of rows) {
+        await this.insert("outlier_stats", { ...r, created_at: new Date().toISOString() });
+      }
     });
   }
 

@@ -374,3 +374,83 @@ export async function compareLogits(
   }
   return { n: images.length, maxRelative, top1Differs };
 }
+
+/** Outlier statistics of one linear layer's input over a set of images. */
+export interface SiteOutlierStats {
+  /** Linear site id (`b0.qkv`, `head`, ...). */
+  site: string;
+  /** Its role (`qkv`, `proj`, `fc1`, `fc2`, `reduction`, `head`). */
+  role: string;
+  /** Its block (-1 outside blocks). */
+  block: number;
+  /** The input value measured. */
+  value: string;
+  /** Channels (last axis). */
+  channels: number;
+  /** Largest channel range (max - min). */
+  maxRange: number;
+  /** The channel holding it. */
+  maxChannel: number;
+  /** Median channel range. */
+  medianRange: number;
+  /** maxRange / medianRange. */
+  ratio: number;
+  /** Largest |x|. */
+  absMax: number;
+  /** Threshold τ. */
+  tau: number;
+  /** Values with |x| > τ. */
+  above: number;
+  /** Values seen. */
+  count: number;
+}
+
+/**
+ * Per linear layer input (every linear site but the patch embedding, whose
+ * input is the image): the ratio of the largest channel range to the median
+ * channel range and the share of values above `tau`, over `images`.
+ */
+export async function siteOutlierStats(
+  runtime: Runtime,
+  g: Graph,
+  sites: Site[],
+  images: ImageSource,
+  batchSize: number,
+  tau: number,
+): Promise<SiteOutlierStats[]> {
+  const lin = sites.filter((s) => s.kind === "linear" && s.role !== "patch_embed" && s.input);
+  const stats = await collectChannelStats(
+    runtime,
+    g,
+    lin.map((s) => s.input!),
+    images,
+    batchSize,
+    tau,
+  );
+  return lin.map((s) => {
+    const st = stats.get(s.input!)!;
+    const r = channelRanges(st);
+    let maxChannel = 0;
+    for (let c = 1; c < r.length; c++) if (r[c] > r[maxChannel]) maxChannel = c;
+    const medianRange = median(r);
+    let absMax = 0;
+    for (let c = 0; c < r.length; c++) {
+      absMax = Math.max(absMax, Math.abs(st.min[c]), Math.abs(st.max[c]));
+    }
+    return {
+      site: s.id,
+      role: s.role,
+      block: s.block,
+      value: s.input!,
+      channels: st.channels,
+      maxRange: r[maxChannel],
+      maxChannel,
+      medianRange,
+      ratio: r[maxChannel] / medianRange,
+      absMax,
+      tau,
+      above: st.above,
+      count: st.count,
+    };
+  });
+}
