@@ -1,0 +1,187 @@
+/**
+ * The deploy stage of a cell: when a method returns a deployable graph beside
+ * its fake-quant graph, evaluate it on the same images (its Top-1 is stored
+ * beside the fake-quant Top-1, so agreement is checked, not assumed), find which
+ * sites run integer kernels and their share of the multiply-accumulates, list
+ * the fused integer operators ONNX Runtime actually ran, and time FP32,
+ * fake-quant and deploy graphs interleaved in one loop. Optionally save the
+ * deploy graph (or the fake-quant one where none exists) with a model card.
+ *
+ * @module
+ */
+import type { Graph } from "../core/onnx/graph.ts";
+import type { Site } from "../core/onnx/sites.ts";
+import { captureGraph, type Runtime } from "../core/runtime/runtime.ts";
+import { coverageValues, integerCoverage } from "../core/quant/deploy.ts";
+import type { ModelCard } from "../core/models.ts";
+import type { LabelledSource } from "../datasets/source.ts";
+import type { QuantizedModel } from "../methods/types.ts";
+import { type EvalResult, evaluate } from "./evaluate.ts";
+import { fusedOps, integerKernels, measureInterleaved, type Speed } from "./speed.ts";
+
+/** Result columns the deploy stage fills (see `bench/store.ts`). */
+export interface DeployFields {
+  deploy_top1: number | null;
+  deploy_correct: number | null;
+  deploy_kind: string | null;
+  deploy_bytes: number | null;
+  deploy_ips: number | null;
+  deploy_lat_med_ms: number | null;
+  deploy_lat_p90_ms: number | null;
+  int_sites: string | null;
+  int_mac_share: number | null;
+  fused_ops: string | null;
+  saved_path: string | null;
+}
+
+/** Speeds of one cell's graphs, timed side by side. */
+export interface CellSpeeds {
+  fp: Speed;
+  fake: Speed;
+  deploy?: Speed;
+}
+
+/** Value shapes per FP model, keyed by the model's SHA-256 (shapes do not depend on anything else). */
+const shapeCache = new Map<string, Map<string, number[]>>();
+
+/** Shapes of the values the coverage needs, from one capture run of the FP graph (cached per model). */
+async function coverageDims(
+  runtime: Runtime,
+  sha: string,
+  fp: Graph,
+  sites: Site[],
+  src: LabelledSource,
+): Promise<Map<string, number[]>> {
+  const hit = shapeCache.get(sha);
+  if (hit) return hit;
+  const s = await runtime.createSession(captureGraph(fp, coverageValues(fp, sites)), "capture");
+  try {
+    const x = await src.slice(0, 1);
+    const out = await s.run({ [s.inputNames[0]]: { data: x, dims: [1, ...src.shape] } });
+    const dims = new Map(Object.entries(out).map(([k, v]) => [k, v.dims]));
+    shapeCache.set(sha, dims);
+    return dims;
+  } finally {
+    await s.release();
+  }
+}
+
+/** Everything the deploy stage needs of a cell. */
+export interface DeployInput {
+  runtime: Runtime;
+  fp: { graph: Graph; bytes: Uint8Array; sites: Site[]; sha: string };
+  q: QuantizedModel;
+  fakeBytes: Uint8Array;
+  evalSrc: LabelledSource;
+  batchSize: number;
+  /** Speed settings; absent: no timing. */
+  speed?: { batch: number; repetitions: number; warmup: number };
+}
+
+/** Evaluate, inspect and time the deployable graph of a cell. */
+export async function deployStage(
+  inp: DeployInput,
+): Promise<{ fields: DeployFields; eval?: EvalResult; speeds?: CellSpeeds }> {
+  const fields: DeployFields = {
+    deploy_top1: null,
+    deploy_correct: null,
+    deploy_kind: null,
+    deploy_bytes: null,
+    deploy_ips: null,
+    deploy_lat_med_ms: null,
+    deploy_lat_p90_ms: null,
+    int_sites: null,
+    int_mac_share: null,
+    fused_ops: null,
+    saved_path: null,
+  };
+  const d = inp.q.deployable;
+  let depBytes: Uint8Array | undefined;
+  let ev: EvalResult | undefined;
+  if (d) {
+    depBytes = d.graph.toBytes();
+    ev = await evaluate(inp.runtime, depBytes, inp.evalSrc, inp.batchSize);
+    const cov = integerCoverage(
+      inp.fp.graph,
+      d.graph,
+      inp.fp.sites,
+      await coverageDims(inp.runtime, inp.fp.sha, inp.fp.graph, inp.fp.sites, inp.evalSrc),
+    );
+    Object.assign(fields, {
+      deploy_top1: ev.top1,
+      deploy_correct: ev.correct,
+      deploy_kind: d.kind,
+      deploy_bytes: depBytes.length,
+      int_sites: cov.integerSites.join(","),
+      int_mac_share: cov.totalMacs > 0 ? cov.integerMacs / cov.totalMacs : null,
+      fused_ops: integerKernels(await fusedOps(inp.runtime, depBytes)) || "none",
+    });
+  }
+  let speeds: CellSpeeds | undefined;
+  if (inp.speed) {
+    const graphs = [inp.fp.bytes, inp.fakeBytes, ...(depBytes ? [depBytes] : [])];
+    const [fp, fake, deploy] = await measureInterleaved(
+      inp.runtime,
+      graphs,
+      inp.evalSrc.shape,
+      inp.speed,
+    );
+    speeds = { fp, fake, deploy };
+    if (deploy) {
+      fields.deploy_ips = deploy.ips;
+      fields.deploy_lat_med_ms = deploy.latMedMs;
+      fields.deploy_lat_p90_ms = deploy.latP90Ms;
+    }
+  }
+  return { fields, eval: ev, speeds };
+}
+
+/** What a saved model's card adds to the FP model's card. */
+export interface SavedCard extends ModelCard {
+  quantized: {
+    cell_id: string;
+    manifest: string;
+    method: string;
+    label: string;
+    options: Record<string, unknown>;
+    bits: { w: number; a: number };
+    calib_seed: number;
+    calib_hash: string;
+    eval_hash: string;
+    dataset: Record<string, unknown>;
+    calibration: Record<string, unknown>;
+    graph: string;
+    top1: number;
+    deploy_top1: number | null;
+    source_model: string;
+    source_sha256: string;
+  };
+}
+
+/**
+ * Save a cell's model under `dir`: the deploy graph where one exists, else the
+ * fake-quant graph, as `<cell id>.onnx` with `<cell id>.json` (the FP model's
+ * card plus a `quantized` section). Returns the ONNX path and its size.
+ */
+export async function saveCellModel(
+  dir: string,
+  bytes: Uint8Array,
+  card: ModelCard,
+  quantized: SavedCard["quantized"],
+): Promise<{ path: string; bytes: number }> {
+  await Deno.mkdir(dir, { recursive: true });
+  const base = `${dir}/${quantized.cell_id}`;
+  const saved: SavedCard = {
+    ...card,
+    name:
+      `${card.name}-${quantized.label}-w${quantized.bits.w}a${quantized.bits.a}-s${quantized.calib_seed}`,
+    file: `${quantized.cell_id}.onnx`,
+    quantized,
+  };
+  // write both under temporary names, then rename: a reader never sees half a model
+  await Deno.writeFile(`${base}.onnx.tmp`, bytes);
+  await Deno.writeTextFile(`${base}.json.tmp`, JSON.stringify(saved, null, 2) + "\n");
+  await Deno.rename(`${base}.onnx.tmp`, `${base}.onnx`);
+  await Deno.rename(`${base}.json.tmp`, `${base}.json`);
+  return { path: `${base}.onnx`, bytes: bytes.length };
+}

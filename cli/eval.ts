@@ -1,0 +1,109 @@
+/**
+ * `deno task eval FILE.onnx [--dataset fashion-mnist|imagenet] [--path DIR] [--split S]
+ * [--first N] [--batch N] [--backend node|wasm]`
+ *
+ * Evaluates any ONNX model with a model card beside it (`FILE.json`), for
+ * example one saved by `deno task bench ... --save`: by default on the
+ * evaluation set the card records (`quantized.dataset`), where it compares the
+ * Top-1 with the stored one and exits 1 if they differ. `--dataset`, `--path`,
+ * `--split` and `--first N` (N images per class) choose another set.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { runCli, VitqError } from "../core/errors.ts";
+import { createRuntime } from "../core/runtime/runtime.ts";
+import { prepareBench } from "../bench/prepare.ts";
+import { evaluate } from "../bench/evaluate.ts";
+import type { SavedCard } from "../bench/deploy.ts";
+
+const USAGE =
+  "usage: deno task eval FILE.onnx [--dataset fashion-mnist|imagenet] [--path DIR] [--split test|val|train] [--first N] [--batch N] [--backend node|wasm]";
+
+await runCli(async () => {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: Deno.args,
+      allowPositionals: true,
+      options: {
+        dataset: { type: "string" },
+        path: { type: "string" },
+        split: { type: "string" },
+        first: { type: "string" },
+        batch: { type: "string", default: "100" },
+        backend: { type: "string", default: "node" },
+        help: { type: "boolean", default: false },
+      },
+    });
+  } catch (e) {
+    throw new VitqError(`${(e as Error).message}; ${USAGE}`);
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    console.log(USAGE);
+    return;
+  }
+  if (positionals.length !== 1 || !positionals[0].endsWith(".onnx")) throw new VitqError(USAGE);
+  const file = positionals[0];
+  const cardPath = file.replace(/\.onnx$/, ".json");
+  let card: Partial<SavedCard>;
+  try {
+    card = JSON.parse(await Deno.readTextFile(cardPath));
+  } catch (e) {
+    throw new VitqError(
+      `${cardPath}: cannot read the model card (${(e as Error).message.split("\n")[0]})`,
+    );
+  }
+  const q = card.quantized;
+  const override = values.dataset !== undefined || values.path !== undefined ||
+    values.split !== undefined || values.first !== undefined;
+  const dataset: Record<string, unknown> = override || !q
+    ? {
+      name: values.dataset ?? (q?.dataset?.name as string) ?? card.dataset ?? "fashion-mnist",
+      ...(values.path ? { path: values.path } : {}),
+      split: values.split ?? "test",
+      subset: values.first ? { rule: "first", perClass: Number(values.first) } : { rule: "all" },
+    }
+    : q.dataset;
+  const calibration = q?.calibration
+    ? { ...q.calibration, size: 1, seeds: [q.calib_seed] }
+    : { size: 1, seeds: [0], split: dataset.name === "imagenet" ? "val" : "train" };
+  const manifest = {
+    name: "eval",
+    models: [await Deno.realPath(file)],
+    methods: ["minmax"],
+    bits: [{ w: 8, a: 8 }],
+    dataset,
+    calibration,
+    batchSize: Number(values.batch),
+    threads: 2,
+    speed: { enabled: false },
+  };
+  const dir = await Deno.makeTempDir({ prefix: "vitq-eval-" });
+  try {
+    const mpath = `${dir}/eval.json`;
+    await Deno.writeTextFile(mpath, JSON.stringify(manifest));
+    const backend = values.backend === "wasm" ? "wasm" : "node";
+    const { plan } = await prepareBench(mpath, { backend });
+    const pm = plan.models[0];
+    const src = await plan.evalSplit.source(plan.evalIndices, pm.model.card);
+    const runtime = await createRuntime(backend, plan.manifest.threads);
+    const ev = await evaluate(runtime, pm.bytes, src, plan.manifest.batchSize);
+    console.log(
+      `${file}: Top-1 ${ev.top1.toFixed(2)} (${ev.correct}/${ev.n}), Top-5 ${ev.top5.toFixed(2)}`,
+    );
+    if (q && !override) {
+      const stored = q.deploy_top1 ?? q.top1;
+      const same = Math.abs(stored - ev.top1) < 1e-9;
+      console.log(
+        `stored Top-1 of cell ${q.cell_id} (${q.label} W${q.bits.w}A${q.bits.a}, ${q.manifest}): ${
+          stored.toFixed(2)
+        }: ${same ? "reproduced" : "DIFFERS"}`,
+      );
+      if (!same) Deno.exitCode = 1;
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
