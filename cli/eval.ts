@@ -13,7 +13,11 @@
 import { parseArgs } from "node:util";
 import { runCli, VitqError } from "../core/errors.ts";
 import { createRuntime } from "../core/runtime/runtime.ts";
-import { prepareBench } from "../bench/prepare.ts";
+import { checkCard } from "../bench/prepare.ts";
+import { normalizeManifest } from "../bench/manifest.ts";
+import { fromRoot, resolveModel } from "../core/models.ts";
+import { openDataset } from "../datasets/dataset.ts";
+import { selectSubset } from "../datasets/subset.ts";
 import { evaluate } from "../bench/evaluate.ts";
 import type { SavedCard } from "../bench/deploy.ts";
 
@@ -80,16 +84,24 @@ await runCli(async () => {
     threads: 2,
     speed: { enabled: false },
   };
-  const dir = await Deno.makeTempDir({ prefix: "vitq-eval-" });
-  try {
-    const mpath = `${dir}/eval.json`;
-    await Deno.writeTextFile(mpath, JSON.stringify(manifest));
+  // the dataset as a manifest would name it (validated the same way); no site finding:
+  // a saved deploy graph need not look like an FP transformer
+  const m = await normalizeManifest(manifest, `${cardPath}: quantized`);
+  const { data, evalIndices } = await openDataset(
+    { ...m.dataset, path: m.dataset.path ? fromRoot(m.dataset.path) : undefined },
+    m.calibration,
+    (labels) => selectSubset(labels, m.dataset.subset),
+    cardPath,
+  );
+  const model = await resolveModel(await Deno.realPath(file), USAGE);
+  checkCard(model.card, cardPath);
+  data.evalSplit.checkModel(model.card, model.name);
+  const bytes = await Deno.readFile(model.path);
+  {
     const backend = values.backend === "wasm" ? "wasm" : "node";
-    const { plan } = await prepareBench(mpath, { backend });
-    const pm = plan.models[0];
-    const src = await plan.evalSplit.source(plan.evalIndices, pm.model.card);
-    const runtime = await createRuntime(backend, plan.manifest.threads);
-    const ev = await evaluate(runtime, pm.bytes, src, plan.manifest.batchSize);
+    const src = await data.evalSplit.source(evalIndices, model.card);
+    const runtime = await createRuntime(backend, m.threads);
+    const ev = await evaluate(runtime, bytes, src, m.batchSize);
     console.log(
       `${file}: Top-1 ${ev.top1.toFixed(2)} (${ev.correct}/${ev.n}), Top-5 ${ev.top5.toFixed(2)}`,
     );
@@ -103,7 +115,5 @@ await runCli(async () => {
       );
       if (!same) Deno.exitCode = 1;
     }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
   }
 });

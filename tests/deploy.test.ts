@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { DuckDBInstance } from "@duckdb/node-api";
 import { Graph } from "../core/onnx/graph.ts";
 import { findSites } from "../core/onnx/sites.ts";
 import { fakeQuant, qRange, quantCodes, type UniformQuantizer } from "../core/quant/uniform.ts";
@@ -9,7 +10,7 @@ import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { minmax } from "../methods/baselines.ts";
 import type { QuantContext } from "../methods/types.ts";
-import { contextKeys, randomData, ROOT, runtime } from "./helpers.ts";
+import { cli, contextKeys, randomData, ROOT, runtime, tmpDir, writeManifest } from "./helpers.ts";
 import { fusedOps } from "../bench/speed.ts";
 
 function quantizers(): { name: string; q: UniformQuantizer }[] {
@@ -145,6 +146,63 @@ Deno.test({
         (fused.MatMulIntegerToFloat ?? 0) + (fused.QLinearMatMul ?? 0) + (fused.QGemm ?? 0) > 0,
         JSON.stringify(fused),
       );
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "deploy: bench stores the deploy Top-1 beside the fake-quant one, --save writes the model with a card, eval reproduces it",
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = await tmpDir();
+    try {
+      const man = await writeManifest(dir, {
+        name: "deploytest",
+        models: ["vit_fmnist"],
+        methods: ["minmax"],
+        bits: [{ w: 8, a: 8 }],
+        dataset: { name: "fashion-mnist", split: "test", subset: { rule: "first", perClass: 20 } },
+        calibration: { size: 16, seeds: [0], split: "train" },
+        batchSize: 100,
+        threads: 2,
+        speed: { repetitions: 2, warmup: 1 },
+      });
+      const r = await cli("bench", [
+        man,
+        "--db",
+        `${dir}/d.duckdb`,
+        "--tables",
+        `${dir}/t`,
+        "--report",
+        `${dir}/r`,
+        "--save",
+        "--save-dir",
+        `${dir}/models`,
+        "--quiet",
+      ]);
+      assert.equal(r.code, 0, r.stderr);
+      const inst = await DuckDBInstance.create(`${dir}/d.duckdb`, { access_mode: "READ_ONLY" });
+      const conn = await inst.connect();
+      const row = (await conn.runAndReadAll(
+        "select top1, deploy_top1, deploy_ips, fp_ips, int_mac_share, fused_ops, saved_path, deploy_bytes from results",
+      )).getRowObjectsJS()[0] as Record<string, number & string>;
+      conn.closeSync();
+      inst.closeSync();
+      assert.equal(row.deploy_top1, row.top1);
+      assert.ok(row.deploy_ips > 0 && row.fp_ips > 0);
+      assert.ok(row.int_mac_share > 0.9, String(row.int_mac_share));
+      assert.match(row.fused_ops, /MatMulIntegerToFloat|QLinearMatMul/);
+      const fpBytes = (await Deno.stat(`${ROOT}models/vit_fmnist.onnx`)).size;
+      assert.ok(Number(row.deploy_bytes) < 0.45 * fpBytes, `${row.deploy_bytes} vs ${fpBytes}`);
+      const card = JSON.parse(await Deno.readTextFile(row.saved_path.replace(/\.onnx$/, ".json")));
+      assert.equal(card.quantized.method, "minmax");
+      assert.equal(card.input.channels, 1);
+      const e = await cli("eval", [row.saved_path]);
+      assert.equal(e.code, 0, e.stderr);
+      assert.match(e.stdout, /reproduced/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
   },
 });
