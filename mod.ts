@@ -49,6 +49,15 @@ export {
   writeTables,
 } from "./bench/tables.ts";
 export type { TableData, TableEntry } from "./bench/tables.ts";
+export {
+  gatherReport,
+  markdownToHtml,
+  renderReport,
+  renderSvg,
+  reportCharts,
+  writeReport,
+} from "./bench/report.ts";
+export type { Chart, ReportData, ReportOptions } from "./bench/report.ts";
 export { VitqError } from "./core/errors.ts";
 export { Rng } from "./core/rng.ts";
 export {

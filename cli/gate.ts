@@ -1,9 +1,10 @@
 /**
- * `deno task gate [manifest.json] [--expected results/tables/<name>/top1.csv]`
+ * `deno task gate [manifest.json] [--expected results/tables/<name>/top1.csv] [--keep FILE]`
  *
  * The reproducibility gate: runs a manifest from scratch into a temporary
  * database and fails, naming the cell, when any Top-1 differs from the committed
- * table by more than one evaluation image.
+ * table by more than one evaluation image. `--keep FILE` keeps that database
+ * (CI keeps results/ci.duckdb for the notebook, notebooks/explore.ipynb).
  *
  * @module
  */
@@ -35,7 +36,11 @@ await runCli(async () => {
   const { values, positionals } = parseArgs({
     args: Deno.args,
     allowPositionals: true,
-    options: { expected: { type: "string" }, write: { type: "boolean", default: false } },
+    options: {
+      expected: { type: "string" },
+      write: { type: "boolean", default: false },
+      keep: { type: "string" },
+    },
   });
   const path = positionals[0] ?? "experiments/ci.json";
   const { manifest, text } = await loadManifest(path);
@@ -44,6 +49,7 @@ await runCli(async () => {
   const dir = await Deno.makeTempDir({ prefix: "vitq-gate-" });
   const store = await Store.open(`${dir}/gate.duckdb`);
   let csv: string;
+  let ran = false;
   try {
     const s = await runPlan(plan, store, {
       manifestPath: path,
@@ -53,8 +59,18 @@ await runCli(async () => {
     });
     if (s.failed) throw new VitqError(`gate: ${s.failed} cells of ${path} failed`, 1);
     csv = renderCsv(await gatherTable(store, manifest.name, s.cells.map((c) => c.id)));
+    ran = true;
   } finally {
     store.close();
+    if (ran && values.keep) {
+      const keep = values.keep;
+      if (keep.includes("/")) {
+        await Deno.mkdir(keep.slice(0, keep.lastIndexOf("/")), { recursive: true });
+      }
+      await Deno.copyFile(`${dir}/gate.duckdb`, keep);
+      await Deno.remove(`${keep}.wal`).catch(() => {});
+      console.log(`gate: database kept in ${keep}`);
+    }
     await Deno.remove(dir, { recursive: true });
   }
   if (values.write) {

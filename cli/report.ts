@@ -48,7 +48,7 @@ await runCli(async () => {
   } catch {
     throw new VitqError(`--db ${values.db}: no such database; run deno task bench first`);
   }
-  const store = await Store.open(values.db!);
+  const store = await Store.open(values.db!, { readOnly: true });
   try {
     const stored = (await store.query(
       `select distinct manifest_name from results where status = 'ok' order by 1`,
