@@ -9,6 +9,7 @@ import { VitqError } from "../core/errors.ts";
 import { fromRoot } from "../core/models.ts";
 import type { SubsetRule } from "../datasets/subset.ts";
 import { METHODS } from "../methods/registry.ts";
+import type { QuantMethod } from "../methods/types.ts";
 
 /** A method entry after normalization. */
 export interface MethodSpec {
@@ -37,17 +38,123 @@ export interface Manifest {
   speed: { repetitions: number; warmup: number; enabled: boolean };
 }
 
-let validator: ((x: unknown) => boolean) & { errors?: unknown[] | null } | undefined;
+/** A compiled ajv validator. */
+type Validator = ((x: unknown) => boolean) & { errors?: unknown[] | null };
 
-async function getValidator() {
+// deno-lint-ignore no-explicit-any
+const AjvCtor = (Ajv as any).default ?? Ajv;
+/** The one ajv instance: manifests and every method's options (`$data` for relations between options). */
+const ajv = new AjvCtor({ allErrors: false, strict: false, $data: true, verbose: true });
+let validator: Validator | undefined;
+const optionValidators = new Map<string, Validator>();
+
+/**
+ * A method entry as the validator checks it: a name, or an object whose options
+ * each method's own schema checks afterwards (so errors name method and option).
+ * The committed `experiments/schema.json` carries {@link methodItemsSchema}
+ * instead, for editors.
+ */
+const METHOD_ITEM_SCHEMA = {
+  oneOf: [
+    { type: "string", minLength: 1, maxLength: 64 },
+    {
+      type: "object",
+      additionalProperties: false,
+      required: ["name"],
+      properties: {
+        name: { type: "string", minLength: 1, maxLength: 64 },
+        label: {
+          type: "string",
+          minLength: 1,
+          maxLength: 64,
+          pattern: "^[^|\\u0000-\\u001f\\u007f]+$",
+          description:
+            "Row name in tables; defaults to the method name. No '|' or control characters (they would break the Markdown tables).",
+        },
+        options: { type: "object" },
+      },
+    },
+  ],
+};
+
+async function getValidator(): Promise<Validator> {
   if (!validator) {
     const schema = JSON.parse(await Deno.readTextFile(fromRoot("experiments/schema.json")));
-    // deno-lint-ignore no-explicit-any
-    const AjvCtor = (Ajv as any).default ?? Ajv;
-    const ajv = new AjvCtor({ allErrors: false, strict: false });
-    validator = ajv.compile(schema);
+    schema.properties.methods.items = METHOD_ITEM_SCHEMA;
+    validator = ajv.compile(schema) as Validator;
   }
-  return validator!;
+  return validator;
+}
+
+/** Drop keywords whose value is an ajv `$data` reference (editors do not know them). */
+function withoutData(x: unknown): unknown {
+  if (Array.isArray(x)) return x.map(withoutData);
+  if (!x || typeof x !== "object") return x;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(x)) {
+    if (v && typeof v === "object" && "$data" in v) continue;
+    out[k] = withoutData(v);
+  }
+  return out;
+}
+
+/**
+ * The JSON Schema of a method's options: its `optionsSchema` entries, each with
+ * the method's default, and no other option. `forEditors` drops `$data` relations.
+ */
+export function optionsSchemaOf(method: QuantMethod, forEditors = false): Record<string, unknown> {
+  const defaults = method.defaults as Record<string, unknown>;
+  const properties: Record<string, unknown> = {};
+  for (const [k, s] of Object.entries(method.optionsSchema as Record<string, object>)) {
+    const p = { ...s, ...(Object.hasOwn(defaults, k) ? { default: defaults[k] } : {}) };
+    properties[k] = forEditors ? withoutData(p) : p;
+  }
+  return { type: "object", additionalProperties: false, properties };
+}
+
+/**
+ * `methods.items` of the committed manifest schema: a method name, or an entry
+ * per registered method with its own options schema (completion in editors).
+ * `tools/gen_schema.ts` writes it into `experiments/schema.json`.
+ */
+export function methodItemsSchema(methods: Record<string, QuantMethod>): Record<string, unknown> {
+  const [name, obj] = METHOD_ITEM_SCHEMA.oneOf;
+  const names = Object.keys(methods);
+  return {
+    anyOf: [
+      { ...name, enum: names },
+      ...names.map((n) => ({
+        ...obj,
+        description: methods[n].description,
+        properties: {
+          ...obj.properties,
+          name: { const: n },
+          options: optionsSchemaOf(methods[n], true),
+        },
+      })),
+    ],
+  };
+}
+
+/**
+ * Check a method's options (defaults merged with the manifest's) against its
+ * schema: undefined when they fit, else `/option: what is wrong`.
+ */
+export function optionsError(method: QuantMethod, options: unknown): string | undefined {
+  let v = optionValidators.get(method.name);
+  if (!v) {
+    v = ajv.compile(optionsSchemaOf(method)) as Validator;
+    optionValidators.set(method.name, v);
+  }
+  if (v(options)) return undefined;
+  // deno-lint-ignore no-explicit-any
+  const e = (v.errors ?? [])[0] as any;
+  if (e?.params?.additionalProperty) return `/${e.params.additionalProperty}: unknown option`;
+  let msg = e?.message ?? "invalid";
+  if (e?.params?.allowedValues) msg += ` (${e.params.allowedValues.join(", ")})`;
+  // a relation to another option: name it (`{ $data: "1/alpha" }` -> "alpha")
+  if (e?.schema?.$data) msg += ` (${String(e.schema.$data).replace(/^\d+\//, "")})`;
+  return `${e?.instancePath || ""}: ${msg}`;
 }
 
 /** Validate and normalize a parsed manifest; `file` names it in errors. */
@@ -79,16 +186,11 @@ export async function normalizeManifest(raw: unknown, file: string): Promise<Man
         })`,
       );
     }
-    for (const k of Object.keys(spec.options ?? {})) {
-      if (!Object.hasOwn(method.defaults, k)) {
-        throw new VitqError(
-          `${file}: /methods/${i}/options/${k}: unknown option of method ${spec.name}`,
-        );
-      }
+    const options = { ...method.defaults, ...(spec.options ?? {}) } as Record<string, unknown>;
+    const bad = optionsError(method, options);
+    if (bad) {
+      throw new VitqError(`${file}: /methods/${i}/options${bad} (method ${spec.name})`);
     }
-    const options = { ...method.defaults, ...(spec.options ?? {}) };
-    const bad = method.checkOptions?.(options);
-    if (bad) throw new VitqError(`${file}: /methods/${i}/options: ${bad}`);
     return { name: spec.name, label: spec.label ?? spec.name, options };
   });
   const labels = methods.map((x) => x.label);

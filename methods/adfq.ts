@@ -57,7 +57,7 @@ import {
   type UnitReport,
   type UnitTensors,
 } from "../core/recon/train.ts";
-import type { QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+import type { OptionsSchema, QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
 import { LayerRecorder } from "./layers.ts";
 
 /** Options of ADFQ-ViT (defaults: the reference code's). */
@@ -136,58 +136,54 @@ export const ADFQ_DEFAULTS: AdfqOptions = {
   searchRescore: 4,
 };
 
-function checkOptions(o: Record<string, unknown>): string | undefined {
-  const int = (k: string, min: number) =>
-    Number.isInteger(o[k]) && (o[k] as number) >= min
-      ? undefined
-      : `${k} must be an integer >= ${min}`;
-  const pos = (k: string) =>
-    typeof o[k] === "number" && (o[k] as number) > 0 && Number.isFinite(o[k])
-      ? undefined
-      : `${k} must be a positive number`;
-  const nonneg = (k: string) =>
-    typeof o[k] === "number" && (o[k] as number) >= 0 && Number.isFinite(o[k])
-      ? undefined
-      : `${k} must be a number >= 0`;
-  const unit = (k: string) =>
-    typeof o[k] === "number" && (o[k] as number) >= 0 && (o[k] as number) <= 1
-      ? undefined
-      : `${k} must be a number in [0, 1]`;
-  const checks = [
-    int("iters", 0),
-    int("batch", 1),
-    int("initSamples", 1),
-    int("searchBins", 0),
-    int("searchRescore", 1),
-    pos("lrV"),
-    pos("lrStep"),
-    nonneg("roundWeight"),
-    pos("bStart"),
-    pos("bEnd"),
-    unit("warmup"),
-    unit("inputProb"),
-    nonneg("lambR"),
-    pos("temperature"),
-    nonneg("outlierQkv"),
-    nonneg("outlierFc1"),
-  ];
-  const bad = checks.find((c) => c !== undefined);
-  if (bad) return bad;
-  if (!["head", "token"].includes(o.attentionKlAxis as string)) {
-    return "attentionKlAxis must be head or token";
-  }
-  if (!["reference", "paper"].includes(o.shiftLog2 as string)) {
-    return "shiftLog2 must be reference or paper";
-  }
-  if (!["reference", "mean"].includes(o.recLoss as string)) {
-    return "recLoss must be reference or mean";
-  }
-  if (!["reference", "ste"].includes(o.gradients as string)) {
-    return "gradients must be reference or ste";
-  }
-  if (typeof o.firstLast8bit !== "boolean") return "firstLast8bit must be true or false";
-  return undefined;
-}
+/** JSON Schema of each option (checked by the manifest loader). */
+const ADFQ_SCHEMA: OptionsSchema<AdfqOptions> = {
+  iters: { type: "integer", minimum: 0, description: "reconstruction iterations per unit" },
+  batch: { type: "integer", minimum: 1, description: "images per reconstruction step" },
+  initSamples: {
+    type: "integer",
+    minimum: 1,
+    description: "calibration images for activation initialization",
+  },
+  lrV: { type: "number", exclusiveMinimum: 0, description: "learning rate of AdaRound's V" },
+  lrStep: { type: "number", exclusiveMinimum: 0, description: "learning rate of activation steps" },
+  roundWeight: { type: "number", minimum: 0, description: "weight of the rounding loss" },
+  bStart: { type: "number", exclusiveMinimum: 0, description: "rounding-loss b at the start" },
+  bEnd: { type: "number", exclusiveMinimum: 0, description: "rounding-loss b at the end" },
+  warmup: {
+    type: "number",
+    minimum: 0,
+    maximum: 1,
+    description: "fraction of iterations without rounding loss",
+  },
+  inputProb: { type: "number", minimum: 0, maximum: 1, description: "QDrop probability" },
+  lambR: {
+    type: "number",
+    minimum: 0,
+    description: "inverse weight of the attention KL term (0: off)",
+  },
+  temperature: { type: "number", exclusiveMinimum: 0, description: "attention KL temperature" },
+  attentionKlAxis: { enum: ["head", "token"], description: "axis of the attention KL" },
+  outlierQkv: { type: "number", minimum: 0, description: "per-patch outlier tau of qkv inputs" },
+  outlierFc1: { type: "number", minimum: 0, description: "per-patch outlier tau of fc1 inputs" },
+  shiftLog2: { enum: ["reference", "paper"], description: "Shift-Log2 variant for fc2 inputs" },
+  firstLast8bit: {
+    type: "boolean",
+    description: "patch embedding and head at 8 bits (weights and inputs)",
+  },
+  recLoss: { enum: ["reference", "mean"], description: "reconstruction loss reduction" },
+  gradients: { enum: ["reference", "ste"], description: "gradients of the quantizers" },
+  searchBins: {
+    type: "integer",
+    minimum: 0,
+    description: "histogram bins of the 2-D search (0: exact)",
+  },
+  searchRescore: {
+    type: "integer",
+    minimum: 1,
+    description: "best histogram candidates rescored exactly",
+  },
+};
 
 /** A unit with its quantizers and the order in which its activation quantizers are initialized. */
 interface UnitState {
@@ -591,8 +587,6 @@ export async function runAdfq(
   hooks: AdfqHooks = {},
 ): Promise<{ model: QuantizedModel; report: AdfqReport }> {
   const o = { ...ADFQ_DEFAULTS, ...ctx.options } as AdfqOptions;
-  const bad = checkOptions(o as unknown as Record<string, unknown>);
-  if (bad) throw new Error(`adfq: ${bad}`);
   const rt = ctx.runtime;
   const nImages = ctx.calib.length;
   const units = findUnits(ctx.graph, ctx.sites);
@@ -809,8 +803,8 @@ export const adfq: QuantMethod = {
     "per-patch outlier-aware quantizer (qkv/fc1 inputs), Shift-Log2 (fc2 input), log-sqrt2 (softmax), 2-D searched q/k/V, per-channel AdaRound weights; attention-score-enhanced module-wise reconstruction with QDrop",
   approximations: APPROX,
   defaults: { ...ADFQ_DEFAULTS },
-  checkOptions,
-  async quantize(ctx) {
+  optionsSchema: ADFQ_SCHEMA,
+  async quantize(ctx: QuantContext) {
     return (await runAdfq(ctx)).model;
   },
 };

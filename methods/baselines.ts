@@ -17,7 +17,7 @@ import type { Site } from "../core/onnx/sites.ts";
 import { type ActPlan, applyPlan, siteWeight, type WeightPlan } from "../core/quant/apply.ts";
 import { absMax, symmetric, symmetricScale } from "../core/quant/uniform.ts";
 import { activationTargets, type Scope, targetPlan } from "../core/quant/scope.ts";
-import type { QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+import { defineMethod, type QuantContext, type QuantizedModel, type QuantMethod } from "./types.ts";
 import { LayerRecorder } from "./layers.ts";
 
 /** An activation tensor quantized by the baselines: a node input slot and its value. */
@@ -44,14 +44,14 @@ export function standardActSlots(sites: Site[]): ActSlot[] {
 
 /** Shared body of the two baselines: `clip(stats)` gives each activation's clipping bound. */
 async function uniformBaseline(
-  ctx: QuantContext,
+  ctx: QuantContext<{ scope: Scope }>,
   actBound: (value: string, stats: Awaited<ReturnType<typeof collectStats>>) => number,
   minPercentile: number | undefined,
   weightBound: (w: Float32Array) => number,
 ): Promise<QuantizedModel> {
   const { bits } = ctx;
   const linears = ctx.sites.filter((s) => s.kind === "linear");
-  const slots = activationTargets(ctx.graph, ctx.sites, (ctx.options.scope ?? "linear") as Scope);
+  const slots = activationTargets(ctx.graph, ctx.sites, ctx.options.scope);
   const stats = await collectStats(
     ctx.runtime,
     ctx.graph,
@@ -98,45 +98,65 @@ function weightPercentile(w: Float32Array, p: number): number {
   return a[lo] + (a[hi] - a[lo]) * (pos - lo);
 }
 
-/** Validate the `scope` option. */
-function checkScope(o: Record<string, unknown>): string | undefined {
-  return o.scope === "linear" || o.scope === "full" ? undefined : "scope must be linear or full";
+/** The `scope` option of both baselines. */
+const SCOPE_SCHEMA = {
+  enum: ["linear", "full"],
+  description:
+    "linear: weights and inputs of linear layers and attention-matmul operands (PTQ4ViT's convention); full: also every LayerNorm input and the softmax and GELU outputs",
+};
+
+/** Options of `minmax`. */
+export interface MinmaxOptions {
+  scope: Scope;
+}
+
+/** Options of `percentile`. */
+export interface PercentileOptions {
+  /** Percentile of |x| that clips activations. */
+  percentile: number;
+  /** Percentile of |w| that clips weights (100: the maximum). */
+  weightPercentile: number;
+  scope: Scope;
 }
 
 /** MinMax: steps from the absolute maximum of each tensor over the calibration set. */
-export const minmax: QuantMethod = {
+export const minmax: QuantMethod = defineMethod<MinmaxOptions>({
   name: "minmax",
   paper: "baseline",
   description:
     "symmetric per-tensor uniform; step = max|x| / (2^(k-1)-1) for weights and calibrated activations",
   approximations: "none (baseline)",
   defaults: { scope: "linear" },
-  checkOptions: checkScope,
+  optionsSchema: { scope: SCOPE_SCHEMA },
   quantize: (ctx) => uniformBaseline(ctx, (v, st) => st.get(v)!.absMax, undefined, absMax),
-};
+});
 
 /** Percentile: activations clipped at a calibrated percentile of |x|. */
-export const percentile: QuantMethod = {
+export const percentile: QuantMethod = defineMethod<PercentileOptions>({
   name: "percentile",
   paper: "baseline",
   description:
     "symmetric per-tensor uniform; activations clipped at the p-th percentile of |x| over the calibration set, weights at the q-th percentile of |w|",
   approximations: "none (baseline)",
   defaults: { percentile: 99.99, weightPercentile: 100, scope: "linear" },
-  checkOptions(o) {
-    const bad = checkScope(o);
-    if (bad) return bad;
-    for (const k of ["percentile", "weightPercentile"]) {
-      const v = o[k];
-      if (typeof v !== "number" || !(v > 50 && v <= 100)) {
-        return `${k} must be a number in (50, 100]`;
-      }
-    }
-    return undefined;
+  optionsSchema: {
+    percentile: {
+      type: "number",
+      exclusiveMinimum: 50,
+      maximum: 100,
+      description: "percentile of |x| over the calibration set that clips each activation",
+    },
+    weightPercentile: {
+      type: "number",
+      exclusiveMinimum: 50,
+      maximum: 100,
+      description: "percentile of |w| that clips each weight tensor (100: its maximum)",
+    },
+    scope: SCOPE_SCHEMA,
   },
   quantize(ctx) {
-    const p = ctx.options.percentile as number;
-    const wp = ctx.options.weightPercentile as number;
+    const p = ctx.options.percentile;
+    const wp = ctx.options.weightPercentile;
     return uniformBaseline(
       ctx,
       (v, st) => st.get(v)!.percentile(p),
@@ -144,4 +164,4 @@ export const percentile: QuantMethod = {
       (w) => weightPercentile(w, wp),
     );
   },
-};
+});

@@ -37,7 +37,7 @@ import type { IvitVariant } from "../core/ivit/lower.ts";
 import type { NDArray } from "../core/ivit/nd.ts";
 import type { IntProgram } from "../core/ivit/program.ts";
 import { simulatedPredictions, simulateProgram } from "../core/ivit/simulate.ts";
-import type { QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+import { defineMethod, type QuantContext, type QuantizedModel, type QuantMethod } from "./types.ts";
 import { LayerRecorder } from "./layers.ts";
 
 /** TypeScript simulation of the integer graph on a batch of images. */
@@ -140,8 +140,11 @@ export async function quantizeIvit(ctx: QuantContext): Promise<IvitQuantizedMode
   };
 }
 
+/** Options of `ivit`. */
+export type IvitOptions = { variant: "reference" | "paper" };
+
 /** I-ViT behind the common method interface (not registered here; see methods/registry.ts). */
-export const ivit: QuantMethod = {
+export const ivit: QuantMethod = defineMethod<IvitOptions>({
   name: "ivit",
   paper:
     "Li & Gu, I-ViT: Integer-only Quantization for Efficient Vision Transformer Inference, ICCV 2023",
@@ -155,10 +158,12 @@ export const ivit: QuantMethod = {
     "Swin: the relative position bias and shifted-window mask, which the exporter folds into one constant, are quantized together at the attention scores' 8-bit step and added in int32 (I-ViT quantizes the bias table to 8 bits and requantizes the sum, then adds the float mask); " +
     "ShiftGELU's n drops below 23 where |x0|·2^n would overflow int32; LayerNorm eps is ignored (as in I-ViT)",
   defaults: { variant: "reference" },
-  checkOptions(o) {
-    const v = o.variant;
-    if (v !== "reference" && v !== "paper") return `variant must be "reference" or "paper"`;
-    return undefined;
+  optionsSchema: {
+    variant: {
+      enum: ["reference", "paper"],
+      description:
+        "reference: 16-bit residual stream and Shiftmax output as I-ViT's code; paper: 8-bit activations throughout",
+    },
   },
   quantize: quantizeIvit,
-};
+});

@@ -4,7 +4,9 @@
  * What is quantized follows the reference code: weights and inputs of every
  * linear layer (qkv with separate steps for its q, k and v thirds, proj, fc1, fc2,
  * head, Swin reduction; per tensor), the patch-embedding weight per output channel
- * (its input, the image, stays FP), both operands of Q·Kᵀ and A·V. The fc2 input
+ * (its input, the image, stays FP), both operands of Q·Kᵀ and A·V with one step per
+ * head (the reference's batching matmul quantizer; `matmulGranularity: "tensor"` for
+ * one step per operand; the twin softmax split stays per tensor). The fc2 input
  * (post-GELU) uses the twin uniform GELU quantizer and the softmax operand of A·V
  * the twin uniform softmax quantizer. LayerNorm, softmax and GELU computation,
  * biases and residuals stay FP.
@@ -39,7 +41,7 @@ import { type CandidateQuantizer, CandidateScorer, type Metric } from "../core/q
 import { attr } from "../core/onnx/graph.ts";
 import { outputGradients } from "../core/autodiff/gradients.ts";
 import { CellCache } from "./cache.ts";
-import type { QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+import type { OptionsSchema, QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
 import { LayerRecorder, type TensorQuant } from "./layers.ts";
 
 /** Options shared by PTQ4ViT and BasePTQ. */
@@ -97,6 +99,55 @@ const PTQ4VIT_DEFAULTS: Ptq4vitOptions = {
   groupCosine: "per-group",
 };
 
+/** JSON Schema of each option (checked by the manifest loader). */
+const PTQ4VIT_SCHEMA: OptionsSchema<Ptq4vitOptions> = {
+  metric: {
+    enum: ["hessian", "cosine", "mse"],
+    description: "layer-output metric the step search minimizes",
+  },
+  gradient: {
+    enum: ["pseudo-label", "reference"],
+    description:
+      "where the Hessian metric's dL/dO comes from: CE to the FP predictions, or the reference's KL(FP||FP)",
+  },
+  twinSoftmax: { type: "boolean", description: "twin uniform quantizer for post-softmax values" },
+  twinGelu: { type: "boolean", description: "twin uniform quantizer for post-GELU values" },
+  variant: {
+    enum: ["paper", "reference"],
+    description: "twin softmax semantics: disjoint ranges (paper) or sum of branches (reference)",
+  },
+  patchPerChannel: {
+    type: "boolean",
+    description: "per-output-channel steps for the patch-embedding weight",
+  },
+  alpha: {
+    type: "number",
+    exclusiveMinimum: 0,
+    description: "low end of the step grid (x initial step)",
+  },
+  beta: {
+    type: "number",
+    exclusiveMinimum: { $data: "1/alpha" },
+    description: "high end of the step grid (x initial step), above alpha",
+  },
+  n: { type: "integer", minimum: 1, description: "grid points" },
+  rounds: { type: "integer", minimum: 1, description: "alternating search rounds" },
+  gradBatch: { type: "integer", minimum: 1, description: "images per gradient pass" },
+  matmulGranularity: {
+    enum: ["head", "tensor"],
+    description: "attention-matmul operand steps: one per head (reference) or one per operand",
+  },
+  softmaxPartner: {
+    enum: ["fp", "quantized"],
+    description: "partner operand when scoring the post-softmax twin split",
+  },
+  groupCosine: {
+    enum: ["per-group", "sequential"],
+    description:
+      "cosine over each weight group's own columns, all at once (reference), or over whole rows, one group after the other",
+  },
+};
+
 const BASEPTQ_DEFAULTS: Ptq4vitOptions = {
   ...PTQ4VIT_DEFAULTS,
   metric: "cosine",
@@ -106,38 +157,6 @@ const BASEPTQ_DEFAULTS: Ptq4vitOptions = {
   alpha: 0.5,
   rounds: 1,
 };
-
-function checkOptions(o: Record<string, unknown>): string | undefined {
-  if (!["hessian", "cosine", "mse"].includes(o.metric as string)) {
-    return "metric must be hessian, cosine or mse";
-  }
-  if (!["pseudo-label", "reference"].includes(o.gradient as string)) {
-    return "gradient must be pseudo-label or reference";
-  }
-  if (!["paper", "reference"].includes(o.variant as string)) {
-    return "variant must be paper or reference";
-  }
-  if (!["head", "tensor"].includes(o.matmulGranularity as string)) {
-    return "matmulGranularity must be head or tensor";
-  }
-  if (!["fp", "quantized"].includes(o.softmaxPartner as string)) {
-    return "softmaxPartner must be fp or quantized";
-  }
-  if (!["per-group", "sequential"].includes(o.groupCosine as string)) {
-    return "groupCosine must be per-group or sequential";
-  }
-  for (const k of ["twinSoftmax", "twinGelu", "patchPerChannel"]) {
-    if (typeof o[k] !== "boolean") return `${k} must be true or false`;
-  }
-  const a = o.alpha as number, b = o.beta as number;
-  if (!(typeof a === "number" && typeof b === "number" && a > 0 && b > a)) {
-    return "need 0 < alpha < beta";
-  }
-  for (const k of ["n", "rounds", "gradBatch"]) {
-    if (!Number.isInteger(o[k]) || (o[k] as number) < 1) return `${k} must be a positive integer`;
-  }
-  return undefined;
-}
 
 function absMax(x: Float32Array): number {
   let m = 0;
@@ -434,7 +453,6 @@ async function searchLinear(
   try {
     for (let r = 0; r < o.rounds; r++) {
       ctx.step?.(`${site.id} round ${r + 1}/${o.rounds}`);
-      ctx.step?.(`${site.id} round ${r + 1}/${o.rounds}`);
       const xq = act ? quantAct(p.x, act, ab, o.variant) : p.x;
       if (decomposes || perGroupCos) {
         const scores = await wScorer.scoreQuantized(
@@ -606,7 +624,6 @@ async function searchMatmul(
   });
   try {
     for (let r = 0; r < o.rounds; r++) {
-      ctx.step?.(`${site.id} round ${r + 1}/${o.rounds}`);
       ctx.step?.(`${site.id} round ${r + 1}/${o.rounds}`);
       if (twin) {
         const partner = o.softmaxPartner === "fp" ? B.data : quantOperand(B, b, ab, o.variant);
@@ -823,17 +840,17 @@ async function quantizePtq4vit(ctx: QuantContext): Promise<QuantizedModel> {
 }
 
 const APPROX =
-  "parallel calibration as the reference code; default gradient is cross-entropy to the FP model's predictions (pseudo-label) because the reference's KL(FP||FP) gradient is analytically zero (option gradient: reference reproduces it); bias correction off (the reference never applies it)";
+  "parallel calibration as the reference code; per-head attention-matmul steps and the twin split scored with the FP value operand, as the reference; default gradient is cross-entropy to the FP model's predictions (pseudo-label) because the reference's KL(FP||FP) gradient is analytically zero (option gradient: reference reproduces it); bias correction off (the reference never applies it)";
 
 /** PTQ4ViT: twin uniform quantizers and Hessian-guided scaling-factor search. */
 export const ptq4vit: QuantMethod = {
   name: "ptq4vit",
   paper: "Yuan et al., PTQ4ViT, ECCV 2022 (arXiv 2111.12293)",
   description:
-    "twin uniform quantizers (post-softmax, post-GELU) and Hessian-guided per-tensor step search; qkv weight thirds and patch-embed channels get own steps",
+    "twin uniform quantizers (post-softmax, post-GELU) and Hessian-guided step search: per-tensor linear inputs and weights, own steps for the qkv weight thirds and patch-embed channels, per-head attention-matmul operands",
   approximations: APPROX,
   defaults: { ...PTQ4VIT_DEFAULTS },
-  checkOptions,
+  optionsSchema: PTQ4VIT_SCHEMA,
   quantize: quantizePtq4vit,
 };
 
@@ -842,9 +859,9 @@ export const baseptq: QuantMethod = {
   name: "baseptq",
   paper: "Yuan et al., PTQ4ViT, ECCV 2022: the paper's BasePTQ baseline",
   description:
-    "per-tensor symmetric steps searched by cosine similarity of layer outputs; no twin quantizers",
-  approximations: "parallel calibration as the reference code",
+    "symmetric steps searched by cosine similarity of layer outputs (per tensor; qkv weight thirds scored per third; attention-matmul operands per head); no twin quantizers",
+  approximations: "parallel calibration and per-head attention-matmul steps as the reference code",
   defaults: { ...BASEPTQ_DEFAULTS },
-  checkOptions,
+  optionsSchema: PTQ4VIT_SCHEMA,
   quantize: quantizePtq4vit,
 };

@@ -2,6 +2,40 @@
  * The method interface: every quantization method, baselines included, takes a
  * {@link QuantContext} and returns a {@link QuantizedModel}.
  *
+ * Adding a method is one file plus one registry line:
+ *
+ * 1. In `methods/<name>.ts`, declare the options type and export the method
+ *    through {@link defineMethod}, so `ctx.options` arrives typed:
+ *
+ *    ```ts
+ *    interface MyOptions { clip: number; scope: "linear" | "full" }
+ *    export const mine = defineMethod<MyOptions>({
+ *      name: "mine", paper: "...", description: "...", approximations: "none",
+ *      defaults: { clip: 99.9, scope: "linear" },
+ *      optionsSchema: {
+ *        clip: { type: "number", exclusiveMinimum: 50, maximum: 100, description: "..." },
+ *        scope: { enum: ["linear", "full"], description: "..." },
+ *      },
+ *      async quantize(ctx) { ... ctx.options.clip ...; return { graph, layers }; },
+ *    });
+ *    ```
+ *
+ *    `optionsSchema` is a JSON Schema fragment per option (the type checker
+ *    insists on one entry per option of `MyOptions`). The manifest loader
+ *    (bench/manifest.ts) checks the defaults merged with the manifest's options
+ *    against it with the same ajv instance that validates the manifest; an
+ *    unknown option or a bad value is a one-line error naming the manifest file,
+ *    the method and the option. Relations between options use ajv's `$data`
+ *    references (e.g. `beta: { exclusiveMinimum: { $data: "1/alpha" } }`). There is
+ *    no hand-written option check.
+ * 2. List it in `methods/registry.ts`, then run `deno run -A tools/gen_schema.ts`
+ *    so `experiments/schema.json` offers the method and its options to editors
+ *    (a test fails until the committed schema is regenerated).
+ *
+ * Build layer records with `LayerRecorder` (methods/layers.ts); share calibration
+ * data between cells through `CellCache` (methods/cache.ts), keyed by the hashes
+ * on the context.
+ *
  * @module
  */
 import type { Graph } from "../core/onnx/graph.ts";
@@ -14,8 +48,8 @@ export interface Bits {
   a: number;
 }
 
-/** Everything a method may use to quantize one model. */
-export interface QuantContext {
+/** Everything a method may use to quantize one model (`O`: its options type). */
+export interface QuantContext<O extends object = Record<string, unknown>> {
   /** The FP32 graph (do not mutate: clone it). */
   graph: Graph;
   /** Quantization sites found in `graph`. */
@@ -24,8 +58,8 @@ export interface QuantContext {
   calib: ImageSource;
   bits: Bits;
   runtime: Runtime;
-  /** Method options after merging manifest values over the method's defaults. */
-  options: Record<string, unknown>;
+  /** Method options after merging manifest values over the method's defaults (schema-checked). */
+  options: O;
   /** Batch size for calibration runs. */
   batchSize: number;
   seed: number;
@@ -99,8 +133,19 @@ export interface QuantizedModel {
   };
 }
 
-/** A quantization method behind the common interface. */
-export interface QuantMethod {
+/**
+ * JSON Schema (draft-07 keywords, as ajv checks them) of one option: `type`,
+ * `enum`, `minimum` / `exclusiveMinimum` / `maximum`, `multipleOf`, ... and a
+ * `description`, which editors show. The default comes from the method's
+ * `defaults` (the schema generator adds it).
+ */
+export type OptionSchema = Record<string, unknown>;
+
+/** One {@link OptionSchema} per option of `O`, no more and no fewer. */
+export type OptionsSchema<O extends object> = { [K in keyof O]-?: OptionSchema };
+
+/** A quantization method behind the common interface (`O`: its options type). */
+export interface QuantMethod<O extends object = object> {
   /** Registry key, e.g. "minmax". */
   name: string;
   /** Citation or "baseline". */
@@ -110,8 +155,16 @@ export interface QuantMethod {
   /** What the implementation approximates of its paper, stated in result rows. */
   approximations: string;
   /** Default options; the manifest overrides them. */
-  defaults: Record<string, unknown>;
-  /** Validate options; return an error message naming the option, or undefined. */
-  checkOptions?(options: Record<string, unknown>): string | undefined;
-  quantize(ctx: QuantContext): Promise<QuantizedModel>;
+  defaults: O;
+  /** JSON Schema fragment of each option; the manifest loader validates options with it. */
+  optionsSchema: OptionsSchema<O>;
+  quantize(ctx: QuantContext<O>): Promise<QuantizedModel>;
+}
+
+/**
+ * Declare a method with typed options and erase the type for the registry (the
+ * manifest loader guarantees `ctx.options` matches `optionsSchema`, hence `O`).
+ */
+export function defineMethod<O extends object>(m: QuantMethod<O>): QuantMethod {
+  return m as unknown as QuantMethod;
 }

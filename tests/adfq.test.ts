@@ -31,6 +31,7 @@ import {
 import { roundingSchedule } from "../core/recon/train.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
+import { optionsError } from "../bench/manifest.ts";
 import { adfq, runAdfq } from "../methods/adfq.ts";
 import type { QuantContext } from "../methods/types.ts";
 import { contextKeys, FIXTURE_CARD as card, FIXTURES, randomData, runtime } from "./helpers.ts";
@@ -409,10 +410,10 @@ for (const name of ["vit_fmnist", "deit_fmnist", "swin_fmnist"]) {
 
 Deno.test("ADFQ options are validated", () => {
   const ok = { ...adfq.defaults };
-  assert.equal(adfq.checkOptions!(ok), undefined);
-  assert.match(adfq.checkOptions!({ ...ok, iters: -1 })!, /iters/);
-  assert.match(adfq.checkOptions!({ ...ok, attentionKlAxis: "keys" })!, /attentionKlAxis/);
-  assert.match(adfq.checkOptions!({ ...ok, shiftLog2: "log" })!, /shiftLog2/);
-  assert.match(adfq.checkOptions!({ ...ok, inputProb: 2 })!, /inputProb/);
-  assert.match(adfq.checkOptions!({ ...ok, firstLast8bit: 1 })!, /firstLast8bit/);
+  assert.equal(optionsError(adfq, ok), undefined);
+  assert.match(optionsError(adfq, { ...ok, iters: -1 })!, /iters/);
+  assert.match(optionsError(adfq, { ...ok, attentionKlAxis: "keys" })!, /attentionKlAxis/);
+  assert.match(optionsError(adfq, { ...ok, shiftLog2: "log" })!, /shiftLog2/);
+  assert.match(optionsError(adfq, { ...ok, inputProb: 2 })!, /inputProb/);
+  assert.match(optionsError(adfq, { ...ok, firstLast8bit: 1 })!, /firstLast8bit/);
 });

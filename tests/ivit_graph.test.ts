@@ -37,6 +37,7 @@ import {
   simulateProgram,
   type Step,
 } from "../core/ivit/mod.ts";
+import { optionsError } from "../bench/manifest.ts";
 import { ivit, type IvitQuantizedModel, quantizeIvit } from "../methods/ivit.ts";
 import { contextKeys, FIXTURE_CARD, FIXTURES, randomData, runtime } from "./helpers.ts";
 import { checkLowerable } from "../core/ivit/lower.ts";
@@ -688,6 +689,6 @@ Deno.test("ivit: an op with no integer lowering fails before any evaluation, nam
   assert.equal(ivit.name, "ivit");
   assert.deepEqual(ivit.defaults, { variant: "reference" });
   assert.match(ivit.approximations, /QAT|quantization-aware/);
-  assert.equal(ivit.checkOptions!({ variant: "paper" }), undefined);
-  assert.match(ivit.checkOptions!({ variant: "int4" }) ?? "", /variant/);
+  assert.equal(optionsError(ivit, { variant: "paper" }), undefined);
+  assert.match(optionsError(ivit, { variant: "int4" }) ?? "", /variant/);
 });

@@ -3,6 +3,7 @@ import { Graph } from "../core/onnx/graph.ts";
 import { findSites } from "../core/onnx/sites.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
+import { optionsError } from "../bench/manifest.ts";
 import { baseptq, ptq4vit } from "../methods/ptq4vit.ts";
 import { contextKeys, FIXTURE_CARD as card, FIXTURES, randomData, runtime } from "./helpers.ts";
 import { CandidateScorer, type Metric } from "../core/quant/search.ts";
@@ -87,9 +88,9 @@ Deno.test("BasePTQ and the metric ablation run on a Swin graph", async () => {
 });
 
 Deno.test("PTQ4ViT options are validated", () => {
-  assert.equal(ptq4vit.checkOptions!({ ...ptq4vit.defaults }), undefined);
-  assert.match(ptq4vit.checkOptions!({ ...ptq4vit.defaults, metric: "l1" })!, /metric/);
-  assert.match(ptq4vit.checkOptions!({ ...ptq4vit.defaults, alpha: 2 })!, /alpha/);
+  assert.equal(optionsError(ptq4vit, { ...ptq4vit.defaults }), undefined);
+  assert.match(optionsError(ptq4vit, { ...ptq4vit.defaults, metric: "l1" })!, /metric/);
+  assert.match(optionsError(ptq4vit, { ...ptq4vit.defaults, alpha: 2 })!, /alpha/);
 });
 
 /** Direct per-head scores of Ô = A·B for [B, H, N, K] x [B, H, K, M] operands: K-candidate rows of H values. */
@@ -241,7 +242,7 @@ Deno.test("per-head matmul steps: one record per head, emitted per head (bit-exa
     [["a", "per-tensor sym"], ["b", "per-tensor sym"]],
   );
   assert.match(
-    baseptq.checkOptions!({ ...baseptq.defaults, matmulGranularity: "row" })!,
+    optionsError(baseptq, { ...baseptq.defaults, matmulGranularity: "row" })!,
     /matmulGranularity/,
   );
 });
