@@ -15,6 +15,7 @@ import { canonicalJson, sha256Hex } from "../core/hash.ts";
 import { VitqError } from "../core/errors.ts";
 import { faultPoint } from "../core/fault.ts";
 import { evaluate, nonFiniteMessage } from "./evaluate.ts";
+import { deployStage, saveCellModel } from "./deploy.ts";
 import { measureSpeed, type Speed } from "./speed.ts";
 import type { ResultRow, Store } from "./store.ts";
 import { Progress, storedEstimates } from "./progress.ts";
@@ -33,6 +34,10 @@ export interface BenchOptions {
   /** Override the manifest's backend. */
   backend?: "node" | "wasm";
   quiet?: boolean;
+  /** Save each cell's model (deploy graph, else fake-quant) with a card under `<save>/<manifest>/`. */
+  save?: string;
+  /** Extra columns of the `runs` row (a shard's record: see `bench/shard.ts`). */
+  run?: Record<string, string>;
 }
 
 /** A model prepared for the run. */
@@ -51,7 +56,7 @@ export interface Cell {
   label: string;
   options: Record<string, unknown>;
   model: string;
-  bits: { w: number; a: number };
+  bits: { w: number; a: number; mixed?: number[] };
   calibSeed: number;
   calibIds: string[];
   calibHash: string;
@@ -174,6 +179,8 @@ export async function planBench(manifest: Manifest, file: string): Promise<Plan>
     for (const pm of models) {
       for (const bits of manifest.bits) {
         for (const m of manifest.methods) {
+          // a mixed-precision entry makes cells only for methods that support it
+          if (bits.mixed && !METHODS[m.name].mixedPrecision) continue;
           const key = {
             method: m.name,
             label: m.label,
@@ -248,6 +255,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
     cores: env.cores,
     threads: manifest.threads,
     backend,
+    ...opts.run,
   });
   await store.putIdSet(
     plan.evalHash,
@@ -361,6 +369,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
         batch_size: manifest.batchSize,
         backend,
         model_bytes: null,
+        mixed: cell.bits.mixed?.join(",") ?? null,
         fp_cell: fpCell,
         status: "ok",
         error: null,
@@ -386,11 +395,49 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
         const calibSeconds = (performance.now() - t0) / 1000;
         const bytes = q.graph.toBytes();
         const ev = await evaluate(runtime, bytes, evalSrc, manifest.batchSize);
-        const sp = manifest.speed.enabled
-          ? await measureSpeed(runtime, bytes, evalSrc.shape, speedOpts(manifest))
-          : undefined;
+        // deploy graph: evaluated, inspected; FP32, fake-quant and deploy timed side by side
+        const dep = await deployStage({
+          runtime,
+          fp: { graph: pm.graph, bytes: pm.bytes, sites: pm.sites, sha: pm.sha },
+          q,
+          fakeBytes: bytes,
+          evalSrc,
+          batchSize: manifest.batchSize,
+          speed: manifest.speed.enabled ? speedOpts(manifest) : undefined,
+        });
+        const sp = dep.speeds?.fake;
+        if (opts.save) {
+          const saved = await saveCellModel(
+            `${opts.save}/${manifest.name}`,
+            q.deployable ? q.deployable.graph.toBytes() : bytes,
+            pm.model.card,
+            {
+              cell_id: cell.id,
+              manifest: manifest.name,
+              method: cell.method,
+              label: cell.label,
+              options: cell.options,
+              bits: { w: cell.bits.w, a: cell.bits.a },
+              calib_seed: cell.calibSeed,
+              calib_hash: cell.calibHash,
+              eval_hash: plan.evalHash,
+              dataset: { ...manifest.dataset },
+              calibration: { ...manifest.calibration },
+              graph: q.deployable?.kind ?? q.graphKind ?? base.timed_graph,
+              top1: ev.top1,
+              deploy_top1: dep.fields.deploy_top1,
+              source_model: pm.model.name,
+              source_sha256: pm.sha,
+            },
+          );
+          dep.fields.saved_path = saved.path;
+        }
         const row: ResultRow = {
           ...base,
+          ...dep.fields,
+          fp_ips: dep.speeds?.fp.ips ?? base.fp_ips,
+          fp_lat_med_ms: dep.speeds?.fp.latMedMs ?? base.fp_lat_med_ms,
+          fp_lat_p90_ms: dep.speeds?.fp.latP90Ms ?? base.fp_lat_p90_ms,
           top1: ev.top1,
           top5: ev.top5,
           correct: ev.correct,

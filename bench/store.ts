@@ -26,6 +26,9 @@ create table if not exists runs (
   git_commit varchar, vitq_version varchar, deno_version varchar, ort_version varchar,
   duckdb_version varchar, cpu varchar, cpu_flags varchar, cores integer, threads integer,
   backend varchar, cells_run integer, cells_skipped integer, cells_failed integer);
+alter table runs add column if not exists shard varchar;
+alter table runs add column if not exists plan_hash varchar;
+alter table runs add column if not exists plan_cells varchar;
 create table if not exists id_sets (
   hash varchar primary key, kind varchar, dataset varchar, split varchar, n integer,
   ids varchar);
@@ -53,6 +56,17 @@ create table if not exists results (
   sim_ips double, sim_lat_med_ms double, sim_lat_p90_ms double, timed_graph varchar,
   threads integer, batch_size integer, backend varchar, model_bytes bigint, fp_cell varchar,
   status varchar, error varchar, notes varchar, created_at timestamp);
+alter table results add column if not exists deploy_top1 double;
+alter table results add column if not exists deploy_correct integer;
+alter table results add column if not exists deploy_kind varchar;
+alter table results add column if not exists deploy_bytes bigint;
+alter table results add column if not exists deploy_ips double;
+alter table results add column if not exists deploy_lat_med_ms double;
+alter table results add column if not exists deploy_lat_p90_ms double;
+alter table results add column if not exists int_sites varchar;
+alter table results add column if not exists int_mac_share double;
+alter table results add column if not exists fused_ops varchar;
+alter table results add column if not exists saved_path varchar;
 create table if not exists images (
   eval_hash varchar, image_idx integer, image_id varchar, label smallint,
   primary key (eval_hash, image_idx));
@@ -88,7 +102,44 @@ create table if not exists layers (
   cell_id varchar, site varchar, kind varchar, role varchar, block integer, tensor varchar,
   bits integer, scale double, quantizer varchar, sqnr_db double);
 alter table layers add column if not exists elements bigint;
+alter table results add column if not exists mixed varchar;
+alter table results add column if not exists w_bits_avg double;
+alter table results add column if not exists a_bits_avg double;
+alter table results add column if not exists packed_bytes bigint;
 `;
+
+/**
+ * What a cell achieved, from its layer records: the size-weighted average bits
+ * of its quantized weights (weighted by element count) and of its quantized
+ * activations (weighted by elements per image), and the packed size in bytes of
+ * its quantized weights (each tensor's bits x elements, rounded up to whole
+ * bytes; FP parameters and quantizer steps are not counted). Null where the cell
+ * has no such tensor, or where a record has no element count. A single-precision
+ * cell's averages equal its bits.
+ */
+export function achievedBits(
+  layers: Pick<LayerRecord, "tensor" | "bits" | "elements">[],
+): { wBitsAvg: number | null; aBitsAvg: number | null; packedBytes: number | null } {
+  let wb = 0, we = 0, ab = 0, ae = 0, bytes = 0;
+  for (const l of layers) {
+    const n = l.elements;
+    // a record without an element count leaves the averages unknown
+    if (!(n > 0)) return { wBitsAvg: null, aBitsAvg: null, packedBytes: null };
+    if (l.tensor === "weight") {
+      wb += l.bits * n;
+      we += n;
+      bytes += Math.ceil((l.bits * n) / 8);
+    } else {
+      ab += l.bits * n;
+      ae += n;
+    }
+  }
+  return {
+    wBitsAvg: we ? wb / we : null,
+    aBitsAvg: ae ? ab / ae : null,
+    packedBytes: we ? bytes : null,
+  };
+}
 
 /** A result row as the runner writes it. */
 export interface ResultRow {
@@ -130,10 +181,28 @@ export interface ResultRow {
   batch_size: number;
   backend: string;
   model_bytes: number | null;
+  /** Mixed-precision candidates, comma-separated (`4,5,6,8`); null for single precision. */
+  mixed?: string | null;
   fp_cell: string;
   status: "ok" | "error";
   error: string | null;
   notes: string | null;
+  /** Deploy graph (QDQ) of the cell, when the method returns one: see `bench/deploy.ts`. */
+  deploy_top1?: number | null;
+  deploy_correct?: number | null;
+  deploy_kind?: string | null;
+  deploy_bytes?: number | null;
+  deploy_ips?: number | null;
+  deploy_lat_med_ms?: number | null;
+  deploy_lat_p90_ms?: number | null;
+  /** Sites whose matmul/conv runs on integer codes, comma-separated. */
+  int_sites?: string | null;
+  /** Share of the linear/matmul multiply-accumulates those sites hold. */
+  int_mac_share?: number | null;
+  /** Fused integer kernels in ONNX Runtime's optimized deploy graph (`Op xN, ...`). */
+  fused_ops?: string | null;
+  /** Where `--save` wrote the cell's model. */
+  saved_path?: string | null;
 }
 
 /** FP32 baseline of one model on one evaluation set. */
@@ -566,7 +635,14 @@ export class Store {
       await this.exec(`delete from results where cell_id = $1`, [row.cell_id]);
       if (preds) await this.putPredictions(row.cell_id, preds);
       else await this.exec(`delete from predictions where cell_id = $1`, [row.cell_id]);
-      await this.insert("results", { ...row, created_at: new Date().toISOString() });
+      const ach = achievedBits(layers);
+      await this.insert("results", {
+        ...row,
+        w_bits_avg: ach.wBitsAvg,
+        a_bits_avg: ach.aBitsAvg,
+        packed_bytes: ach.packedBytes,
+        created_at: new Date().toISOString(),
+      });
       for (const l of layers) {
         await this.insert("layers", {
           cell_id: row.cell_id,

@@ -29,6 +29,17 @@ export interface TableEntry {
   approximations: string;
   /** Which graph was timed (fake-quant or integer-only). */
   timedGraph: string;
+  /** FP32 images/s timed in the same interleaved loop as the cell's graphs (mean over seeds). */
+  fpIps?: number | null;
+  /** Deploy graph (QDQ, integer kernels) of the cell, when the method has one (means over seeds). */
+  deploy?: {
+    ips: number | null;
+    latMs: number | null;
+    top1: number;
+    bytes: number | null;
+    intMacShare: number | null;
+    fusedOps: string;
+  };
   /** Cells behind the entry (one per calibration seed), in seed order. */
   cells: { id: string; seed: number }[];
   /** Per-image correctness averaged over the entry's seeds. */
@@ -39,6 +50,13 @@ export interface TableEntry {
   tied?: boolean;
   /** The best entry of its column. */
   best?: boolean;
+  /** Achieved size-weighted average weight / activation bits (mean over seeds), when known. */
+  wAvg?: number | null;
+  aAvg?: number | null;
+  /** Packed bytes of the quantized weights (mean over seeds), when known. */
+  packedBytes?: number | null;
+  /** Mixed-precision candidates (`4,5,6,8`), absent for single precision. */
+  mixed?: string | null;
 }
 
 /** FP32 baseline per model. */
@@ -63,6 +81,13 @@ export interface TableData {
   perCell?: Map<string, Uint8Array>;
 }
 
+/** Mean of numeric values (DuckDB bigints included); null if any is missing. */
+function meanOrNull(xs: unknown[]): number | null {
+  const ns = xs.map((x) => (typeof x === "bigint" ? Number(x) : x));
+  if (ns.length === 0 || ns.some((x) => typeof x !== "number" || isNaN(x))) return null;
+  return (ns as number[]).reduce((a, b) => a + b, 0) / ns.length;
+}
+
 function meanStd(xs: number[]): [number, number] {
   const m = xs.reduce((a, b) => a + b, 0) / xs.length;
   if (xs.length < 2) return [m, 0];
@@ -83,13 +108,18 @@ export async function gatherTable(
   // them first (a resumed cell keeps the manifest name of the run that computed it)
   const cols = `cell_id, label, method, model, model_sha, w_bits, a_bits, calib_seed, top1, sim_ips,
             sim_lat_med_ms, subset_size, eval_hash, backend, dataset, split, subset_rule,
-            calib_size, calib_split, approximations, timed_graph, created_at`;
+            calib_size, calib_split, approximations, timed_graph, created_at, mixed, w_bits_avg,
+            a_bits_avg, packed_bytes, fp_ips, deploy_ips, deploy_lat_med_ms, deploy_top1,
+            deploy_bytes, int_mac_share, fused_ops`;
   let rows: Record<string, unknown>[];
   if (cellIds) {
-    const keep = new Set(cellIds);
+    // in the order of `cellIds` (a plan's order), not of storage: a run merged from shards
+    // stored its cells in another order and must give the same tables
+    const keep = new Map(cellIds.map((id, i) => [id, i]));
     rows =
       (await store.query(`select ${cols} from results where status = 'ok' order by created_at`))
-        .filter((r) => keep.has(r.cell_id as string));
+        .filter((r) => keep.has(r.cell_id as string))
+        .sort((x, y) => keep.get(x.cell_id as string)! - keep.get(y.cell_id as string)!);
   } else {
     rows = await store.query(
       `select ${cols} from results where manifest_name = $1 and status = 'ok' order by created_at`,
@@ -98,6 +128,8 @@ export async function gatherTable(
   }
   const correctness = await store.correctness(rows.map((r) => r.cell_id as string));
   const groups = new Map<string, Record<string, unknown>[]>();
+  // a mixed-precision cell is its own row: its label names the candidates
+  for (const r of rows) if (r.mixed) r.label = `${r.label} [mixed ${r.mixed}]`;
   for (const r of rows) {
     const k = `${r.label}|${r.model}|${r.w_bits}|${r.a_bits}`;
     (groups.get(k) ?? groups.set(k, []).get(k)!).push(r);
@@ -137,6 +169,19 @@ export async function gatherTable(
       timedGraph: (r0.timed_graph as string) ?? "",
       cells: g.map((r) => ({ id: r.cell_id as string, seed: r.calib_seed as number })),
       correct,
+      wAvg: meanOrNull(g.map((r) => r.w_bits_avg)),
+      aAvg: meanOrNull(g.map((r) => r.a_bits_avg)),
+      packedBytes: meanOrNull(g.map((r) => r.packed_bytes)),
+      mixed: (r0.mixed as string | null) ?? null,
+      fpIps: meanOrNull(g.map((r) => r.fp_ips)),
+      deploy: r0.deploy_top1 === null || r0.deploy_top1 === undefined ? undefined : {
+        ips: meanOrNull(g.map((r) => r.deploy_ips)),
+        latMs: meanOrNull(g.map((r) => r.deploy_lat_med_ms)),
+        top1: meanOrNull(g.map((r) => r.deploy_top1))!,
+        bytes: meanOrNull(g.map((r) => r.deploy_bytes)),
+        intMacShare: meanOrNull(g.map((r) => r.int_mac_share)),
+        fusedOps: (r0.fused_ops as string | null) ?? "",
+      },
     });
   }
   markTies(entries);
@@ -306,15 +351,50 @@ export function renderMarkdown(d: TableData): string {
     }
     out.push("", TIE_LEGEND, "");
   }
+  out.push(...renderAchievedMarkdown(d));
   return out.join("\n");
 }
 
-/** Render the speed table as Markdown lines. */
+/**
+ * Achieved size-weighted average bits (weights / activations) and packed weight
+ * size per entry, as Markdown lines; shown only when some entry is mixed precision
+ * or achieved something other than its nominal bits.
+ */
+export function renderAchievedMarkdown(d: TableData): string[] {
+  const off = (e: TableEntry) =>
+    !!e.mixed || (e.wAvg != null && Math.abs(e.wAvg - e.w) > 1e-9) ||
+    (e.aAvg != null && Math.abs(e.aAvg - e.a) > 1e-9);
+  if (!d.entries.some(off)) return [];
+  const out = [
+    "## Achieved bits: size-weighted average weight / activation bits (packed weight KiB)",
+    "",
+    "Weights are weighted by element count, activations by elements per image; the packed size counts the quantized weights at their bits (FP parameters and steps not counted). Mixed-precision rows name their candidate bit-widths; their W/A heading is the target.",
+    "",
+    `| Setting | Method | ${d.models.join(" | ")} |`,
+    `|---|---|${d.models.map(() => "---:").join("|")}|`,
+  ];
+  for (const { w, a } of d.bits) {
+    for (const label of d.labels) {
+      const cells = d.models.map((m) => {
+        const e = find(d, label, m, w, a);
+        if (!e || e.wAvg == null || e.aAvg == null) return "–";
+        const kib = e.packedBytes != null ? ` (${(e.packedBytes / 1024).toFixed(1)})` : "";
+        return `${e.wAvg.toFixed(2)} / ${e.aAvg.toFixed(2)}${kib}`;
+      });
+      if (cells.every((c) => c === "–")) continue;
+      out.push(`| W${w}A${a} | ${label} | ${cells.join(" | ")} |`);
+    }
+  }
+  out.push("");
+  return out;
+}
+
+/** Render the speed and deployment tables as Markdown lines. */
 export function renderSpeedMarkdown(d: TableData): string[] {
   const out: string[] = [
     "## Speed: images/s at the manifest's batch size (batch-1 median latency, ms) and throughput relative to FP32",
     "",
-    "Timed graphs: FP32 = the original graph; fake-quant = the method's quantize-dequantize graph in float32, which simulates quantization and is not faster than FP32; integer-only = I-ViT's deployable integer graph.",
+    "Timed graphs: FP32 = the original graph; fake-quant = the method's quantize-dequantize graph in float32, which simulates quantization and is not faster than FP32; deploy = the same quantizers as a QDQ graph whose integer codes ONNX Runtime runs in fused integer kernels (quantizers that are not plain uniform stay float there); integer-only = I-ViT's integer graph. A cell's FP32, fake-quant and deploy graphs are timed in one interleaved loop (round-robin repetitions), and its ratios are to that FP32 timing; the FP32 row is the baseline run's own timing.",
     "",
     `| Graph | ${d.models.join(" | ")} |`,
     `|---|${d.models.map(() => "---:").join("|")}|`,
@@ -327,26 +407,58 @@ export function renderSpeedMarkdown(d: TableData): string[] {
       return f ? sp(f.ips, f.latMs) : "–";
     }).join(" | ")
   } |`);
+  const fpOf = (e: TableEntry) => e.fpIps ?? d.fp.find((x) => x.model === e.model)?.ips ?? null;
+  const ratio = (ips: number | null, fp: number | null) =>
+    ips !== null && fp ? ` ${(ips / fp).toFixed(2)}x` : "";
   for (const { w, a } of d.bits) {
     for (const label of d.labels) {
-      const cells = d.models.map((m) => {
-        const e = find(d, label, m, w, a);
-        if (!e || e.simIps === null) return "–";
-        const fpIps = d.fp.find((x) => x.model === m)?.ips;
-        const ratio = fpIps ? ` ${(e.simIps / fpIps).toFixed(2)}x` : "";
-        return `${sp(e.simIps, e.simLatMs)}${ratio}`;
-      });
-      if (cells.every((c) => c === "–")) continue;
-      const kind = d.entries.find((e) => e.label === label && e.w === w && e.a === a)?.timedGraph ??
-        "";
+      const es = d.models.map((m) => find(d, label, m, w, a));
+      const fake = es.map((
+        e,
+      ) => (!e || e.simIps === null
+        ? "–"
+        : `${sp(e.simIps, e.simLatMs)}${ratio(e.simIps, fpOf(e))}`)
+      );
+      if (fake.every((c) => c === "–")) continue;
+      const kind = es.find((e) => e)?.timedGraph ?? "";
       out.push(
         `| ${label} W${w}A${a} (${kind.startsWith("integer") ? "integer-only" : "fake-quant"}) | ${
-          cells.join(" | ")
+          fake.join(" | ")
         } |`,
       );
+      const dep = es.map((e) =>
+        !e?.deploy || e.deploy.ips === null
+          ? "–"
+          : `${sp(e.deploy.ips, e.deploy.latMs)}${ratio(e.deploy.ips, fpOf(e))}`
+      );
+      if (!dep.every((c) => c === "–")) {
+        out.push(`| ${label} W${w}A${a} (deploy) | ${dep.join(" | ")} |`);
+      }
     }
   }
   out.push("");
+  const deployed = d.entries.filter((e) => e.deploy);
+  if (deployed.length) {
+    out.push(
+      "## Deploy graphs: Top-1 against the fake-quant graph, integer share, size, fused kernels",
+      "",
+      "Top-1 of the deploy graph is measured on the same images as the fake-quant graph. Integer MACs: share of the linear and attention-matmul multiply-accumulates whose operands are both integer codes. Size: the deploy graph's bytes (weights as 8-bit codes). Kernels: integer operators in ONNX Runtime's optimized deploy graph.",
+      "",
+      "| Cell | Model | fake-quant Top-1 | deploy Top-1 | integer MACs | bytes | fused integer kernels |",
+      "|---|---|---:|---:|---:|---:|---|",
+    );
+    for (const e of deployed) {
+      const dd = e.deploy!;
+      out.push(
+        `| ${e.label} W${e.w}A${e.a} | ${e.model} | ${e.top1Mean.toFixed(2)} | ${
+          dd.top1.toFixed(2)
+        } | ${dd.intMacShare === null ? "–" : `${(100 * dd.intMacShare).toFixed(1)} %`} | ${
+          dd.bytes?.toFixed(0) ?? "–"
+        } | ${dd.fusedOps || "none"} |`,
+      );
+    }
+    out.push("");
+  }
   return out;
 }
 
@@ -429,12 +541,20 @@ export function renderCsv(d: TableData): string {
 
 /** Render the speed CSV. */
 export function renderSpeedCsv(d: TableData): string {
-  const out = ["w_bits,a_bits,label,model,graph,images_per_s,lat_med_ms"];
+  const out = ["w_bits,a_bits,label,model,graph,images_per_s,lat_med_ms,fp32_images_per_s,top1"];
   for (const f of d.fp) {
     out.push(
-      ["", "", "FP32", f.model, "fp32", f.ips?.toFixed(1) ?? "", f.latMs?.toFixed(3) ?? ""].join(
-        ",",
-      ),
+      [
+        "",
+        "",
+        "FP32",
+        f.model,
+        "fp32",
+        f.ips?.toFixed(1) ?? "",
+        f.latMs?.toFixed(3) ?? "",
+        f.ips?.toFixed(1) ?? "",
+        f.top1.toFixed(2),
+      ].join(","),
     );
   }
   for (const e of d.entries) {
@@ -444,11 +564,28 @@ export function renderSpeedCsv(d: TableData): string {
         e.a,
         JSON.stringify(e.label),
         e.model,
-        "fake-quant",
+        e.timedGraph.startsWith("integer") ? "integer-only" : "fake-quant",
         e.simIps?.toFixed(1) ?? "",
         e.simLatMs?.toFixed(3) ?? "",
+        e.fpIps?.toFixed(1) ?? "",
+        e.top1Mean.toFixed(2),
       ].join(","),
     );
+    if (e.deploy) {
+      out.push(
+        [
+          e.w,
+          e.a,
+          JSON.stringify(e.label),
+          e.model,
+          "deploy",
+          e.deploy.ips?.toFixed(1) ?? "",
+          e.deploy.latMs?.toFixed(3) ?? "",
+          e.fpIps?.toFixed(1) ?? "",
+          e.deploy.top1.toFixed(2),
+        ].join(","),
+      );
+    }
   }
   return out.join("\n") + "\n";
 }

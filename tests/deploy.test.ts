@@ -186,7 +186,7 @@ Deno.test({
       const conn = await inst.connect();
       const row = (await conn.runAndReadAll(
         "select top1, deploy_top1, deploy_ips, fp_ips, int_mac_share, fused_ops, saved_path, deploy_bytes from results",
-      )).getRowObjectsJS()[0] as Record<string, number & string>;
+      )).getRowObjectsJS()[0] as Record<string, number> & { saved_path: string; fused_ops: string };
       conn.closeSync();
       inst.closeSync();
       assert.equal(row.deploy_top1, row.top1);
