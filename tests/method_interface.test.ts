@@ -156,7 +156,7 @@ Deno.test("a method defined in this file registers, validates its options by sch
           join results r using (cell_id) where r.label = 'clipped'`,
       );
       assert.equal(layers[0].n, 26 + 25 + 24); // weights, linear inputs, matmul operands
-      assert.ok(layers[0].lo > 0);
+      assert.ok((layers[0].lo as number) > 0);
     } finally {
       store.close();
     }
