@@ -197,7 +197,15 @@ export async function prepareBench(path: string, opts: PrepareOptions = {}): Pro
   if (opts.threads !== undefined) manifest.threads = opts.threads;
   checkThreads(manifest.threads, opts.threads !== undefined ? "--threads" : `${path}: /threads`);
   await checkModels(manifest, path);
-  const plan = await planBench(manifest, path);
+  let plan: Plan;
+  try {
+    plan = await planBench(manifest, path);
+  } catch (e) {
+    // errors from the dataset helpers name a bare field ("calibration: ..."): add the file
+    const m = e instanceof VitqError ? e.message.match(/^([a-z][A-Za-z.]*): (.*)$/) : null;
+    if (m) throw new VitqError(`${path}: /${m[1].replaceAll(".", "/")}: ${m[2]}`);
+    throw e;
+  }
   await preflight(plan, opts.preflightImages ?? 4);
   return { manifest, text, plan };
 }
