@@ -98,6 +98,7 @@ Deno.test("report: bench writes it; charts render in headless Chromium without e
   // PNG signature
   assert.deepEqual([...page.png.slice(0, 4)], [0x89, 0x50, 0x4e, 0x47]);
   const out = Deno.env.get("VITQ_SCREENSHOT") ?? `${dir}/screenshot.png`;
+  if (out.includes("/")) await Deno.mkdir(out.slice(0, out.lastIndexOf("/")), { recursive: true });
   await Deno.writeFile(out, page.png);
   await Deno.remove(dir, { recursive: true });
 });
