@@ -35,25 +35,21 @@ export async function storedEstimates(
   cells: CellKey[],
 ): Promise<Map<string, number | null>> {
   const rows = await store.query(
-    `select model, method, label, w_bits, a_bits,
-            median(calib_seconds + eval_seconds) as s, count(*)::integer as n
+    `select model, method, label, w_bits, a_bits, calib_seconds + eval_seconds as s
        from results
-      where status = 'ok' and calib_seconds is not null and eval_seconds is not null
-      group by all`,
+      where status = 'ok' and calib_seconds is not null and eval_seconds is not null`,
   );
-  const exact = new Map<string, number>();
-  const byBits = new Map<string, number[]>();
-  const byMethod = new Map<string, number[]>();
+  const groups = new Map<string, number[]>();
+  const add = (k: string, s: number) => (groups.get(k) ?? groups.set(k, []).get(k)!).push(s);
   for (const r of rows) {
     const s = Number(r.s);
     if (!isFinite(s)) continue;
-    exact.set(`${r.model}|${r.label}|${r.w_bits}/${r.a_bits}`, s);
-    const kb = `${r.model}|${r.method}|${r.w_bits}/${r.a_bits}`;
-    (byBits.get(kb) ?? byBits.set(kb, []).get(kb)!).push(s);
-    const km = `${r.model}|${r.method}`;
-    (byMethod.get(km) ?? byMethod.set(km, []).get(km)!).push(s);
+    add(`L|${r.model}|${r.label}|${r.w_bits}/${r.a_bits}`, s);
+    add(`B|${r.model}|${r.method}|${r.w_bits}/${r.a_bits}`, s);
+    add(`M|${r.model}|${r.method}`, s);
   }
-  const med = (xs: number[] | undefined) => {
+  const med = (k: string) => {
+    const xs = groups.get(k);
     if (!xs?.length) return null;
     const s = [...xs].sort((a, b) => a - b), h = s.length >> 1;
     return s.length % 2 ? s[h] : (s[h - 1] + s[h]) / 2;
@@ -63,9 +59,8 @@ export async function storedEstimates(
     const bits = `${c.bits.w}/${c.bits.a}`;
     out.set(
       c.id,
-      exact.get(`${c.model}|${c.label}|${bits}`) ??
-        med(byBits.get(`${c.model}|${c.method}|${bits}`)) ??
-        med(byMethod.get(`${c.model}|${c.method}`)),
+      med(`L|${c.model}|${c.label}|${bits}`) ?? med(`B|${c.model}|${c.method}|${bits}`) ??
+        med(`M|${c.model}|${c.method}`),
     );
   }
   return out;
