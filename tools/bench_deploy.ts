@@ -1,0 +1,201 @@
+/**
+ * Deploy-graph benchmark: FP32, the fake-quant graph, the QDQ deploy graphs of
+ * minmax and PTQ4ViT at W8A8 (and minmax W4A4), and I-ViT's integer-only graph,
+ * all timed in ONE interleaved loop (bench/speed.ts `measureInterleaved`:
+ * warm-up each, then round-robin repetitions), so their ratios are side by
+ * side. Also: file sizes, the deploy graphs' integer MAC share and the fused
+ * integer kernels ONNX Runtime ran. Not a test: run it on an idle machine.
+ *
+ * Models: `vit_fmnist`, `deit_fmnist`, `swin_fmnist` (shipped; 32 calibration
+ * images of the shipped train sample) and `vits` (a ViT-S sized graph with
+ * random weights, core/ivit/vits.ts; random calibration images). On `vits`,
+ * PTQ4ViT's step search runs on a reduced grid (`--vits-grid`, default 10
+ * points, 1 round) to keep the benchmark short: speed depends on which
+ * quantizers the graph holds, not on the step values.
+ *
+ *     deno run -A tools/bench_deploy.ts [--models vit_fmnist,vits] [--batch 32]
+ *       [--reps 10] [--warmup 3] [--threads 2] [--calib 32] [--json out.json]
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { envInfo } from "../bench/env.ts";
+import { fusedOps, integerKernels, measureInterleaved } from "../bench/speed.ts";
+import { resolveModel } from "../core/models.ts";
+import { Graph } from "../core/onnx/graph.ts";
+import { findSites, type Site } from "../core/onnx/sites.ts";
+import { captureGraph, createRuntime, type ImageSource } from "../core/runtime/runtime.ts";
+import { coverageValues, integerCoverage } from "../core/quant/deploy.ts";
+import { sha256Hex } from "../core/hash.ts";
+import { Rng } from "../core/rng.ts";
+import { runCli, VitqError } from "../core/errors.ts";
+import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
+import { makeSource } from "../datasets/source.ts";
+import { buildIntegerProgram } from "../core/ivit/build.ts";
+import { emitFloatWrapper } from "../core/ivit/emit.ts";
+import { buildVitGraph, VIT_S } from "../core/ivit/vits.ts";
+import { minmax } from "../methods/baselines.ts";
+import { ptq4vit } from "../methods/ptq4vit.ts";
+import type { QuantContext, QuantizedModel } from "../methods/types.ts";
+
+interface Timed {
+  graph: string;
+  bytes: number;
+  ips: number;
+  ratio: number;
+  latMedMs: number;
+  intMacShare?: number;
+  kernels?: string;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      models: { type: "string", default: "vit_fmnist,deit_fmnist,swin_fmnist,vits" },
+      batch: { type: "string", default: "32" },
+      reps: { type: "string", default: "10" },
+      warmup: { type: "string", default: "3" },
+      threads: { type: "string", default: "2" },
+      calib: { type: "string", default: "32" },
+      "vits-grid": { type: "string", default: "10" },
+      json: { type: "string" },
+    },
+  });
+  const num = (k: string, v: string | undefined) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new VitqError(`--${k}: expected a positive integer`);
+    return n;
+  };
+  const batch = num("batch", values.batch), reps = num("reps", values.reps);
+  const warmup = num("warmup", values.warmup), threads = num("threads", values.threads);
+  const nCal = num("calib", values.calib), vitsGrid = num("vits-grid", values["vits-grid"]);
+  const runtime = await createRuntime("node", threads);
+  const env = await envInfo();
+  const load = await Deno.readTextFile("/proc/loadavg").catch(() => "?");
+  console.log(`cpu: ${env.cpu}, ${env.cores} cores; ${runtime.version}; ${threads} threads`);
+  console.log(`load average at start: ${load.split(" ").slice(0, 3).join(" ")}`);
+  const out: Record<string, Timed[]> = {};
+  for (const m of values.models!.split(",").map((s) => s.trim()).filter(Boolean)) {
+    let graph: Graph, calib: ImageSource;
+    if (m === "vits") {
+      graph = buildVitGraph(VIT_S, 0);
+      const shape = [VIT_S.channels, VIT_S.img, VIT_S.img];
+      const per = shape[0] * shape[1] * shape[2];
+      const n = Math.min(nCal, 8);
+      const rng = new Rng(1);
+      const data = Float32Array.from({ length: n * per }, () => (rng.next() * 2 - 1) * 2);
+      calib = {
+        length: n,
+        shape,
+        slice: (s, e) => Promise.resolve(data.subarray(s * per, e * per)),
+      };
+    } else {
+      const model = await resolveModel(m, "--models");
+      graph = await Graph.load(model.path);
+      const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
+      const idx = new Rng(0).shuffle(Array.from({ length: train.ids.length }, (_, i) => i));
+      calib = makeSource(train, idx.slice(0, nCal), model.card);
+    }
+    const sites = findSites(graph, m);
+    const fpBytes = graph.toBytes();
+    const ctx = async (bits: { w: number; a: number }, options: Record<string, unknown>) =>
+      ({
+        graph,
+        sites,
+        calib,
+        bits,
+        runtime,
+        options,
+        batchSize: Math.min(32, calib.length),
+        seed: 0,
+        modelHash: await sha256Hex(fpBytes),
+        calibHash: await sha256Hex(`${m} calib ${nCal}`),
+        log: () => {},
+      }) as unknown as QuantContext;
+    const t0 = performance.now();
+    const mm8 = await minmax.quantize(await ctx({ w: 8, a: 8 }, { ...minmax.defaults }));
+    const mm4 = await minmax.quantize(await ctx({ w: 4, a: 4 }, { ...minmax.defaults }));
+    const pOpts = m === "vits"
+      ? { ...ptq4vit.defaults, n: vitsGrid, rounds: 1 }
+      : { ...ptq4vit.defaults };
+    const p8 = await ptq4vit.quantize(await ctx({ w: 8, a: 8 }, pOpts));
+    const ivit = emitFloatWrapper(
+      (await buildIntegerProgram(
+        { runtime, graph, sites, calib, batchSize: Math.min(32, calib.length) },
+        { variant: "reference", wBits: 8, aBits: 8, source: m },
+      )).program,
+    );
+    console.log(`${m}: quantized in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+    const dims = await shapes(runtime, graph, sites, calib);
+    const graphs: [string, Uint8Array, QuantizedModel?][] = [
+      ["FP32", fpBytes],
+      ["minmax W8A8 fake-quant", mm8.graph.toBytes()],
+      ["minmax W8A8 deploy", mm8.deployable!.graph.toBytes(), mm8],
+      ["minmax W4A4 deploy", mm4.deployable!.graph.toBytes(), mm4],
+      ["PTQ4ViT W8A8 deploy", p8.deployable!.graph.toBytes(), p8],
+      ["I-ViT W8A8 integer-only", ivit.toBytes()],
+    ];
+    const speeds = await measureInterleaved(runtime, graphs.map((g) => g[1]), calib.shape, {
+      batch,
+      repetitions: reps,
+      warmup,
+    });
+    const rows: Timed[] = [];
+    for (const [i, [name, bytes, q]] of graphs.entries()) {
+      const row: Timed = {
+        graph: name,
+        bytes: bytes.length,
+        ips: speeds[i].ips,
+        ratio: speeds[i].ips / speeds[0].ips,
+        latMedMs: speeds[i].latMedMs,
+      };
+      if (q?.deployable) {
+        const cov = integerCoverage(graph, q.deployable.graph, sites, dims);
+        row.intMacShare = cov.integerMacs / cov.totalMacs;
+        row.kernels = integerKernels(await fusedOps(runtime, bytes));
+      }
+      rows.push(row);
+      console.log(
+        `  ${name.padEnd(24)} ${row.ips.toFixed(1).padStart(8)} img/s @ ${batch} (${
+          row.ratio.toFixed(2)
+        }x FP32), batch-1 ${row.latMedMs.toFixed(2)} ms, ${(row.bytes / 1e6).toFixed(2)} MB (${
+          (row.bytes / fpBytes.length).toFixed(2)
+        }x)${
+          row.intMacShare !== undefined
+            ? `, integer MACs ${(100 * row.intMacShare).toFixed(1)} %, ${row.kernels}`
+            : ""
+        }`,
+      );
+    }
+    out[m] = rows;
+  }
+  const loadEnd = await Deno.readTextFile("/proc/loadavg").catch(() => "?");
+  console.log(`load average at end: ${loadEnd.split(" ").slice(0, 3).join(" ")}`);
+  if (values.json) {
+    await Deno.writeTextFile(
+      values.json,
+      JSON.stringify(
+        { cpu: env.cpu, cores: env.cores, threads, batch, reps, load, loadEnd, out },
+        null,
+        2,
+      ) +
+        "\n",
+    );
+  }
+}
+
+async function shapes(
+  runtime: Awaited<ReturnType<typeof createRuntime>>,
+  graph: Graph,
+  sites: Site[],
+  calib: ImageSource,
+): Promise<Map<string, number[]>> {
+  const s = await runtime.createSession(captureGraph(graph, coverageValues(graph, sites)));
+  const x = await calib.slice(0, 1);
+  const o = await s.run({ [s.inputNames[0]]: { data: x, dims: [1, ...calib.shape] } });
+  await s.release();
+  return new Map(Object.entries(o).map(([k, v]) => [k, v.dims]));
+}
+
+if (import.meta.main) await runCli(main);
