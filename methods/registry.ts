@@ -7,6 +7,7 @@ import { minmax, percentile } from "./baselines.ts";
 import { baseptq, ptq4vit } from "./ptq4vit.ts";
 import { ivit } from "./ivit.ts";
 import { adfq } from "./adfq.ts";
+import { repq } from "./repq.ts";
 import type { QuantMethod } from "./types.ts";
 
 /** All registered methods. Add a method by importing it and listing it here. */
@@ -17,4 +18,5 @@ export const METHODS: Record<string, QuantMethod> = {
   [ptq4vit.name]: ptq4vit,
   [ivit.name]: ivit,
   [adfq.name]: adfq,
+  [repq.name]: repq,
 };

@@ -193,19 +193,68 @@ function emitLogGrid(
   r: 1 | 2,
   prefix: string,
 ): string {
-  const d = checkGrid(bits, scale, r);
+  const v = logGridTableValues(bits, scale, r);
+  const cT = g.constFloat(`${prefix}_thresholds`, v.thresholds);
+  const cLevels = g.constFloat(`${prefix}_levels`, v.levels);
+  const lnScale = g.constFloat(`${prefix}_lnscale`, v.lnScale[0]);
+  return emitLogGridWith(g, input, { thresholds: cT, levels: cLevels, lnScale }, bits, r, prefix);
+}
+
+/**
+ * Names of the tables of a log-grid emission: `thresholds` holds +∞, the 2^k
+ * values of {@link logThresholds}, −∞; `levels` the 2^k + 1 values of
+ * {@link logLevels}; `lnScale` the scalar ln δ. Constants in a quantized
+ * graph, or graph inputs of a calibration graph whose δ changes between runs.
+ */
+export interface LogGridTables {
+  thresholds: string;
+  levels: string;
+  lnScale: string;
+}
+
+/**
+ * The tables of a log grid as float32 arrays, for feeding the inputs of an
+ * {@link emitLogGridWith} emission (the same values the constants of
+ * {@link emitLogSqrt2Quant} hold).
+ */
+export function logGridTableValues(
+  bits: number,
+  scale: number,
+  perOctave: 1 | 2,
+): { thresholds: Float32Array; levels: Float32Array; lnScale: Float32Array } {
+  const d = checkGrid(bits, scale, perOctave);
   const n = 2 ** bits;
-  const t = logThresholds(bits, d, r);
   const ext = new Float32Array(n + 2);
   ext[0] = Infinity;
-  ext.set(t, 1);
+  ext.set(logThresholds(bits, d, perOctave), 1);
   ext[n + 1] = -Infinity;
-  const cT = g.constFloat(`${prefix}_thresholds`, ext);
-  const cLevels = g.constFloat(`${prefix}_levels`, logLevels(bits, d, r));
+  return {
+    thresholds: ext,
+    levels: logLevels(bits, d, perOctave),
+    lnScale: Float32Array.of(Math.log(d)),
+  };
+}
+
+/**
+ * Emit a log-grid fake-quant subgraph on `input` whose tables are the named
+ * tensors `t` (see {@link LogGridTables}); the node sequence of
+ * {@link emitLogSqrt2Quant}, so given the same table values it computes the
+ * same bits.
+ */
+export function emitLogGridWith(
+  g: Graph,
+  input: string,
+  t: LogGridTables,
+  bits: number,
+  r: 1 | 2,
+  prefix: string,
+): string {
+  const n = 2 ** bits;
+  const cT = t.thresholds, cLevels = t.levels;
   // approximate code: round((ln max(x, 0) - ln δ) · (-r / ln 2)), clipped to [0, 2^k]
   let a = g.addNode("Max", [input, g.constFloat(`${prefix}_zero`, 0)]);
   a = g.addNode("Log", [a]);
-  a = g.addNode("Sub", [a, g.constFloat(`${prefix}_lnscale`, Math.log(d))]);
+  a = g.addNode("Sub", [a, t.lnScale]);
   a = g.addNode("Mul", [a, g.constFloat(`${prefix}_mult`, -r / Math.LN2)]);
   a = g.addNode("Round", [a]);
   a = g.addNode("Clip", [

@@ -1,0 +1,306 @@
+/**
+ * RepQ-ViT: the scale reparameterization is exact in FP on the three shipped
+ * models and turns the per-channel quantizer into a per-tensor one; the fed
+ * calibration quantizers compute the emitted ones bit for bit; the options;
+ * the parity fixture of the steps chosen on the shipped ViT (W4A4, seed 0).
+ */
+import assert from "node:assert/strict";
+import { Graph } from "../core/onnx/graph.ts";
+import { findSites } from "../core/onnx/sites.ts";
+import { addFloatInput } from "../core/autodiff/backward.ts";
+import { emitFakeQuant, fakeQuant, type UniformQuantizer } from "../core/quant/uniform.ts";
+import { emitLogSqrt2Quant } from "../core/quant/log.ts";
+import { emitFedLogSqrt2, emitFedUniform } from "../core/quant/fed.ts";
+import { foldBlocker, foldLayerNorm, reparamParams } from "../core/quant/reparam.ts";
+import { resolveModel } from "../core/models.ts";
+import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
+import { makeSource } from "../datasets/source.ts";
+import { drawCalibration, hashIds } from "../datasets/subset.ts";
+import type { TensorData } from "../core/runtime/runtime.ts";
+import { postLnFolds, repq, repqSteps, runRepq, type StepEntry } from "../methods/repq.ts";
+import type { QuantContext } from "../methods/types.ts";
+import { FIXTURE_CARD, FIXTURES, randomData, runtime } from "./helpers.ts";
+
+/** Run `g` on `feeds`; every output by name. */
+async function run(
+  g: Graph,
+  feeds: Record<string, TensorData>,
+): Promise<Record<string, Float32Array>> {
+  const s = await (await runtime()).createSession(g);
+  try {
+    const out = await s.run(feeds);
+    return Object.fromEntries(Object.entries(out).map(([k, v]) => [k, v.data]));
+  } finally {
+    await s.release();
+  }
+}
+
+function setOutputs(g: Graph, names: string[]): void {
+  g.outputs = names.map((name) => ({ name, type: { tensorType: { elemType: 1 } } }));
+}
+
+/** A deterministic per-channel quantizer with steps that vary by a factor ~4 across channels. */
+function syntheticPerChannel(C: number, seed: number, bits: number) {
+  const u = randomData(2 * C, seed);
+  const scale = new Float32Array(C), zeroPoint = new Float32Array(C);
+  for (let c = 0; c < C; c++) {
+    scale[c] = Math.fround(0.05 * 2 ** (1 + u[c]));
+    zeroPoint[c] = Math.round(((u[C + c] + 1) / 2) * (2 ** bits - 1));
+  }
+  return { scale, zeroPoint };
+}
+
+for (const name of ["vit_fmnist", "deit_fmnist", "swin_fmnist"]) {
+  Deno.test(`RepQ fold on the shipped ${name}: FP logits unchanged within 1e-5 relative, γ and weights changed`, async () => {
+    const model = await resolveModel(name, "test");
+    const graph = await Graph.load(model.path);
+    const sites = findSites(graph);
+    const folds = postLnFolds(sites);
+    const nBlocks = new Set(sites.filter((s) => s.kind === "matmul").map((s) => s.block)).size;
+    const merges = sites.filter((s) => s.role === "reduction").length;
+    assert.equal(
+      folds.length,
+      2 * nBlocks + merges,
+      "norm1, norm2 per block and every patch merge",
+    );
+    const folded = graph.clone();
+    for (const [i, f] of folds.entries()) {
+      assert.equal(foldBlocker(graph, f.ln, f.linears), undefined, `${f.ln.id} foldable`);
+      const C = graph.initializers.get(f.ln.gamma!)!.dims[0];
+      const pc = syntheticPerChannel(C, 11 + i, 4);
+      foldLayerNorm(folded, f.ln, f.linears, reparamParams(pc.scale, pc.zeroPoint));
+      const g0 = graph.initializers.get(f.ln.gamma!)!.float32();
+      const g1 = folded.initializers.get(f.ln.gamma!)!.float32();
+      assert.ok(g0.some((v, c) => v !== g1[c]), `${f.ln.id}: γ folded`);
+      const w0 = graph.initializers.get(f.linears[0].weight!)!.float32();
+      const w1 = folded.initializers.get(f.linears[0].weight!)!.float32();
+      assert.ok(w0.some((v, k) => v !== w1[k]), `${f.linears[0].id}: weight folded`);
+    }
+    const test = await loadFashionMnist(SHIPPED_FMNIST, "test");
+    const src = makeSource(test, Array.from({ length: 16 }, (_, i) => i), model.card);
+    const feeds = {
+      [graph.inputNames[0]]: { data: await src.slice(0, 16), dims: [16, ...src.shape] },
+    };
+    const a = Object.values(await run(graph, feeds))[0];
+    const b = Object.values(await run(folded, feeds))[0];
+    let maxAbs = 0, maxDiff = 0;
+    for (let k = 0; k < a.length; k++) {
+      maxAbs = Math.max(maxAbs, Math.abs(a[k]));
+      maxDiff = Math.max(maxDiff, Math.abs(a[k] - b[k]));
+    }
+    assert.ok(maxDiff / maxAbs <= 1e-5, `${name}: relative logit change ${maxDiff / maxAbs}`);
+  });
+}
+
+Deno.test("RepQ reparameterization: the per-tensor quantizer of the folded activation is the per-channel quantizer when z_c - z̄ are integers", () => {
+  const [N, C, bits] = [50, 6, 4];
+  const x = randomData(N * C, 21, 2);
+  const scale = Float32Array.from([0.1, 0.4, 0.25, 0.05, 0.2, 0.125]);
+  const zeroPoint = new Float32Array(C).fill(7);
+  const pc: UniformQuantizer = { bits, signed: false, scale, zeroPoint, axis: 1 };
+  const p = reparamParams(scale, zeroPoint);
+  assert.equal(p.zeroPoint, 7);
+  assert.ok(Math.abs(p.scale - 1.125 / 6) < 1e-7);
+  // y_c = x_c / r_c - b_c (the folded LayerNorm's output), quantized per tensor
+  const y = x.map((v, i) => Math.fround(v / p.r[i % C]) - p.b[i % C]);
+  const qy = fakeQuant(y, [N, C], {
+    bits,
+    signed: false,
+    scale: Float32Array.of(p.scale),
+    zeroPoint: Float32Array.of(p.zeroPoint),
+  });
+  const qx = fakeQuant(x, [N, C], pc);
+  // the folded next layer sees r_c·(Q(y)_c + b_c), the original one Q_c(x_c)
+  for (let i = 0; i < x.length; i++) {
+    const c = i % C;
+    const seen = p.r[c] * (qy[i] + p.b[c]);
+    assert.ok(Math.abs(seen - qx[i]) <= 1e-5, `element ${i} channel ${c}: ${seen} vs ${qx[i]}`);
+  }
+  // fractional z̄ (the reference's mean) is kept unless rounding is asked for
+  const z2 = Float32Array.from([3, 4, 4, 4, 4, 4]);
+  assert.equal(reparamParams(scale, z2).zeroPoint, Math.fround(23 / 6));
+  assert.equal(reparamParams(scale, z2, true).zeroPoint, 4);
+});
+
+Deno.test("RepQ fed calibration quantizers compute the emitted ones bit for bit; off passes the input", async () => {
+  const dims = [3, 5, 8];
+  const n = 3 * 5 * 8;
+  const x = randomData(n, 5, 3);
+  const pos = randomData(n, 6).map((v) => Math.fround(((v + 1) / 2) ** 3));
+  const pcq: UniformQuantizer = {
+    bits: 4,
+    signed: false,
+    scale: Float32Array.from(randomData(8, 7), (v) => Math.fround(0.2 + 0.1 * v)),
+    zeroPoint: Float32Array.from([3, 7, 8, 1, 0, 15, 9, 6]),
+    axis: 2,
+  };
+  const ptq: UniformQuantizer = {
+    bits: 3,
+    signed: false,
+    scale: Float32Array.of(0.7),
+    zeroPoint: Float32Array.of(Math.fround(3.4)),
+  };
+  const g = Graph.create(17);
+  addFloatInput(g, "x", dims);
+  addFloatInput(g, "p", dims);
+  const fedPc = emitFedUniform(g, "x", 4, 8, "fpc");
+  const fedPt = emitFedUniform(g, "x", 3, 1, "fpt");
+  const fedLog = emitFedLogSqrt2(g, "p", 4, "flog");
+  const refPc = emitFakeQuant(g, "x", pcq, "rpc", 3);
+  const refPt = emitFakeQuant(g, "x", ptq, "rpt", 3);
+  const refLog = emitLogSqrt2Quant(g, "p", { bits: 4, scale: 0.6 }, "rlog");
+  setOutputs(g, [fedPc.output, fedPt.output, fedLog.output, refPc, refPt, refLog]);
+  const data = { x: { data: x, dims }, p: { data: pos, dims } };
+  const on = await run(g, {
+    ...data,
+    ...fedPc.on(pcq.scale, pcq.zeroPoint),
+    ...fedPt.on(ptq.scale, ptq.zeroPoint),
+    ...fedLog.on(0.6),
+  });
+  assert.deepEqual(on[fedPc.output], on[refPc]);
+  assert.deepEqual(on[fedPt.output], on[refPt]);
+  assert.deepEqual(on[fedLog.output], on[refLog]);
+  assert.ok(on[refPc].some((v, i) => v !== x[i]), "the quantizer moves values");
+  const off = await run(g, { ...data, ...fedPc.off(), ...fedPt.off(), ...fedLog.off() });
+  assert.deepEqual(off[fedPc.output], x);
+  assert.deepEqual(off[fedPt.output], x);
+  assert.deepEqual(off[fedLog.output], pos);
+  assert.throws(() => fedPc.on(Float32Array.of(1), Float32Array.of(0)), /expected 8/);
+});
+
+Deno.test("RepQ fold refuses a LayerNorm whose output also feeds something else", async () => {
+  const graph = await Graph.load(`${FIXTURES}tiny_vit_op17.onnx`);
+  const sites = findSites(graph);
+  const [f] = postLnFolds(sites);
+  assert.equal(foldBlocker(graph, f.ln, f.linears), undefined);
+  const g = graph.clone();
+  g.addOutput(g.addNode("Relu", [f.ln.output], { name: "extra_relu" }));
+  assert.match(foldBlocker(g, f.ln, f.linears) ?? "", /consumed by Relu extra_relu/);
+});
+
+async function tinyCtx(
+  fixture: string,
+  options: Record<string, unknown>,
+  bits = { w: 4, a: 4 },
+): Promise<QuantContext> {
+  const graph = await Graph.load(`${FIXTURES}${fixture}`);
+  const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
+  return {
+    graph,
+    sites: findSites(graph),
+    calib: makeSource(train, Array.from({ length: 8 }, (_, i) => i), FIXTURE_CARD),
+    bits,
+    runtime: await runtime(),
+    options: { ...repq.defaults, ...options },
+    batchSize: 8,
+    seed: 0,
+    modelHash: fixture,
+    calibHash: "first-8",
+    log: () => {},
+  };
+}
+
+Deno.test("RepQ quantizer choices: reparameterized post-LN inputs are per tensor, log-√2 softmax, 8-bit image, per-channel weights; postLn and calibration options", async () => {
+  for (const fixture of ["tiny_vit_op17.onnx", "tiny_swin_op17.onnx"]) {
+    const ctx = await tinyCtx(fixture, {});
+    const r = await runRepq(ctx);
+    const byId = new Map(r.acts.map((q) => [q.id, q]));
+    const folds = postLnFolds(ctx.sites);
+    assert.equal(r.folds.length, folds.length);
+    for (const q of r.acts) {
+      if (q.site.role === "patch_embed") assert.equal(q.bits, 8, `${q.id} at 8 bits`);
+      else assert.equal(q.bits, 4, q.id);
+      if (q.site.role === "av" && q.tensor === "a") {
+        assert.equal(q.kind, "log-sqrt2", q.id);
+        assert.ok(q.logScale! > 0 && q.logScale! <= 1, `${q.id} δ ${q.logScale}`);
+      } else {
+        assert.equal(q.q!.scale.length, 1, `${q.id} per tensor at inference`);
+      }
+      if (q.kind === "per-channel") {
+        assert.ok(q.perChannel && q.perChannel.scale.length > 1, `${q.id} calibrated per channel`);
+        const mean = q.perChannel.scale.reduce((a, b) => a + b, 0) / q.perChannel.scale.length;
+        assert.ok(Math.abs(q.q!.scale[0] - mean) <= 1e-6 * mean, `${q.id} Δ̄ is the mean`);
+      }
+    }
+    for (const f of folds) {
+      for (const l of f.linears) assert.equal(byId.get(`${l.id}.input`)!.kind, "per-channel", l.id);
+    }
+    for (const w of r.weights) {
+      assert.equal(w.q.axis, w.site.weightOutAxis ?? 0, `${w.site.id} per output channel`);
+      assert.equal(w.reinit, folds.some((f) => f.linears.includes(w.site)), `${w.site.id} re-init`);
+    }
+    // sequential calibration: a later quantizer sees the quantized model, so steps differ from parallel
+    const par = await runRepq(await tinyCtx(fixture, { calibration: "parallel" }));
+    assert.equal(par.passes, 1);
+    assert.ok(r.passes > 3);
+    const last = r.acts[r.acts.length - 1];
+    const lastPar = par.acts.find((q) => q.id === last.id)!;
+    assert.notDeepEqual(
+      last.q!.scale,
+      lastPar.q!.scale,
+      `${last.id}: sequential differs from parallel`,
+    );
+  }
+  const keep = await runRepq(await tinyCtx("tiny_vit_op17.onnx", { postLn: "per-channel" }));
+  assert.equal(keep.folds.length, 0);
+  assert.ok(keep.acts.some((q) => q.kind === "per-channel" && q.q!.scale.length > 1));
+  const plain = await runRepq(await tinyCtx("tiny_vit_op17.onnx", { postLn: "per-tensor" }));
+  assert.ok(plain.acts.every((q) => q.kind !== "per-channel"));
+  const img = await runRepq(await tinyCtx("tiny_vit_op17.onnx", { imageBits: 0 }));
+  assert.ok(!img.acts.some((q) => q.site.role === "patch_embed"));
+});
+
+Deno.test("RepQ parity fixture: the steps chosen on the shipped ViT at W4A4 (seed 0) have not moved", async () => {
+  const fx = JSON.parse(
+    await Deno.readTextFile(`${FIXTURES}repq_steps_vit_fmnist_w4a4.json`),
+  ) as {
+    calibIds: string[];
+    bits: { w: number; a: number };
+    acts: Record<string, StepEntry>;
+    weights: Record<string, StepEntry>;
+  };
+  const model = await resolveModel("vit_fmnist", "test");
+  const graph = await Graph.load(model.path);
+  const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
+  const indices = drawCalibration(train.ids.map((_, i) => i), 32, 0);
+  assert.deepEqual(indices.map((i) => train.ids[i]), fx.calibIds, "calibration images of seed 0");
+  const r = await runRepq({
+    graph,
+    sites: findSites(graph),
+    calib: makeSource(train, indices, model.card),
+    bits: fx.bits,
+    runtime: await runtime(),
+    options: { ...repq.defaults },
+    batchSize: 100,
+    seed: 0,
+    modelHash: "vit_fmnist",
+    calibHash: await hashIds(fx.calibIds),
+    log: () => {},
+  });
+  const got = repqSteps(r);
+  const close = (a: number, b: number) => Math.abs(a - b) <= 1e-5 * Math.max(Math.abs(b), 1e-12);
+  const compare = (
+    kind: string,
+    want: Record<string, StepEntry>,
+    have: Record<string, StepEntry>,
+  ) => {
+    assert.deepEqual(Object.keys(have).sort(), Object.keys(want).sort(), `${kind} quantizers`);
+    for (const [id, w] of Object.entries(want)) {
+      const h = have[id];
+      const pairs: [string, number[], number[] | undefined][] = [
+        ["step", w.scale, h.scale],
+        ["zero point", w.zeroPoint ?? [], h.zeroPoint ?? []],
+        ["per-channel step", w.perChannel?.scale ?? [], h.perChannel?.scale],
+        ["per-channel zero point", w.perChannel?.zeroPoint ?? [], h.perChannel?.zeroPoint],
+      ];
+      for (const [what, a, b] of pairs) {
+        assert.equal(b?.length ?? 0, a.length, `${id}: ${what} count`);
+        a.forEach((v, i) =>
+          assert.ok(close(b![i], v), `${kind} ${id}: ${what} ${i} moved: ${b![i]} (fixture ${v})`)
+        );
+      }
+    }
+  };
+  compare("activation", fx.acts, got.acts);
+  compare("weight", fx.weights, got.weights);
+});
