@@ -24,7 +24,7 @@ export interface Manifest {
   description: string;
   models: string[];
   methods: MethodSpec[];
-  bits: { w: number; a: number }[];
+  bits: { w: number; a: number; mixed?: number[] }[];
   dataset: {
     name: "fashion-mnist" | "imagenet";
     path?: string;
@@ -198,6 +198,7 @@ export async function normalizeManifest(raw: unknown, file: string): Promise<Man
   if (dup) {
     throw new VitqError(`${file}: /methods: label "${dup}" is used twice; give each entry a label`);
   }
+  checkMixed(m.bits, methods, file);
   return {
     name: m.name,
     description: m.description ?? "",
@@ -224,6 +225,36 @@ export async function normalizeManifest(raw: unknown, file: string): Promise<Man
       enabled: m.speed?.enabled ?? true,
     },
   };
+}
+
+/**
+ * Mixed-precision bit entries: each target must lie within the candidate bit-widths,
+ * and some method of the manifest must support mixed precision (the others get no
+ * cell for that entry).
+ */
+function checkMixed(
+  bits: { w: number; a: number; mixed?: number[] }[],
+  methods: MethodSpec[],
+  file: string,
+): void {
+  bits.forEach((b, i) => {
+    if (!b.mixed) return;
+    const lo = Math.min(...b.mixed), hi = Math.max(...b.mixed);
+    for (const k of ["w", "a"] as const) {
+      if (b[k] < lo || b[k] > hi) {
+        throw new VitqError(
+          `${file}: /bits/${i}/${k}: target ${b[k]} is outside the mixed candidates ${lo}..${hi}`,
+        );
+      }
+    }
+    if (!methods.some((x) => METHODS[x.name].mixedPrecision)) {
+      throw new VitqError(
+        `${file}: /bits/${i}/mixed: no method of this manifest supports mixed precision (${
+          Object.values(METHODS).filter((x) => x.mixedPrecision).map((x) => x.name).join(", ")
+        } do)`,
+      );
+    }
+  });
 }
 
 /** Largest manifest file read (bytes). */

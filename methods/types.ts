@@ -44,8 +44,16 @@ import type { ImageSource, Runtime } from "../core/runtime/runtime.ts";
 
 /** Weight and activation bit-widths of a cell. */
 export interface Bits {
+  /** Weight bits, or the target size-weighted average weight bits when `mixed` is set. */
   w: number;
+  /** Activation bits, or the target size-weighted average activation bits when `mixed` is set. */
   a: number;
+  /**
+   * Mixed precision: candidate bit-widths per quantized tensor; the method chooses
+   * each tensor's bits so that the size-weighted averages reach `w` and `a`.
+   * Absent: single precision (every weight at `w`, every activation at `a`).
+   */
+  mixed?: number[];
 }
 
 /** Everything a method may use to quantize one model (`O`: its options type). */
@@ -154,6 +162,8 @@ export interface QuantMethod<O extends object = object> {
   description: string;
   /** What the implementation approximates of its paper, stated in result rows. */
   approximations: string;
+  /** Whether the method accepts mixed-precision bit entries (`bits.mixed`). */
+  mixedPrecision?: boolean;
   /** Default options; the manifest overrides them. */
   defaults: O;
   /** JSON Schema fragment of each option; the manifest loader validates options with it. */
