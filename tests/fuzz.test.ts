@@ -12,7 +12,7 @@
 import assert from "node:assert/strict";
 import sharp from "sharp";
 import { prepareBench } from "../bench/prepare.ts";
-import { evaluate } from "../bench/evaluate.ts";
+import { evaluate, nonFiniteMessage } from "../bench/evaluate.ts";
 import { Store } from "../bench/store.ts";
 import { VitqError } from "../core/errors.ts";
 import { Graph, Tensor } from "../core/onnx/graph.ts";
@@ -785,4 +785,25 @@ Deno.test("fuzz: >= 300 manifest mutations and >= 40 bad models, cards and data 
     assert.equal(byKind.get(k), "refused (exit 2)", k);
   }
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("non-finite logits make the image wrong, never right", async () => {
+  const g = Graph.fromBytes(await Deno.readFile(`${FIXTURES}tiny_vit_op13.onnx`), "tiny");
+  let big: Tensor | undefined;
+  for (const t of g.initializers.values()) {
+    if (t.dataType === 1 && (!big || t.size > big.size)) big = t;
+  }
+  const fm = await loadFashionMnist(`${ROOT}datasets/fashion-mnist`, "test");
+  const src = makeSource(fm, Array.from({ length: 20 }, (_, i) => i), FIXTURE_CARD);
+  for (const v of [NaN, Infinity]) {
+    g.setInitializer(Tensor.fromFloat32(big!.name, big!.dims, new Float32Array(big!.size).fill(v)));
+    const ev = await evaluate(await runtime(), g.toBytes(), src, 10);
+    assert.equal(ev.nonFinite, 20, `${v}`);
+    assert.equal(ev.correct, 0);
+    assert.equal(ev.top1, 0);
+    assert.equal(ev.top5, 0);
+    assert.ok(ev.preds.every((p) => p === -1));
+    assert.ok(ev.trueRank.every((r) => r === 10));
+  }
+  assert.equal(nonFiniteMessage(3), "non-finite logits on 3 images");
 });
