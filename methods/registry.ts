@@ -7,6 +7,7 @@ import { minmax, percentile } from "./baselines.ts";
 import { baseptq, ptq4vit } from "./ptq4vit.ts";
 import { ivit } from "./ivit.ts";
 import { adfq } from "./adfq.ts";
+import { tsptq } from "./tsptq.ts";
 import { repq } from "./repq.ts";
 import type { QuantMethod } from "./types.ts";
 
@@ -18,5 +19,6 @@ export const METHODS: Record<string, QuantMethod> = {
   [ptq4vit.name]: ptq4vit,
   [ivit.name]: ivit,
   [adfq.name]: adfq,
+  [tsptq.name]: tsptq,
   [repq.name]: repq,
 };

@@ -4,8 +4,27 @@ import { findSites } from "../core/onnx/sites.ts";
 import { applyPlan } from "../core/quant/apply.ts";
 import { activationTargets } from "../core/quant/scope.ts";
 import { symmetric } from "../core/quant/uniform.ts";
+import { optionsError } from "../bench/manifest.ts";
 import { standardActSlots } from "../methods/baselines.ts";
-import { FIXTURES } from "./helpers.ts";
+import {
+  emitO2sf,
+  emitV2sf,
+  o2sf,
+  o2sfDecodeInt,
+  o2sfEncode,
+  o2sfFlags,
+  type O2sfQuantizer,
+  o2sfSteps,
+  v2sf,
+  v2sfDecodeInt,
+  v2sfEncode,
+  type V2sfQuantizer,
+} from "../core/quant/two_scaled.ts";
+import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
+import { makeSource } from "../datasets/source.ts";
+import { tsptq } from "../methods/tsptq.ts";
+import type { QuantContext } from "../methods/types.ts";
+import { FIXTURE_CARD, FIXTURES, randomData, runtime } from "./helpers.ts";
 
 const readers = (g: Graph, v: string) => g.nodes.filter((n) => n.inputs.includes(v));
 
@@ -82,4 +101,177 @@ Deno.test("scope: linear is the old slot list; full adds every LayerNorm input",
     );
     applyPlan(g, [], plans);
   }
+});
+
+/** Run an emitter through ONNX Runtime on a graph that is only the emitted subgraph. */
+async function viaOrt(
+  x: Float32Array,
+  dims: number[],
+  emit: (g: Graph, input: string) => string,
+): Promise<Float32Array> {
+  const g = Graph.create(17, "t");
+  g.addInput("x", dims);
+  const y = emit(g, "x");
+  g.outputs = [{ name: y, type: { tensorType: { elemType: 1 } } }];
+  const rt = await runtime();
+  const s = await rt.createSession(g);
+  const out = await s.run({ x: { data: x, dims } });
+  await s.release();
+  return out[y].data;
+}
+
+const bitsOf = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
+
+/** Post-softmax-like (heavy mass near 0, a few large) and post-GELU-like test values. */
+function testValues(kind: "unsigned" | "signed"): Float32Array {
+  const r = randomData(3000, 7, 1);
+  const x = Float32Array.from(
+    r,
+    (v, i) =>
+      kind === "unsigned"
+        ? Math.abs(v) ** 6 * (i % 50 === 0 ? 1 : 0.05)
+        : (v < 0 ? v * 0.17 : v * v * 6) - (i % 97 === 0 ? 1e-9 : 0),
+  );
+  // exact region boundaries, ties, zeros of both signs, out-of-range values
+  x.set([0, -0, -1e-12, 1.5, 2.5, 0.12, 1, 8, -0.5], 0);
+  return x;
+}
+
+Deno.test("V-2SF: hand-computed codes (4 bits: flag + 3-bit payload)", () => {
+  // unsigned small region 0..7 step 0.1, large region 0..7 step 0.4 (m = 2)
+  const q: V2sfQuantizer = { bits: 4, step: 0.1, m: 2, kind: "unsigned" };
+  const x = Float32Array.of(0.04, 0.26, 0.7, 0.76, 1.0, 1.1, 2.7, 5);
+  const f = Math.fround, s = f(0.1), l = f(s * 4);
+  // 0.76 rounds to fine code 8 > 7: large region, 0.76 / 0.4 = 1.9 -> 2; 1.0 / 0.4 = 2.5 -> 2 (half to even)
+  assert.deepEqual(
+    Array.from(v2sf(x, q)),
+    [0, f(3 * s), f(7 * s), f(2 * l), f(2 * l), f(3 * l), f(7 * l), f(7 * l)],
+  );
+  assert.deepEqual(Array.from(v2sfEncode(x, q)), [0, 3, 7, 8 | 2, 8 | 2, 8 | 3, 8 | 7, 8 | 7]);
+  // signed small region -4..3 (GELU's negative tail), unsigned large region
+  const g: V2sfQuantizer = { bits: 4, step: 0.05, m: 3, kind: "signed" };
+  const y = Float32Array.of(-0.17, -0.3, 0.14, 0.3, 1.0);
+  const gs = f(0.05);
+  assert.deepEqual(
+    Array.from(v2sf(y, g)),
+    [f(-3 * gs), f(-4 * gs), f(3 * gs), f(gs * 8), f(2 * f(gs * 8))],
+  );
+  assert.deepEqual(Array.from(v2sfDecodeInt(v2sfEncode(y, g), g)), [-3, -4, 3, 8, 16]);
+});
+
+Deno.test("two-scaled quantizers: TypeScript reference equals the ONNX emission bit for bit, and the integer form decodes by shifts", async () => {
+  for (const kind of ["unsigned", "signed"] as const) {
+    const x = testValues(kind);
+    for (
+      const [bits, step, m] of [[8, 0.001, 5], [6, 0.013, 2], [4, 0.07, 7], [8, 1 / 127 / 64, 6]]
+    ) {
+      const q: V2sfQuantizer = { bits, step, m, kind };
+      const ref = v2sf(x, q);
+      const ort = await viaOrt(x, [x.length], (g, v) => emitV2sf(g, v, q, "t"));
+      assert.deepEqual(bitsOf(ort), bitsOf(ref), `V-2SF ${kind} ${bits} bits m ${m}`);
+      // decode: integers from codes (payload << m for the large region), times S;
+      // identical bits except that a code cannot carry the sign of a zero
+      const ints = v2sfDecodeInt(v2sfEncode(x, q), q);
+      const dec = Float32Array.from(ints, (i) => Math.fround(i * Math.fround(step)));
+      assert.deepEqual(bitsOf(dec), bitsOf(ref.map((v) => v + 0)), `decode ${kind} ${bits}`);
+      assert.ok(ints.every((i) => Number.isInteger(i)));
+    }
+  }
+  const dims = [6, 10, 16];
+  const x = randomData(6 * 10 * 16, 3, 2);
+  for (let i = 0; i < x.length; i += 16) x[i + 3] *= 40; // outlier channel 3
+  for (let i = 0; i < x.length; i += 16) x[i + 11] *= 9; // milder outlier channel 11
+  for (const rule of ["threshold", "error"] as const) {
+    for (const [bits, m] of [[8, 5], [6, 3], [4, 2]]) {
+      const step = Math.fround(2 / (2 ** (bits - 1) - 1));
+      const flags = o2sfFlags(x, 16, bits, step, m, rule);
+      assert.equal(flags[3], 1, `${rule}: the 40x channel is flagged`);
+      assert.equal(flags[0], 0, `${rule}: a normal channel is not`);
+      const q: O2sfQuantizer = { bits, step, m, flags };
+      const ref = o2sf(x, dims, q);
+      const ort = await viaOrt(x, dims, (g, v) => emitO2sf(g, v, q, "t", 3));
+      assert.deepEqual(bitsOf(ort), bitsOf(ref), `O-2SF ${rule} ${bits}`);
+      const ints = o2sfDecodeInt(o2sfEncode(x, q), q);
+      const dec = Float32Array.from(ints, (i) => Math.fround(i * step));
+      assert.deepEqual(bitsOf(dec), bitsOf(ref.map((v) => v + 0)), `O-2SF decode ${rule} ${bits}`);
+      // the outlier channel's step is the base step times 2^m exactly
+      assert.equal(o2sfSteps(q)[3], step * 2 ** m);
+    }
+  }
+});
+
+async function ctxFor(
+  fixture: string,
+  options: Record<string, unknown>,
+  bits = { w: 8, a: 8 },
+): Promise<QuantContext> {
+  const graph = await Graph.load(`${FIXTURES}${fixture}`);
+  const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
+  return {
+    graph,
+    sites: findSites(graph),
+    calib: makeSource(train, Array.from({ length: 8 }, (_, i) => i), FIXTURE_CARD),
+    bits,
+    runtime: await runtime(),
+    options,
+    batchSize: 8,
+    modelHash: fixture,
+    calibHash: "train 0..7",
+    seed: 0,
+    log: () => {},
+  };
+}
+
+async function logits(g: Graph, c: QuantContext): Promise<Float32Array> {
+  const rt = await runtime();
+  const s = await rt.createSession(g);
+  const out = await s.run({ input: { data: await c.calib.slice(0, 8), dims: [8, 1, 28, 28] } });
+  await s.release();
+  return out[s.outputNames[0]].data;
+}
+
+Deno.test("TSPTQ-ViT: fully quantized graph with V-2SF and O-2SF, ablation switches, options", async () => {
+  for (const fixture of ["tiny_vit_op17.onnx", "tiny_swin_op13.onnx"]) {
+    const c = await ctxFor(fixture, { ...tsptq.defaults, n: 12, rounds: 1, mMax: 6 });
+    const q = await tsptq.quantize(c);
+    const a = await logits(c.graph, c), b = await logits(q.graph, c);
+    let err = 0, scale = 0;
+    for (let i = 0; i < a.length; i++) {
+      err = Math.max(err, Math.abs(a[i] - b[i]));
+      scale = Math.max(scale, Math.abs(a[i]));
+    }
+    assert.ok(err / scale < 0.15, `${fixture}: relative logit error ${err / scale}`);
+    const lns = c.sites.filter((s) => s.kind === "ln");
+    const lnRecs = q.layers.filter((l) => l.kind === "ln");
+    assert.equal(lnRecs.length, lns.length, fixture);
+    assert.ok(lnRecs.every((l) => /^O-2SF m=\d+/.test(l.quantizer)), fixture);
+    const soft = q.layers.filter((l) => l.tensor === "a" && l.role === "av");
+    assert.ok(soft.length > 0 && soft.every((l) => l.quantizer.startsWith("V-2SF unsigned")));
+    const gelu = q.layers.filter((l) => l.tensor === "input" && l.role === "fc2");
+    assert.ok(gelu.length > 0 && gelu.every((l) => l.quantizer.startsWith("V-2SF signed")));
+    // every reader of a LayerNorm input (the LayerNorm, the residual add) reads it quantized:
+    // what still reads the FP value is the quantizer's Div (and shape queries)
+    for (const s of lns) {
+      const readers = q.graph.nodes.filter((n) => n.inputs.includes(s.input!));
+      assert.ok(readers.some((n) => n.opType === "Div"), `${fixture} ${s.id}`);
+      assert.ok(readers.every((n) => ["Div", "Shape"].includes(n.opType)), `${fixture} ${s.id}`);
+    }
+  }
+  // ablation: both off gives per-tensor uniform LN inputs and PTQ4ViT's uniform softmax/GELU
+  const c = await ctxFor("tiny_vit_op17.onnx", {
+    ...tsptq.defaults,
+    v2sf: false,
+    o2sf: false,
+    n: 8,
+    rounds: 1,
+  });
+  const q = await tsptq.quantize(c);
+  assert.ok(q.layers.filter((l) => l.kind === "ln").every((l) => l.quantizer === "per-tensor sym"));
+  const avA = q.layers.filter((l) => l.role === "av" && /^a(\[h\d+\])?$/.test(l.tensor));
+  assert.ok(avA.length > 0 && avA.every((l) => /^per-(tensor|head) sym$/.test(l.quantizer)));
+  assert.equal(optionsError(tsptq, { ...tsptq.defaults }), undefined);
+  assert.match(optionsError(tsptq, { ...tsptq.defaults, flagRule: "x" })!, /flagRule/);
+  assert.match(optionsError(tsptq, { ...tsptq.defaults, mMax: 0 })!, /mMax/);
+  assert.match(optionsError(tsptq, { ...tsptq.defaults, metric: "l1" })!, /metric/);
+  assert.ok(!("twinSoftmax" in tsptq.defaults) && "gradient" in tsptq.defaults);
 });

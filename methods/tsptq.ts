@@ -1,0 +1,621 @@
+/**
+ * TSPTQ-ViT (Tai, Lin, Wu, ICASSP 2023, arXiv 2305.12901): two-scaled scaling
+ * factors for fully quantized 8-bit vision transformers, **reconstructed from the
+ * abstract** (no code or full text is public; `../shared/methods.md` section 3).
+ *
+ * What is quantized (`scope: "full"`, the default): every linear layer's weight
+ * and input and both attention matmul operands as PTQ4ViT does, plus every
+ * LayerNorm input (the residual stream, including the patch-embedding plus
+ * position output and the final norm's input) for every node that reads it, the
+ * softmax output and the GELU output (`core/quant/scope.ts`).
+ *
+ * Calibration (as PTQ4ViT's, whose search it runs): 32 images, parallel (every
+ * layer searched on FP inputs), Hessian-guided metric (squared output error
+ * weighted by the squared task-loss gradient), alternating rounds on the grid
+ * Δ0·(α + i(β-α)/n). Weights, linear inputs and the Q·Kᵀ / V operands get
+ * PTQ4ViT's uniform quantizers and searched steps. Then:
+ * - V-2SF (`core/quant/two_scaled.ts`) replaces the uniform quantizer of the
+ *   A·V softmax operand (unsigned small region) and of the fc2 input (post-GELU,
+ *   signed small region); its large step L and ratio exponent m are searched in
+ *   alternating rounds (m in 1..mMax with L fixed, then L on the grid with m
+ *   fixed; small step S = L/2^m), scored on the consuming layer's output with the
+ *   layer's other operand as calibrated (the fc2 weight at its searched step, V
+ *   in FP as PTQ4ViT scores the softmax operand).
+ * - O-2SF quantizes every LayerNorm input: base step S and a per-channel flag
+ *   for S·2^m, searched the same way and scored on the LayerNorm's output.
+ * `v2sf: false` / `o2sf: false` give the ablation rows (PTQ4ViT's searched
+ * uniform quantizer on the softmax and GELU outputs; a searched per-tensor
+ * uniform step on LayerNorm inputs).
+ *
+ * @module
+ */
+import { type Captured, captureValues } from "../core/runtime/capture.ts";
+import { outputGradients } from "../core/autodiff/gradients.ts";
+import { Graph, Tensor } from "../core/onnx/graph.ts";
+import type { Site } from "../core/onnx/sites.ts";
+import { type ActPlan, applyPlan } from "../core/quant/apply.ts";
+import {
+  activationTargets,
+  type ActTarget,
+  type LnConsumers,
+  type Scope,
+} from "../core/quant/scope.ts";
+import { type Metric, scoringGraph } from "../core/quant/search.ts";
+import {
+  emitO2sf,
+  emitV2sf,
+  emitV2sfWith,
+  type FlagRule,
+  o2sfFlags,
+  o2sfSteps,
+  type V2sfKind,
+  v2sfSteps,
+} from "../core/quant/two_scaled.ts";
+import type { Runtime } from "../core/runtime/runtime.ts";
+import { ptq4vit, type Ptq4vitOptions } from "./ptq4vit.ts";
+import { CellCache } from "./cache.ts";
+import {
+  defineMethod,
+  type LayerRecord,
+  type OptionSchema,
+  type OptionsSchema,
+  type QuantContext,
+  type QuantizedModel,
+  type QuantMethod,
+} from "./types.ts";
+
+/** PTQ4ViT options TSPTQ does not take: the two-scaled quantizers replace the twin ones. */
+const NOT_PASSED = ["twinSoftmax", "twinGelu", "variant", "softmaxPartner"] as const;
+
+/** PTQ4ViT's options that TSPTQ passes on to its search. */
+type PtqPart = Omit<Ptq4vitOptions, (typeof NOT_PASSED)[number]>;
+
+/** TSPTQ-ViT's options: its own, and PTQ4ViT's search options (less the twin quantizers'). */
+export interface TsptqOptions extends PtqPart {
+  /** `full` (fully quantized, the paper's setting) or `linear` (PTQ4ViT's scope). */
+  scope: Scope;
+  /** V-2SF on the softmax and GELU outputs (off: PTQ4ViT's searched uniform quantizer). */
+  v2sf: boolean;
+  /** O-2SF on LayerNorm inputs (off: a searched per-tensor uniform step). */
+  o2sf: boolean;
+  /** Inferred: how O-2SF flags a channel (`threshold`: would clip at S; `error`: smaller error). */
+  flagRule: FlagRule;
+  /** Inferred: largest ratio exponent m searched (both quantizers). */
+  mMax: number;
+  /** Inferred: which readers of a LayerNorm input see it quantized (`all`: the residual stream too). */
+  lnConsumers: LnConsumers;
+}
+
+type OwnOptions = Omit<TsptqOptions, keyof PtqPart>;
+
+const OWN_DEFAULTS: OwnOptions = {
+  scope: "full",
+  v2sf: true,
+  o2sf: true,
+  flagRule: "threshold",
+  mMax: 10,
+  lnConsumers: "all",
+};
+
+const OWN_SCHEMA: OptionsSchema<OwnOptions> = {
+  scope: {
+    enum: ["linear", "full"],
+    description:
+      "full: also every LayerNorm input and the softmax and GELU outputs (fully quantized, the paper's setting); linear: PTQ4ViT's scope",
+  },
+  v2sf: {
+    type: "boolean",
+    description:
+      "V-2SF on post-softmax and post-GELU values (off: PTQ4ViT's searched uniform quantizer)",
+  },
+  o2sf: {
+    type: "boolean",
+    description: "O-2SF on LayerNorm inputs (off: a searched per-tensor uniform step)",
+  },
+  flagRule: {
+    enum: ["threshold", "error"],
+    description:
+      "inferred: O-2SF outlier flag per channel: threshold (the channel would clip at the base step) or error (the step with the smaller squared error)",
+  },
+  mMax: {
+    type: "integer",
+    minimum: 1,
+    maximum: 20,
+    description:
+      "inferred: largest ratio exponent m (steps S and S*2^m) searched by V-2SF and O-2SF",
+  },
+  lnConsumers: {
+    enum: ["all", "ln"],
+    description:
+      "inferred: readers of a LayerNorm input that see it quantized: all (the residual stream feeds the residual adds quantized too) or ln (the LayerNorm only)",
+  },
+};
+
+/** A copy of `x` without PTQ4ViT's twin-quantizer options. */
+function ptqPart<T>(x: Record<string, T>): Record<string, T> {
+  const out = { ...x };
+  for (const k of NOT_PASSED) delete out[k];
+  return out;
+}
+
+/** The PTQ4ViT options of a TSPTQ cell: its search options, twin quantizers off. */
+function ptqOptions(o: TsptqOptions): Ptq4vitOptions {
+  const out = { ...(ptq4vit.defaults as Ptq4vitOptions) } as unknown as Record<string, unknown>;
+  const given = o as unknown as Record<string, unknown>;
+  for (const k of Object.keys(ptqPart(out))) if (k in given) out[k] = given[k];
+  return { ...(out as unknown as Ptq4vitOptions), twinSoftmax: false, twinGelu: false };
+}
+
+function argmin(xs: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < xs.length; i++) if (xs[i] < xs[best]) best = i;
+  return best;
+}
+
+function maxOf(x: Float32Array): number {
+  let m = -Infinity;
+  for (let i = 0; i < x.length; i++) if (x[i] > m) m = x[i];
+  return m;
+}
+
+function absMax(x: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < x.length; i++) m = Math.max(m, Math.abs(x[i]));
+  return m;
+}
+
+/** PTQ4ViT's initial step: bound / (top + 0.5), top the largest code. */
+function initStep(bound: number, top: number): number {
+  const s = Math.fround(bound / (top + 0.5));
+  return s > 0 ? s : 1e-8;
+}
+
+/** A two-parameter quantizer searched in alternating rounds: exponent m and large step L. */
+interface TwoScaled {
+  m: number;
+  large: number;
+}
+
+/**
+ * Alternating search of (m, L): per round, m over 1..mMax with L fixed, then L
+ * over the grid L0·factors with m fixed. `score` scores a batch of candidates.
+ * A round whose m search returns the previous round's m stops the search: its
+ * L search would score the same candidates again (the result is the same as
+ * running all rounds).
+ */
+async function searchTwoScaled(
+  l0: number,
+  factors: number[],
+  mMax: number,
+  rounds: number,
+  score: (cands: TwoScaled[]) => Promise<number[]>,
+): Promise<TwoScaled & { score: number }> {
+  let cur: TwoScaled = { m: 1, large: l0 };
+  let best = Infinity;
+  for (let r = 0; r < rounds; r++) {
+    const ms = Array.from({ length: mMax }, (_, i) => ({ m: i + 1, large: cur.large }));
+    let s = await score(ms);
+    const m = ms[argmin(s)].m;
+    // same m as the last round: the L search would repeat it exactly (converged)
+    if (r > 0 && m === cur.m) break;
+    const ls = factors.map((f) => ({ m, large: Math.fround(l0 * f) }));
+    s = await score(ls);
+    const i = argmin(s);
+    cur = ls[i];
+    best = s[i];
+  }
+  return { ...cur, score: best };
+}
+
+/** The small step of a two-scaled candidate: L / 2^m as float32 (L is then S·2^m exactly). */
+function smallStep(c: TwoScaled): number {
+  const s = Math.fround(c.large / 2 ** c.m);
+  return s > 0 ? s : 1e-30;
+}
+
+function i64(g: Graph, prefix: string, values: number[]): string {
+  return g.setInitializer(Tensor.fromInt64(g.uniqueName(prefix), [values.length], values));
+}
+
+/** LayerNorm scoring graph: candidates' per-channel steps p [K, C] quantize x [M, C]. */
+function lnScoringGraph(
+  m: number,
+  c: number,
+  gamma: Float32Array,
+  beta: Float32Array,
+  eps: number,
+  bits: number,
+  metric: Metric,
+): Graph {
+  const g = Graph.create(17, "vitq-ln-score");
+  g.addInput("x", [m, c]);
+  g.addInput("p", ["K", c]);
+  g.addInput("o", [m, c]);
+  if (metric === "hessian") g.addInput("g", [m, c]);
+  const lim = 2 ** (bits - 1);
+  const shape = i64(g, "pshape", [-1, 1, c]);
+  const p = g.addNode("Reshape", ["p", shape]);
+  let q = g.addNode("Round", [g.addNode("Div", ["x", p])]);
+  q = g.addNode("Clip", [q, g.constFloat("qmin", -lim), g.constFloat("qmax", lim - 1)]);
+  q = g.addNode("Mul", [q, p]);
+  const y = g.addNode("LayerNormalization", [
+    q,
+    g.constFloat("gamma", gamma, [c]),
+    g.constFloat("beta", beta, [c]),
+  ], { attributes: [{ name: "axis", type: 2, i: -1 }, { name: "epsilon", type: 1, f: eps }] });
+  let score: string;
+  if (metric === "cosine") {
+    const last = i64(g, "last", [-1]);
+    const keep0 = [{ name: "keepdims", type: 2, i: 0 }];
+    const dot = g.addNode("ReduceSum", [g.addNode("Mul", [y, "o"]), last], { attributes: keep0 });
+    const ny = g.addNode("ReduceSum", [g.addNode("Mul", [y, y]), last], { attributes: keep0 });
+    const no = g.addNode("ReduceSum", [g.addNode("Mul", ["o", "o"]), last], { attributes: keep0 });
+    const den = g.addNode("Sqrt", [
+      g.addNode("Add", [g.addNode("Mul", [ny, no]), g.constFloat("eps", 1e-20)]),
+    ]);
+    const mean = g.addNode("ReduceMean", [g.addNode("Div", [dot, den])], {
+      attributes: [{ name: "axes", type: 7, ints: [1] }, ...keep0],
+    });
+    score = g.addNode("Neg", [mean]);
+  } else {
+    let d = g.addNode("Sub", [y, "o"]);
+    if (metric === "hessian") d = g.addNode("Mul", [d, "g"]);
+    score = g.addNode("ReduceSum", [g.addNode("Mul", [d, d]), i64(g, "axes", [1, 2])], {
+      attributes: [{ name: "keepdims", type: 2, i: 0 }],
+    });
+  }
+  g.outputs = [{ name: score, type: { tensorType: { elemType: 1 } } }];
+  return g;
+}
+
+/** A constant of the FP graph as float32 (γ, β, bias), or `fill` repeated when absent. */
+function constOf(g: Graph, name: string | undefined, n: number, fill: number): Float32Array {
+  if (!name) return new Float32Array(n).fill(fill);
+  const t = g.constant(name);
+  if (!t) throw new Error(`tsptq: constant ${name} not found`);
+  const v = t.float32();
+  return v.length === n ? v : new Float32Array(n).fill(v[0]);
+}
+
+/** Fixed feeds of a scoring graph. */
+type Feeds = Record<string, { data: Float32Array; dims: number[] }>;
+
+/**
+ * Score candidates with a scoring graph whose input `p` holds one row of
+ * `width` parameters per candidate; `perCand` bounds the bytes one candidate
+ * occupies (chunks hold at most 256 MiB). Returns one score per candidate.
+ */
+async function runScoring(
+  rt: Runtime,
+  graph: Graph,
+  fixed: Feeds,
+  rows: ArrayLike<number>[],
+  width: number,
+  perCand: number,
+): Promise<number[]> {
+  const s = await rt.createSession(graph, "two-scaled scoring graph");
+  const chunk = Math.max(1, Math.floor((256 * 2 ** 20) / perCand));
+  const out: number[] = [];
+  try {
+    for (let k0 = 0; k0 < rows.length; k0 += chunk) {
+      const kn = Math.min(chunk, rows.length - k0);
+      const p = new Float32Array(kn * width);
+      for (let i = 0; i < kn; i++) p.set(rows[k0 + i], i * width);
+      const res = Object.values(await s.run({ ...fixed, p: { data: p, dims: [kn, width] } }))[0];
+      for (let i = 0; i < kn; i++) out.push(res.data[i]);
+    }
+  } finally {
+    await s.release();
+  }
+  return out;
+}
+
+/**
+ * The matmul scoring graph of `core/quant/search.ts` with its stacked candidates
+ * computed in the graph by V-2SF from the raw operand `x` and per-candidate
+ * parameters `p` = [small step, large step] (the same emitter as the final graph).
+ */
+function v2sfScoringGraph(
+  problem: {
+    aDims: number[];
+    bDims: number[];
+    oDims: number[];
+    metric: Metric;
+    bias?: Float32Array;
+  },
+  kind: V2sfKind,
+  bits: number,
+): Graph {
+  const g = scoringGraph({ vary: "a", ...problem });
+  g.inputs = g.inputs.filter((v) => v.name !== "cand");
+  g.addInput("x", problem.aDims);
+  g.addInput("p", ["K", 2]);
+  const rank = problem.aDims.length;
+  const shape = i64(g, "pshape", [-1, ...Array(rank).fill(1)]);
+  const col = (i: number) =>
+    g.addNode("Reshape", [
+      g.addNode("Gather", ["p", i64(g, "col", [i])], {
+        attributes: [{ name: "axis", type: 2, i: 1 }],
+      }),
+      shape,
+    ]);
+  const { lo, hi, top } = v2sfSteps({ bits, step: 1, m: 1, kind });
+  const cand = emitV2sfWith(g, "x", {
+    small: col(0),
+    large: col(1),
+    lo: g.constFloat("lo", lo),
+    hi: g.constFloat("hi", hi),
+    zero: g.constFloat("zero", 0),
+    top: g.constFloat("top", top),
+  });
+  for (const n of g.nodes) n.inputs = n.inputs.map((v) => (v === "cand" ? cand : v));
+  return g;
+}
+
+/** The record of one quantized activation. */
+function record(
+  t: ActTarget,
+  bits: number,
+  scale: number,
+  quantizer: string,
+  elements: number,
+): LayerRecord {
+  return {
+    site: t.site.id,
+    kind: t.site.kind,
+    role: t.site.role,
+    block: t.site.block,
+    tensor: t.tensor,
+    bits,
+    scale,
+    quantizer,
+    sqnrDb: null,
+    elements,
+  } as LayerRecord;
+}
+
+/** FP values and output gradients the two-scaled searches read, shared by the cells of a model. */
+interface CalibData {
+  values: Map<string, Captured>;
+  grads: Map<string, Float32Array> | undefined;
+}
+
+const cache = new CellCache<CalibData>();
+
+/**
+ * Capture (once per model and calibration set) every value the two-scaled
+ * searches of the full scope may read: the softmax and GELU outputs' layers
+ * (operands, outputs) and every LayerNorm's input and output, with the output
+ * gradients for the Hessian metric.
+ */
+function calibData(ctx: QuantContext<TsptqOptions>, ptq: Ptq4vitOptions): Promise<CalibData> {
+  const hessian = ptq.metric === "hessian";
+  const depends = ["tsptq", hessian ? ptq.gradient : "none", ptq.gradBatch, ctx.batchSize];
+  return cache.get(ctx, depends, async () => {
+    const all = activationTargets(ctx.graph, ctx.sites, "full");
+    const sites = all.filter((t) => ["softmax", "gelu", "ln_in"].includes(t.role)).map((t) =>
+      t.site
+    );
+    const outputs = [...new Set(sites.map((s) => s.output))];
+    const values = [
+      ...new Set([
+        ...outputs,
+        ...sites.flatMap((s) => s.kind === "matmul" ? s.operands! : [s.input!]),
+      ]),
+    ];
+    const captured = await captureValues(ctx.runtime, ctx.graph, values, ctx.calib, ctx.batchSize);
+    const grads = hessian
+      ? await outputGradients(ctx.runtime, ctx.graph, outputs, ctx.calib, {
+        mode: ptq.gradient,
+        subBatch: ptq.gradBatch,
+      })
+      : undefined;
+    return { values: captured, grads };
+  });
+}
+
+/** Replace the activation quantizer PTQ4ViT put on input `slot` of `site`'s node by the raw value. */
+function unquantizeSlot(g: Graph, site: Site, slot: number, raw: string): void {
+  const n = g.nodes.find((x) => x.name === site.node);
+  if (!n) throw new Error(`tsptq: node ${site.node} of ${site.id} not in the PTQ4ViT graph`);
+  n.inputs[slot] = raw;
+}
+
+async function quantizeTsptq(ctx: QuantContext<TsptqOptions>): Promise<QuantizedModel> {
+  const o = ctx.options;
+  const { bits } = ctx;
+  const ptq = ptqOptions(o);
+  // 1. PTQ4ViT's calibration: weights, linear inputs, matmul operands (uniform quantizers)
+  const base = await ptq4vit.quantize({
+    ...ctx,
+    options: ptq as unknown as Record<string, unknown>,
+  });
+  ctx.log("tsptq: PTQ4ViT search done");
+  const targets = activationTargets(ctx.graph, ctx.sites, o.scope, {
+    lnConsumers: o.lnConsumers,
+  });
+  const v2Targets = o.v2sf ? targets.filter((t) => t.role === "softmax" || t.role === "gelu") : [];
+  for (const t of v2Targets) {
+    if (t.slot === undefined) {
+      throw new Error(
+        `tsptq: ${t.site.id}: the ${t.role} output reaches its consumer through other nodes; V-2SF needs it to feed the A·V or fc2 input directly`,
+      );
+    }
+  }
+  const lnTargets = targets.filter((t) => t.role === "ln_in");
+  // 2. FP values and output gradients of the layers the new quantizers feed
+  const { values: captured, grads } = await calibData(ctx, ptq);
+  ctx.log("tsptq: FP values and gradients captured");
+  const factors = Array.from({ length: o.n }, (_, i) => o.alpha + (i * (o.beta - o.alpha)) / o.n);
+  const perImage = (v: string) => captured.get(v)!.data.length / ctx.calib.length;
+  const acts: ActPlan[] = [];
+  const records: LayerRecord[] = [];
+  const g = base.graph;
+  // 3. V-2SF on the softmax operand of A·V and the fc2 input
+  for (const t of v2Targets) {
+    ctx.log(`${t.site.id}: V-2SF search`);
+    const kind: V2sfKind = t.role === "softmax" ? "unsigned" : "signed";
+    const x = captured.get(t.value)!;
+    const site = t.site;
+    let fixed: Float32Array, aDims: number[], bDims: number[], oDims: number[];
+    let bias: Float32Array | undefined;
+    const out = captured.get(site.output)!;
+    if (site.kind === "matmul") {
+      const b = captured.get(site.operands![1])!;
+      fixed = b.data;
+      [aDims, bDims, oDims] = [x.dims, b.dims, out.dims];
+    } else {
+      // the fc2 weight as PTQ4ViT quantized it, in [Cin, Cout] layout
+      const node = g.nodes.find((n) => n.name === site.node)!;
+      const w = g.initializers.get(node.inputs[1]) ?? g.constant(node.inputs[1]);
+      if (!w) throw new Error(`tsptq: ${site.id}: quantized weight not found`);
+      const [r, c] = w.dims;
+      const transB = node.opType === "Gemm" && site.weightOutAxis === 0;
+      const wd = w.float32();
+      const cin = transB ? c : r, cout = transB ? r : c;
+      fixed = transB
+        ? Float32Array.from({ length: wd.length }, (_, i) => {
+          const ii = Math.floor(i / cout), jj = i % cout;
+          return wd[jj * cin + ii];
+        })
+        : wd;
+      const rows = x.data.length / cin;
+      [aDims, bDims, oDims] = [[rows, cin], [cin, cout], [rows, cout]];
+      bias = site.bias ? constOf(ctx.graph, site.bias, cout, 0) : undefined;
+    }
+    const scoring = v2sfScoringGraph({ aDims, bDims, oDims, metric: o.metric, bias }, kind, bits.a);
+    const fixedFeeds: Feeds = {
+      x: { data: x.data, dims: aDims },
+      fixed: { data: fixed, dims: bDims },
+      o: { data: out.data, dims: oDims },
+    };
+    const gr = grads?.get(site.output);
+    if (o.metric === "hessian") fixedFeeds.g = { data: gr!, dims: oDims };
+    if (bias) fixedFeeds.bias = { data: bias, dims: [bias.length] };
+    const perCand = 4 * Math.max(x.data.length, out.data.length) * 3;
+    const top = 2 ** (bits.a - 1) - 1;
+    const l0 = initStep(kind === "unsigned" ? maxOf(x.data) : Math.max(maxOf(x.data), 0), top);
+    const best = await searchTwoScaled(
+      l0,
+      factors,
+      o.mMax,
+      o.rounds,
+      (cands) =>
+        runScoring(
+          ctx.runtime,
+          scoring,
+          fixedFeeds,
+          cands.map((k) => [smallStep(k), Math.fround(smallStep(k) * 2 ** k.m)]),
+          2,
+          perCand,
+        ),
+    );
+    const q = { bits: bits.a, step: smallStep(best), m: best.m, kind };
+    unquantizeSlot(g, site, t.slot!, t.value);
+    acts.push({ site, slot: t.slot, emit: (h, input, prefix) => emitV2sf(h, input, q, prefix) });
+    records.push(record(t, bits.a, q.step, `V-2SF ${kind}, m=${q.m}`, perImage(t.value)));
+  }
+  // 4. LayerNorm inputs: O-2SF (or a searched per-tensor step)
+  for (const t of lnTargets) {
+    ctx.log(`${t.site.id}: ${o.o2sf ? "O-2SF" : "uniform"} search`);
+    const site = t.site;
+    const x = captured.get(t.value)!, y = captured.get(site.output)!;
+    const c = x.dims[x.dims.length - 1], m = x.data.length / c;
+    const lnGraph = lnScoringGraph(
+      m,
+      c,
+      constOf(ctx.graph, site.gamma, c, 1),
+      constOf(ctx.graph, site.beta, c, 0),
+      site.epsilon ?? 1e-5,
+      bits.a,
+      o.metric,
+    );
+    const feeds: Feeds = { x: { data: x.data, dims: [m, c] }, o: { data: y.data, dims: [m, c] } };
+    if (o.metric === "hessian") feeds.g = { data: grads!.get(site.output)!, dims: [m, c] };
+    const scoreLn = (rows: Float32Array[]) =>
+      runScoring(ctx.runtime, lnGraph, feeds, rows, c, 4 * m * c * 3);
+    const top = 2 ** (bits.a - 1) - 1;
+    const l0 = initStep(absMax(x.data), top);
+    const rank = x.dims.length;
+    if (o.o2sf) {
+      const flagsOf = (k: TwoScaled) => o2sfFlags(x.data, c, bits.a, smallStep(k), k.m, o.flagRule);
+      const best = await searchTwoScaled(l0, factors, o.mMax, o.rounds, (cands) =>
+        scoreLn(
+          cands.map((k) =>
+            o2sfSteps({ bits: bits.a, step: smallStep(k), m: k.m, flags: flagsOf(k) })
+          ),
+        ));
+      const q = { bits: bits.a, step: smallStep(best), m: best.m, flags: flagsOf(best) };
+      const outliers = q.flags.reduce((a, b) => a + b, 0);
+      acts.push({
+        value: t.value,
+        consumers: t.consumers,
+        prefix: `${site.id}_in`,
+        emit: (h, input, prefix) => emitO2sf(h, input, q, prefix, rank),
+      });
+      records.push(
+        record(
+          t,
+          bits.a,
+          q.step,
+          `O-2SF m=${q.m}, ${outliers}/${c} outlier channels`,
+          perImage(t.value),
+        ),
+      );
+    } else {
+      const cands = factors.map((f) => Math.fround(l0 * f));
+      const scores = await scoreLn(cands.map((st) => new Float32Array(c).fill(st)));
+      const step = cands[argmin(scores)];
+      acts.push({
+        value: t.value,
+        consumers: t.consumers,
+        prefix: `${site.id}_in`,
+        q: {
+          bits: bits.a,
+          signed: true,
+          scale: Float32Array.of(step),
+          zeroPoint: Float32Array.of(0),
+        },
+      });
+      records.push(record(t, bits.a, step, "per-tensor sym", perImage(t.value)));
+    }
+  }
+  const { graph } = applyPlan(g, [], acts, { inPlace: true });
+  const replaced = new Set(v2Targets.map((t) => `${t.site.id}/${t.tensor}`));
+  // PTQ4ViT records a per-head operand as tensors a[h0], a[h1], ...
+  const layers = [
+    ...base.layers.filter((l) => !replaced.has(`${l.site}/${l.tensor.replace(/\[h\d+\]$/, "")}`)),
+    ...records,
+  ];
+  const notes = `TSPTQ-ViT reconstruction: scope ${o.scope}; V-2SF ${
+    o.v2sf ? "on" : "off"
+  }; O-2SF ${
+    o.o2sf ? `on (flag rule ${o.flagRule}, inferred)` : "off"
+  }; m in 1..${o.mMax} (inferred); LayerNorm input read quantized by ${
+    o.lnConsumers === "all" ? "all its readers (inferred)" : "the LayerNorm only (inferred)"
+  }; PTQ4ViT search: ${base.notes ?? ""}`;
+  return { graph, layers, notes };
+}
+
+const APPROX =
+  "reconstruction from the abstract and secondary summaries (no code or full text public): V-2SF = 1 flag + (k-1)-bit payload, small step S, large step S*2^m (post-softmax unsigned small region, post-GELU signed small region), decode by shift; O-2SF = per-tensor base step + per-channel flag for S*2^m on LayerNorm inputs; inferred choices are options: flagRule (threshold | error), mMax (10), lnConsumers (all: the quantized residual stream feeds the residual adds too | ln), search order (m then L per round, S = L/2^m), O-2SF scored on the LayerNorm output only, V-2SF scored after PTQ4ViT's rounds with the fc2 weight at its searched step and V in FP; weights, linear inputs and Q/K/V operands are PTQ4ViT's (pseudo-label gradient by default, see ptq4vit)";
+
+/** TSPTQ-ViT: two-scaled scaling factors (V-2SF, O-2SF), fully quantized, PTQ4ViT's search. */
+export const tsptq: QuantMethod = defineMethod<TsptqOptions>({
+  name: "tsptq",
+  paper: "Tai, Lin, Wu, TSPTQ-ViT, ICASSP 2023 (arXiv 2305.12901); reconstructed from the abstract",
+  description:
+    "fully quantized: PTQ4ViT's Hessian-guided search for linear layers and matmul operands; V-2SF (two steps S, S*2^m; decode by shift) on post-softmax and post-GELU values; O-2SF (per-channel flag for S*2^m) on every LayerNorm input",
+  approximations: APPROX,
+  defaults: {
+    ...(ptqPart(ptq4vit.defaults as Record<string, unknown>) as unknown as PtqPart),
+    ...OWN_DEFAULTS,
+  },
+  optionsSchema: {
+    ...(ptqPart(ptq4vit.optionsSchema as Record<string, OptionSchema>) as unknown as OptionsSchema<
+      PtqPart
+    >),
+    ...OWN_SCHEMA,
+  },
+  quantize: quantizeTsptq,
+});
