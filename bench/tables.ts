@@ -331,7 +331,7 @@ export function renderMarkdown(d: TableData): string {
   for (const { w, a } of d.bits) {
     out.push(`## W${w}A${a}: Top-1 (%)`, "");
     out.push(
-      `| Method | ${d.models.join(" | ")} |`,
+      `| Method | ${d.models.map(mdText).join(" | ")} |`,
       `|---|${d.models.map(() => "---:").join("|")}|`,
     );
     out.push(
@@ -347,7 +347,7 @@ export function renderMarkdown(d: TableData): string {
         return e?.tied ? `${s} †` : s;
       });
       if (cells.every((c) => c === "–")) continue;
-      out.push(`| ${label} | ${cells.join(" | ")} |`);
+      out.push(`| ${mdText(label)} | ${cells.join(" | ")} |`);
     }
     out.push("", TIE_LEGEND, "");
   }
@@ -396,7 +396,7 @@ export function renderSpeedMarkdown(d: TableData): string[] {
     "",
     "Timed graphs: FP32 = the original graph; fake-quant = the method's quantize-dequantize graph in float32, which simulates quantization and is not faster than FP32; deploy = the same quantizers as a QDQ graph whose integer codes ONNX Runtime runs in fused integer kernels (quantizers that are not plain uniform stay float there); integer-only = I-ViT's integer graph. A cell's FP32, fake-quant and deploy graphs are timed in one interleaved loop (round-robin repetitions), and its ratios are to that FP32 timing; the FP32 row is the baseline run's own timing.",
     "",
-    `| Graph | ${d.models.join(" | ")} |`,
+    `| Graph | ${d.models.map(mdText).join(" | ")} |`,
     `|---|${d.models.map(() => "---:").join("|")}|`,
   ];
   const sp = (ips: number | null, lat: number | null) =>
@@ -422,9 +422,9 @@ export function renderSpeedMarkdown(d: TableData): string[] {
       if (fake.every((c) => c === "–")) continue;
       const kind = es.find((e) => e)?.timedGraph ?? "";
       out.push(
-        `| ${label} W${w}A${a} (${kind.startsWith("integer") ? "integer-only" : "fake-quant"}) | ${
-          fake.join(" | ")
-        } |`,
+        `| ${mdText(label)} W${w}A${a} (${
+          kind.startsWith("integer") ? "integer-only" : "fake-quant"
+        }) | ${fake.join(" | ")} |`,
       );
       const dep = es.map((e) =>
         !e?.deploy || e.deploy.ips === null
@@ -460,6 +460,12 @@ export function renderSpeedMarkdown(d: TableData): string[] {
     out.push("");
   }
   return out;
+}
+
+/** A Markdown table cell: `|` escaped, line breaks and other control characters as spaces. */
+export function mdText(s: string): string {
+  // deno-lint-ignore no-control-regex
+  return s.replace(/[\u0000-\u001f\u007f]+/g, " ").replaceAll("|", "\\|");
 }
 
 function texEscape(s: string): string {

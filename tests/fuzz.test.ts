@@ -14,6 +14,7 @@ import sharp from "sharp";
 import { prepareBench } from "../bench/prepare.ts";
 import { evaluate, nonFiniteMessage } from "../bench/evaluate.ts";
 import { Store } from "../bench/store.ts";
+import { mdText } from "../bench/tables.ts";
 import { VitqError } from "../core/errors.ts";
 import { Graph, Tensor } from "../core/onnx/graph.ts";
 import { loadFashionMnist } from "../datasets/fashion_mnist.ts";
@@ -806,4 +807,6 @@ Deno.test("non-finite logits make the image wrong, never right", async () => {
     assert.ok(ev.trueRank.every((r) => r === 10));
   }
   assert.equal(nonFiniteMessage(3), "non-finite logits on 3 images");
+  // a '|' or a line break in a name cannot break a Markdown table row
+  assert.equal(mdText("a|b\nc"), "a\\|b c");
 });
