@@ -14,6 +14,7 @@
  */
 import { collectStats } from "../core/runtime/capture.ts";
 import type { Site } from "../core/onnx/sites.ts";
+import { QDQ_KIND } from "../core/quant/deploy.ts";
 import { type ActPlan, applyPlan, siteWeight, type WeightPlan } from "../core/quant/apply.ts";
 import { absMax, symmetric, symmetricScale } from "../core/quant/uniform.ts";
 import { activationTargets, type Scope, targetPlan } from "../core/quant/scope.ts";
@@ -67,7 +68,7 @@ async function uniformBaseline(
   const acts: ActPlan[] = slots.map((s) =>
     targetPlan(s, { q: symmetric(bits.a, symmetricScale(actBound(s.value, stats), bits.a)) })
   );
-  const { graph, weights: applied } = applyPlan(ctx.graph, weights, acts);
+  const { graph, weights: applied, deploy } = applyPlan(ctx.graph, weights, acts, { deploy: true });
   const rec = new LayerRecorder(ctx);
   applied.forEach((w, i) =>
     rec.add(w.site, "weight", w.site.weight!, {
@@ -86,7 +87,7 @@ async function uniformBaseline(
     })
   );
   const layers = await rec.records();
-  return { graph, layers };
+  return { graph, layers, deployable: deploy && { graph: deploy, kind: QDQ_KIND } };
 }
 
 /** Percentile of |w| over a weight tensor (exact, by sorting a copy). */

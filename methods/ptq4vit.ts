@@ -34,7 +34,9 @@ import {
   emitTwinGelu,
   emitTwinSoftmax,
   twinGelu,
+  twinGeluParts,
   twinSoftmax,
+  twinSoftmaxParts,
   type TwinVariant,
 } from "../core/quant/twin.ts";
 import { type CandidateQuantizer, CandidateScorer, type Metric } from "../core/quant/search.ts";
@@ -287,6 +289,13 @@ function emitAct(q: ActQ, bits: number, variant: TwinVariant): ActPlan["emit"] |
   if (q.kind === "twin-gelu") {
     return (g, input, prefix) => emitTwinGelu(g, input, { bits, posScale: q.pos }, prefix);
   }
+  return undefined;
+}
+
+/** A twin quantizer as uniform parts for the deploy graph (integer products per part). */
+function actParts(q: ActQ, bits: number, variant: TwinVariant): ActPlan["parts"] {
+  if (q.kind === "twin-softmax") return twinSoftmaxParts({ bits, split: q.split, variant });
+  if (q.kind === "twin-gelu") return twinGeluParts({ bits, posScale: q.pos });
   return undefined;
 }
 
@@ -800,6 +809,7 @@ async function quantizePtq4vit(ctx: QuantContext): Promise<QuantizedModel> {
           slot: 0,
           q: res.act.kind === "uniform" ? symmetric(bits.a, res.act.step) : undefined,
           emit: emitAct(res.act, bits.a, o.variant),
+          parts: actParts(res.act, bits.a, o.variant),
         });
         rec(site, "input", bits.a, actStep(res.act), actName(res.act));
       }
@@ -808,7 +818,12 @@ async function quantizePtq4vit(ctx: QuantContext): Promise<QuantizedModel> {
       for (const [slot, q] of [[0, a], [1, b]] as const) {
         const t = slot === 0 ? "a" : "b";
         if (q.kind === "twin-softmax") {
-          acts.push({ site, slot, emit: emitAct(q, bits.a, o.variant) });
+          acts.push({
+            site,
+            slot,
+            emit: emitAct(q, bits.a, o.variant),
+            parts: actParts(q, bits.a, o.variant),
+          });
           rec(site, t, bits.a, q.split, "twin-softmax");
           continue;
         }

@@ -1,14 +1,28 @@
 import assert from "node:assert/strict";
 import { DuckDBInstance } from "@duckdb/node-api";
-import { Graph } from "../core/onnx/graph.ts";
-import { findSites } from "../core/onnx/sites.ts";
-import { fakeQuant, qRange, quantCodes, type UniformQuantizer } from "../core/quant/uniform.ts";
+import { Graph, Tensor } from "../core/onnx/graph.ts";
+import { findSites, type Site } from "../core/onnx/sites.ts";
+import { type ActPlan, applyPlan } from "../core/quant/apply.ts";
+import {
+  emitTwinGelu,
+  emitTwinSoftmax,
+  twinGeluParts,
+  twinSoftmaxParts,
+} from "../core/quant/twin.ts";
+import {
+  fakeQuant,
+  qRange,
+  quantCodes,
+  symmetric,
+  type UniformQuantizer,
+} from "../core/quant/uniform.ts";
 import { coverageValues, emitQdqActivation, integerCoverage } from "../core/quant/deploy.ts";
 import { emitFakeQuant } from "../core/quant/uniform.ts";
 import { captureGraph } from "../core/runtime/runtime.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { minmax } from "../methods/baselines.ts";
+import { ptq4vit } from "../methods/ptq4vit.ts";
 import type { QuantContext } from "../methods/types.ts";
 import { cli, contextKeys, randomData, ROOT, runtime, tmpDir, writeManifest } from "./helpers.ts";
 import { fusedOps } from "../bench/speed.ts";
@@ -73,7 +87,55 @@ Deno.test("deploy: QuantizeLinear/DequantizeLinear equals the fake-quant subgrap
   }
 });
 
-async function shippedCtx(bits: { w: number; a: number }): Promise<QuantContext> {
+/** First `n` shipped test images, preprocessed for the shipped ViT. */
+async function shippedImages(n: number): Promise<Float32Array> {
+  const card = JSON.parse(await Deno.readTextFile(`${ROOT}models/vit_fmnist.json`));
+  const test = await loadFashionMnist(SHIPPED_FMNIST, "test");
+  return await makeSource(test, Array.from({ length: n }, (_, i) => i), card).slice(0, n);
+}
+
+/** Top-1 of a graph on the first `n` shipped test images (batches of 100). */
+async function shippedTop1(n: number): Promise<(g: Graph) => Promise<number>> {
+  const rt = await runtime();
+  const test = await loadFashionMnist(SHIPPED_FMNIST, "test");
+  const images = await shippedImages(n);
+  const labels = Array.from({ length: n }, (_, i) => test.labels[i]);
+  return async (g: Graph) => {
+    const s = await rt.createSession(g);
+    let ok = 0;
+    for (let i = 0; i < n; i += 100) {
+      const out = await s.run({
+        [s.inputNames[0]]: {
+          data: images.subarray(i * 784, (i + 100) * 784),
+          dims: [100, 1, 28, 28],
+        },
+      });
+      const y = out[s.outputNames[0]].data;
+      for (let j = 0; j < 100; j++) {
+        const row = y.subarray(j * 10, j * 10 + 10);
+        let best = 0;
+        for (let c = 1; c < 10; c++) if (row[c] > row[best]) best = c;
+        if (best === labels[i + j]) ok++;
+      }
+    }
+    await s.release();
+    return (100 * ok) / n;
+  };
+}
+
+/** Shapes of the values integer coverage needs, on one shipped image. */
+async function coverageDimsOf(g: Graph, sites: Site[]): Promise<Map<string, number[]>> {
+  const rt = await runtime();
+  const cap = await rt.createSession(captureGraph(g, coverageValues(g, sites)));
+  const out = await cap.run({ input: { data: await shippedImages(1), dims: [1, 1, 28, 28] } });
+  await cap.release();
+  return new Map(Object.entries(out).map(([k, v]) => [k, v.dims]));
+}
+
+async function shippedCtx(
+  bits: { w: number; a: number },
+  options: Record<string, unknown> = { ...minmax.defaults },
+): Promise<QuantContext> {
   const graph = await Graph.load(`${ROOT}models/vit_fmnist.onnx`);
   const card = JSON.parse(await Deno.readTextFile(`${ROOT}models/vit_fmnist.json`));
   const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
@@ -83,7 +145,7 @@ async function shippedCtx(bits: { w: number; a: number }): Promise<QuantContext>
     calib: makeSource(train, Array.from({ length: 32 }, (_, i) => i), card),
     bits,
     runtime: await runtime(),
-    options: { ...minmax.defaults },
+    options,
     batchSize: 32,
     ...(await contextKeys(graph, "train 0..31")),
     seed: 0,
@@ -97,33 +159,7 @@ Deno.test({
   sanitizeResources: false,
   fn: async () => {
     const rt = await runtime();
-    const card = JSON.parse(await Deno.readTextFile(`${ROOT}models/vit_fmnist.json`));
-    const test = await loadFashionMnist(SHIPPED_FMNIST, "test");
-    const n = 1000;
-    const src = makeSource(test, Array.from({ length: n }, (_, i) => i), card);
-    const images = await src.slice(0, n);
-    const labels = Array.from({ length: n }, (_, i) => test.labels[i]);
-    const top1 = async (g: Graph) => {
-      const s = await rt.createSession(g);
-      let ok = 0;
-      for (let i = 0; i < n; i += 100) {
-        const out = await s.run({
-          [s.inputNames[0]]: {
-            data: images.subarray(i * 784, (i + 100) * 784),
-            dims: [100, 1, 28, 28],
-          },
-        });
-        const y = out[s.outputNames[0]].data;
-        for (let j = 0; j < 100; j++) {
-          const row = y.subarray(j * 10, j * 10 + 10);
-          let best = 0;
-          for (let c = 1; c < 10; c++) if (row[c] > row[best]) best = c;
-          if (best === labels[i + j]) ok++;
-        }
-      }
-      await s.release();
-      return (100 * ok) / n;
-    };
+    const top1 = await shippedTop1(1000);
     for (const bits of [{ w: 8, a: 8 }, { w: 4, a: 4 }]) {
       const c = await shippedCtx(bits);
       const q = await minmax.quantize(c);
@@ -134,10 +170,7 @@ Deno.test({
       assert.ok(Math.abs(fake - dep) <= (bits.w === 8 ? 0.1 : 0.5), `${fake} vs ${dep}`);
       // coverage: every linear and attention matmul but the patch embedding (its input, the image, is FP)
       const sites = c.sites;
-      const cap = await rt.createSession(captureGraph(c.graph, coverageValues(c.graph, sites)));
-      const out = await cap.run({ input: { data: images.subarray(0, 784), dims: [1, 1, 28, 28] } });
-      await cap.release();
-      const dims = new Map(Object.entries(out).map(([k, v]) => [k, v.dims]));
+      const dims = await coverageDimsOf(c.graph, sites);
       const cov = integerCoverage(c.graph, q.deployable.graph, sites, dims);
       assert.deepEqual(cov.floatSites, ["patch_embed"]);
       assert.ok(cov.integerMacs / cov.totalMacs > 0.8, `${cov.integerMacs} / ${cov.totalMacs}`);
@@ -204,5 +237,99 @@ Deno.test({
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
+  },
+});
+
+Deno.test("deploy: twin quantizers become sums of integer products (MatMul split per part), equal to the fake-quant product", async () => {
+  const rt = await runtime();
+  for (const [kind, bits] of [["softmax", 8], ["gelu", 8], ["gelu", 4], ["softmax", 6]] as const) {
+    const g = Graph.create(17);
+    g.addInput("x", [2, 5, 16]);
+    g.setInitializer(Tensor.fromFloat32("w", [16, 7], randomData(16 * 7, 3, 0.5)));
+    g.addOutput(g.addNode("MatMul", ["x", "w"], { name: "mm", outputs: ["y"] }));
+    const site = {
+      id: "s",
+      kind: "linear",
+      role: "fc2",
+      block: 0,
+      node: "mm",
+      output: "y",
+      weight: "w",
+      weightOutAxis: 1,
+    } as Site;
+    const plan: ActPlan = kind === "softmax"
+      ? {
+        site,
+        slot: 0,
+        emit: (gg, i, p) =>
+          emitTwinSoftmax(gg, i, { bits, split: 2 ** -5, variant: "reference" }, p),
+        parts: twinSoftmaxParts({ bits, split: 2 ** -5, variant: "reference" }),
+      }
+      : {
+        site,
+        slot: 0,
+        emit: (gg, i, p) => emitTwinGelu(gg, i, { bits, posScale: 0.05 }, p),
+        parts: twinGeluParts({ bits, posScale: 0.05 }),
+      };
+    const { graph, deploy } = applyPlan(g, [{ site, q: symmetric(8, 0.004) }], [plan], {
+      deploy: true,
+    });
+    assert.equal(
+      deploy!.nodes.filter((n) => n.opType === "MatMul").length,
+      2,
+      "one product per part",
+    );
+    const x = kind === "softmax"
+      ? randomData(160, 5, 0.5).map(Math.abs)
+      : randomData(160, 5, 2).map((v) => v * 0.5 * (1 + Math.tanh(v)));
+    const run = async (gg: Graph) => {
+      const s = await rt.createSession(gg);
+      const o = await s.run({ x: { data: x, dims: [2, 5, 16] } });
+      await s.release();
+      return o.y.data;
+    };
+    const [a, b] = [await run(graph), await run(deploy!)];
+    for (let i = 0; i < a.length; i++) {
+      assert.ok(
+        Math.abs(a[i] - b[i]) <= 1e-5 * (1 + Math.abs(a[i])),
+        `${kind} W${bits} [${i}] ${a[i]} ${b[i]}`,
+      );
+    }
+    const fused = await fusedOps(rt, deploy!.toBytes());
+    assert.ok(Object.keys(fused).some((op) => /Integer|QLinear/.test(op)), JSON.stringify(fused));
+  }
+});
+
+Deno.test({
+  name:
+    "deploy: PTQ4ViT on the shipped ViT: twin softmax and twin GELU run as integer products, deploy Top-1 equals fake-quant",
+  sanitizeResources: false,
+  fn: async () => {
+    const rt = await runtime();
+    const top1 = await shippedTop1(1000);
+    // a short search: the deploy lowering does not depend on the step values
+    const c = await shippedCtx({ w: 8, a: 8 }, { ...ptq4vit.defaults, n: 10, rounds: 1 });
+    const q = await ptq4vit.quantize(c);
+    const [fake, dep] = [await top1(q.graph), await top1(q.deployable!.graph)];
+    console.log(`PTQ4ViT W8A8: fake-quant ${fake.toFixed(1)}, deploy ${dep.toFixed(1)}`);
+    assert.ok(Math.abs(fake - dep) <= 0.1, `${fake} vs ${dep}`);
+    const cov = integerCoverage(
+      c.graph,
+      q.deployable!.graph,
+      c.sites,
+      await coverageDimsOf(c.graph, c.sites),
+    );
+    // per-head attention-matmul operands stay float (ORT's integer matmuls take one scale
+    // for the left operand, per-column scales for the right); every linear layer is integer
+    assert.deepEqual(
+      cov.floatSites.filter((s) => !/\.(qk|av)$/.test(s)),
+      ["patch_embed"],
+    );
+    assert.ok(cov.integerMacs / cov.totalMacs > 0.8, `${cov.integerMacs} / ${cov.totalMacs}`);
+    const fused = await fusedOps(rt, q.deployable!.graph.toBytes());
+    assert.ok(
+      (fused.MatMulIntegerToFloat ?? 0) + (fused.QLinearMatMul ?? 0) > 0,
+      JSON.stringify(fused),
+    );
   },
 });

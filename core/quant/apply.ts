@@ -17,7 +17,14 @@
 import { type Graph, type Node, Tensor } from "../onnx/graph.ts";
 import type { Site } from "../onnx/sites.ts";
 import { emitFakeQuant, fakeQuant, sqnrDb, type UniformQuantizer } from "./uniform.ts";
-import { emitQdqActivation, emitQdqWeight, qdqable } from "./deploy.ts";
+import {
+  type DeployPart,
+  distributeParts,
+  emitQdqActivation,
+  emitQdqPart,
+  emitQdqWeight,
+  qdqable,
+} from "./deploy.ts";
 
 /** Quantize the weight of a linear site. */
 export interface WeightPlan {
@@ -47,6 +54,14 @@ export interface ActPlan {
   prefix?: string;
   q?: UniformQuantizer;
   emit?: (g: Graph, input: string, prefix: string) => string;
+  /**
+   * For a custom `emit` that equals a sum of uniform quantizers on clipped
+   * inputs (twin quantizers): those parts. The deploy graph then quantizes each
+   * part as integer codes and splits the consuming MatMul/Gemm into one integer
+   * product per part (`deploy.ts` {@link DeployPart}); without parts, a custom
+   * quantizer stays float fake-quant in the deploy graph.
+   */
+  parts?: DeployPart[];
   /** Rank of the quantized value (needed for per-channel uniform quantizers). */
   rank?: number;
 }
@@ -84,6 +99,16 @@ function valueTargets(g: Graph, a: ActPlan): Target[] {
   return chosen.flatMap((node) =>
     node.inputs.flatMap((x, slot) => (x === v ? [{ node, slot }] : []))
   );
+}
+
+/**
+ * Activations get QDQ only with one step: ONNX Runtime's integer matmul kernels take a
+ * per-tensor scale for the left operand and per-column scales for the right one, so a
+ * per-head (or other per-channel) activation quantizer stays float fake-quant in the
+ * deploy graph.
+ */
+function perTensor(q: UniformQuantizer): boolean {
+  return q.scale.length === 1;
 }
 
 /** A value name usable as a tensor-name prefix. */
@@ -173,13 +198,22 @@ function build(
     if (a.value !== undefined) continue;
     claim({ node: nodeByName.get(a.site!.node)!, slot: a.slot! }, `site ${a.site!.id}`, false);
   }
+  const sums = new Map<string, string[]>();
   acts.forEach((a, i) => {
-    const emit = (input: string, prefix: string) =>
-      a.emit
+    const emit = (input: string, prefix: string) => {
+      if (mode === "qdq" && a.parts?.length && a.parts.every((p) => qdqable(p.q))) {
+        const ps = a.parts.map((p, k) => emitQdqPart(g, input, p, `${prefix}_p${k}`));
+        let sum = ps[0];
+        for (let k = 1; k < ps.length; k++) sum = g.addNode("Add", [sum, ps[k]]);
+        sums.set(sum, ps);
+        return sum;
+      }
+      return a.emit
         ? a.emit(g, input, prefix)
-        : mode === "qdq" && qdqable(a.q!)
+        : mode === "qdq" && qdqable(a.q!) && perTensor(a.q!)
         ? emitQdqActivation(g, input, a.q!, prefix, a.rank)
         : emitFakeQuant(g, input, a.q!, prefix, a.rank);
+    };
     const targets = resolved[i];
     if (targets === undefined) {
       const n = nodeByName.get(a.site!.node)!;
@@ -190,6 +224,7 @@ function build(
     const out = emit(a.value!, a.prefix ?? prefixOf(a.value!));
     for (const t of targets) t.node.inputs[t.slot] = out;
   });
+  if (sums.size) distributeParts(g, sums);
   g.prune();
   g.topoSort();
   return { graph: g, weights: applied };

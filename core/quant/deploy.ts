@@ -124,6 +124,73 @@ export function emitQdqActivation(
   return g.addNode("DequantizeLinear", [codes, s, zp], { attributes: attrs });
 }
 
+/**
+ * One uniform part of a quantizer that is a sum of uniform quantizers on
+ * clipped inputs (PTQ4ViT's twin quantizers): the quantized value is
+ * `Σ fakeQuant(clip(x, lo, hi), q)` over the parts. A deploy graph quantizes
+ * each part as integer codes and, when the value feeds a MatMul or Gemm,
+ * computes one integer product per part and adds the products.
+ */
+export interface DeployPart {
+  q: UniformQuantizer;
+  /** Lower clip bound applied to `x` before the part's quantizer (none: the code range's). */
+  lo?: number;
+  /** Upper clip bound. */
+  hi?: number;
+}
+
+/** Emit one part: clip to [lo, hi] (when given), then QuantizeLinear/DequantizeLinear. */
+export function emitQdqPart(g: Graph, input: string, p: DeployPart, prefix: string): string {
+  let x = input;
+  if (p.lo !== undefined || p.hi !== undefined) {
+    const lo = g.constFloat(`${prefix}_plo`, p.lo ?? -3.4e38);
+    const hi = g.constFloat(`${prefix}_phi`, p.hi ?? 3.4e38);
+    x = g.addNode("Clip", [x, lo, hi]);
+  }
+  return emitQdqActivation(g, x, p.q, prefix);
+}
+
+/**
+ * Distribute MatMul/Gemm nodes over sums of parts: every node whose input slot
+ * reads a value listed in `sums` (the Add of its parts' dequantized values) is
+ * copied once per part, each copy reading one part (so each product runs as an
+ * integer kernel), and the copies' outputs are added under the node's output
+ * name. A Gemm's bias goes to the first copy only. Other consumers keep the
+ * summed value. Returns the number of nodes distributed.
+ */
+export function distributeParts(g: Graph, sums: Map<string, string[]>): number {
+  let count = 0;
+  const nodes = [...g.nodes];
+  for (const n of nodes) {
+    if (n.opType !== "MatMul" && n.opType !== "Gemm") continue;
+    const slot = n.inputs.findIndex((v, i) => i < 2 && sums.has(v));
+    if (slot < 0) continue;
+    const parts = sums.get(n.inputs[slot])!;
+    const out = n.outputs[0];
+    const partial: string[] = [];
+    parts.forEach((p, k) => {
+      const inputs = [...n.inputs];
+      inputs[slot] = p;
+      if (k > 0 && n.opType === "Gemm") inputs.length = 2;
+      if (k === 0) {
+        n.inputs = inputs;
+        n.outputs = [g.uniqueName(`${out}_part`)];
+        partial.push(n.outputs[0]);
+      } else {
+        partial.push(
+          g.addNode(n.opType, inputs, { attributes: n.attributes, domain: n.domain }),
+        );
+      }
+    });
+    let acc = partial[0];
+    for (let k = 1; k < partial.length; k++) {
+      acc = g.addNode("Add", [acc, partial[k]], k === partial.length - 1 ? { outputs: [out] } : {});
+    }
+    count++;
+  }
+  return count;
+}
+
 /** Which quantized sites of a deploy graph run integer kernels, and their share of the MACs. */
 export interface IntegerCoverage {
   /** Site ids whose matmul/conv reads only dequantized integer codes. */

@@ -15,7 +15,8 @@
  * @module
  */
 import type { Graph } from "../onnx/graph.ts";
-import { roundHalfEven } from "./uniform.ts";
+import { roundHalfEven, symmetric } from "./uniform.ts";
+import type { DeployPart } from "./deploy.ts";
 
 /**
  * Which semantics of the post-softmax twin quantizer to use.
@@ -288,4 +289,26 @@ export function emitTwinGeluWith(g: Graph, input: string, t: TwinGeluTensors): s
   n = g.addNode("Clip", [n, t.nmin, t.zero]);
   n = g.addNode("Mul", [n, t.neg]);
   return g.addNode("Add", [p, n]);
+}
+
+/**
+ * The post-softmax twin quantizer as a sum of uniform parts for deploy graphs
+ * (`deploy.ts`): `reference` variant only (the sum of both branches on clamped
+ * inputs); the `paper` variant selects a branch per value and has no such form.
+ * The large branch's step is `1/qmax` (the fake-quant graph computes
+ * `round(x·qmax)/qmax`, which can differ in the last float bit).
+ */
+export function twinSoftmaxParts(q: TwinSoftmaxQuantizer): DeployPart[] | undefined {
+  if (q.variant !== "reference") return undefined;
+  const { split, small, large } = twinSoftmaxSteps(q.bits, q.split);
+  return [
+    { q: symmetric(q.bits, small), lo: 0, hi: split },
+    { q: symmetric(q.bits, large), lo: split, hi: 1 },
+  ];
+}
+
+/** The post-GELU twin quantizer as a sum of uniform parts (positive and negative branch). */
+export function twinGeluParts(q: TwinGeluQuantizer): DeployPart[] {
+  const { neg, pos } = twinGeluSteps(q.bits, q.posScale);
+  return [{ q: symmetric(q.bits, pos), lo: 0 }, { q: symmetric(q.bits, neg), hi: 0 }];
 }
