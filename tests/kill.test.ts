@@ -181,7 +181,7 @@ Deno.test("a reader during a run sees every finished cell", async () => {
         }
       }
     }
-    await new Promise((r) => setTimeout(r, 150));
+    await new Promise((r) => setTimeout(r, 100));
   }
   const o = await out;
   assert.equal(o.code, 0, new TextDecoder().decode(o.stderr));
