@@ -40,6 +40,7 @@ import type { Site } from "../core/onnx/sites.ts";
 import { VitqError } from "../core/errors.ts";
 import { type ActPlan, applyPlan, siteWeight, type WeightPlan } from "../core/quant/apply.ts";
 import { emitLogSqrt2Quant } from "../core/quant/log.ts";
+import { emitLog2SplitMatMul } from "../core/quant/log2_reparam.ts";
 import type { UniformQuantizer } from "../core/quant/uniform.ts";
 import {
   foldBlocker,
@@ -77,6 +78,13 @@ export interface RepqOptions {
   calibration: "sequential" | "parallel";
   /** Round the reparameterized zero point z̄ (the reference keeps the fractional mean). */
   roundZeroPoint: boolean;
+  /**
+   * How the quantized A·V is emitted: `log-sqrt2` (the log-√2 values, as the
+   * reference code simulates them) or `log2-split` (the paper's inference form:
+   * A split into log2-grid values P and odd-code part O, `P·V + (√2-1)·O·V`;
+   * equal up to float32 rounding).
+   */
+  softmaxGraph: "log-sqrt2" | "log2-split";
 }
 
 /** The reference code's behaviour. */
@@ -86,6 +94,7 @@ export const REPQ_DEFAULTS: RepqOptions = {
   imageBits: 8,
   calibration: "sequential",
   roundZeroPoint: false,
+  softmaxGraph: "log-sqrt2",
 };
 
 /** JSON Schema of each option (checked by the manifest loader). */
@@ -104,6 +113,11 @@ const REPQ_SCHEMA: OptionsSchema<RepqOptions> = {
     description: "initialize each quantizer on the model quantized so far, or all on FP inputs",
   },
   roundZeroPoint: { type: "boolean", description: "round the reparameterized zero point" },
+  softmaxGraph: {
+    enum: ["log-sqrt2", "log2-split"],
+    description:
+      "A·V emitted with log-sqrt2 values, or split into log2 parts (the paper's inference form)",
+  },
 };
 
 /** How an activation quantizer is initialized. */
@@ -468,11 +482,21 @@ export async function runRepq(ctx: QuantContext): Promise<RepqResult> {
       w.reinit = true;
     }
   }
+  const split = o.softmaxGraph === "log2-split" ? acts.filter((q) => q.kind === "log-sqrt2") : [];
   const { graph, weights: applied } = applyPlan(
     folded,
     weights.map((w) => ({ site: w.site, q: w.q })),
-    acts.map(actPlan),
+    acts.filter((q) => !split.includes(q)).map(actPlan),
   );
+  for (const q of split) {
+    emitLog2SplitMatMul(
+      graph,
+      q.site.node,
+      { bits: q.bits, scale: q.logScale! },
+      `${q.site.id}_l2`,
+    );
+  }
+  if (split.length) graph.topoSort();
   const sq = new Map(applied.map((a) => [a.site, a.sqnrDb]));
   for (const w of weights) w.sqnrDb = sq.get(w.site);
   return { acts, weights, folds, folded, graph, passes };
@@ -527,7 +551,7 @@ export const repq: QuantMethod = {
   description:
     "RepQ-ViT: per-channel asymmetric post-LayerNorm activations folded into LayerNorm γ/β and the next layer (one per-tensor step at inference), log-√2 post-softmax, per-channel asymmetric weights, percentile-MSE init everywhere, 8-bit image; sequential calibration",
   approximations:
-    "none of the algorithm; log-√2 codes are the exact rounding of -2·log2(x/δ) (the reference rounds a float32 log2), percentile and mean arithmetic float32 with float64 sums; the paper's log2 reparameterization of the softmax quantizer is a deployment identity (same values) and the fake-quant graph emits the log-√2 values directly, as the reference code does",
+    "none of the algorithm; log-√2 codes are the exact rounding of -2·log2(x/δ) (the reference rounds a float32 log2 of x/δ), percentile and mean arithmetic float32 with float64 sums; the fake-quant graph emits the log-√2 values directly (as the reference code simulates them); softmaxGraph: log2-split emits the paper's log2 inference form instead (equal up to float32 rounding)",
   defaults: { ...REPQ_DEFAULTS },
   optionsSchema: REPQ_SCHEMA,
   async quantize(ctx: QuantContext): Promise<QuantizedModel> {

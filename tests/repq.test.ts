@@ -11,6 +11,8 @@ import { addFloatInput } from "../core/autodiff/backward.ts";
 import { emitFakeQuant, fakeQuant, type UniformQuantizer } from "../core/quant/uniform.ts";
 import { emitLogSqrt2Quant } from "../core/quant/log.ts";
 import { emitFedLogSqrt2, emitFedUniform } from "../core/quant/fed.ts";
+import { logSqrt2Quant } from "../core/quant/log.ts";
+import { emitLog2SplitMatMul, log2Parts, recombineLog2 } from "../core/quant/log2_reparam.ts";
 import { foldBlocker, foldLayerNorm, reparamParams } from "../core/quant/reparam.ts";
 import { resolveModel } from "../core/models.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
@@ -303,4 +305,61 @@ Deno.test("RepQ parity fixture: the steps chosen on the shipped ViT at W4A4 (see
   };
   compare("activation", fx.acts, got.acts);
   compare("weight", fx.weights, got.weights);
+});
+
+Deno.test("RepQ log2 reparameterization of the log-√2 quantizer: parts recombine bit for bit, the split A·V matches", async () => {
+  const [H, N, D] = [2, 7, 5];
+  const raw = randomData(H * N * N, 31, 4);
+  const a = new Float32Array(raw.length);
+  for (let r = 0; r < H * N; r++) {
+    // softmax rows, with some exact zeros
+    let sum = 0;
+    for (let j = 0; j < N; j++) sum += Math.exp(raw[r * N + j]);
+    for (let j = 0; j < N; j++) {
+      a[r * N + j] = j === 3 ? 0 : Math.fround(Math.exp(raw[r * N + j]) / sum);
+    }
+  }
+  const v = randomData(H * N * D, 32, 2);
+  for (const bits of [3, 4, 6]) {
+    const q = { bits, scale: 0.7 };
+    const parts = log2Parts(a, q);
+    assert.deepEqual(recombineLog2(parts.p, parts.o), logSqrt2Quant(a, q), `${bits} bits`);
+    assert.ok(parts.codes.some((c) => c % 2 === 1) && parts.codes.some((c) => c % 2 === 0));
+    // P is on the log2 grid: δ·2^-c or 0
+    parts.p.forEach((p, i) => {
+      const c = parts.codes[i];
+      const want = c === 2 ** bits ? 0 : Math.fround(0.7 * 2 ** -Math.ceil(c / 2));
+      assert.equal(p, want, `${bits} bits, element ${i}: P on the log2 grid`);
+    });
+    const g = Graph.create(17);
+    addFloatInput(g, "a", [H, N, N]);
+    addFloatInput(g, "v", [H, N, D]);
+    const ref = g.addNode("MatMul", [emitLogSqrt2Quant(g, "a", q, "ref"), "v"]);
+    g.addNode("MatMul", ["a", "v"], { name: "av", outputs: ["split_out"] });
+    emitLog2SplitMatMul(g, "av", q, "l2");
+    setOutputs(g, [ref, "split_out"]);
+    g.topoSort();
+    const out = await run(g, { a: { data: a, dims: [H, N, N] }, v: { data: v, dims: [H, N, D] } });
+    const x = out[ref], y = out["split_out"];
+    for (let i = 0; i < x.length; i++) {
+      assert.ok(Math.abs(x[i] - y[i]) <= 1e-6 * (1 + Math.abs(x[i])), `${bits} bits, element ${i}`);
+    }
+  }
+});
+
+Deno.test("RepQ softmaxGraph log2-split: the tiny ViT's logits equal the log-√2 graph's up to rounding", async () => {
+  const a = await runRepq(await tinyCtx("tiny_vit_op17.onnx", {}));
+  const b = await runRepq(await tinyCtx("tiny_vit_op17.onnx", { softmaxGraph: "log2-split" }));
+  assert.ok(b.graph.nodes.length > a.graph.nodes.length, "split graph has the extra MatMuls");
+  const test = await loadFashionMnist(SHIPPED_FMNIST, "test");
+  const src = makeSource(test, Array.from({ length: 8 }, (_, i) => i), FIXTURE_CARD);
+  const feeds = { [a.graph.inputNames[0]]: { data: await src.slice(0, 8), dims: [8, 1, 28, 28] } };
+  const x = Object.values(await run(a.graph, feeds))[0];
+  const y = Object.values(await run(b.graph, feeds))[0];
+  let m = 0, d = 0;
+  for (let i = 0; i < x.length; i++) {
+    m = Math.max(m, Math.abs(x[i]));
+    d = Math.max(d, Math.abs(x[i] - y[i]));
+  }
+  assert.ok(d <= 1e-3 * m, `relative logit difference ${d / m}`);
 });
