@@ -68,7 +68,7 @@ export interface SpeedPoint {
   label: string;
   model: string;
   setting: string;
-  graph: "FP32" | "fake-quant" | "integer-only";
+  graph: "FP32" | "fake-quant" | "deploy" | "integer-only";
   ips: number;
   latMs: number | null;
   /** FP32 Top-1 minus this entry's Top-1, in points (0 for FP32). */
@@ -212,6 +212,18 @@ export async function gatherReport(
       latMs: e.simLatMs,
       drop: fp.top1 - e.top1Mean,
     });
+    // the same quantizers as a deployed integer (QDQ) graph, with its own Top-1
+    if (e.deploy && e.deploy.ips !== null) {
+      speed.push({
+        label: e.label,
+        model: e.model,
+        setting: setting(e.w, e.a),
+        graph: "deploy",
+        ips: e.deploy.ips,
+        latMs: e.deploy.latMs,
+        drop: fp.top1 - e.deploy.top1,
+      });
+    }
   }
 
   const layerCell = pickLayerCell(table, settings, opts.cell);
@@ -465,7 +477,7 @@ export function reportCharts(d: ReportData): Chart[] {
       id: "speed",
       title: "Top-1 drop against measured speed",
       caption:
-        "Images per second at the manifest's batch size on this machine (x, log scale) against the Top-1 lost to FP32 (y, points; lower is better). Circles: fake-quant graphs (quantize-dequantize in float32, which simulate quantization and are not faster than FP32); squares: deployable integer-only graphs; cross: FP32. Labels give the bit setting.",
+        "Images per second at the manifest's batch size on this machine (x, log scale) against the Top-1 lost to FP32 (y, points; lower is better). Circles: fake-quant graphs (quantize-dequantize in float32, which simulate quantization and are not faster than FP32); triangles: the same quantizers deployed as a QDQ graph that ONNX Runtime runs with integer kernels (its own Top-1); squares: I-ViT's integer-only graph; cross: FP32. Labels give the bit setting.",
       spec: {
         $schema: "https://vega.github.io/schema/vega-lite/v6.json",
         data: { values: d.speed },
@@ -481,7 +493,12 @@ export function reportCharts(d: ReportData): Chart[] {
               scale: { type: "log", nice: false, padding: 12 },
               axis: { tickCount: 4, format: "~s" },
             },
-            y: { field: "drop", type: "quantitative", title: "Top-1 drop vs FP32 (points)" },
+            y: {
+              field: "drop",
+              type: "quantitative",
+              title: "Top-1 drop vs FP32 (points)",
+              scale: { padding: 10 },
+            },
           },
           layer: [
             {
@@ -493,8 +510,8 @@ export function reportCharts(d: ReportData): Chart[] {
                   type: "nominal",
                   title: "timed graph",
                   scale: {
-                    domain: ["FP32", "fake-quant", "integer-only"],
-                    range: ["cross", "circle", "square"],
+                    domain: ["FP32", "fake-quant", "deploy", "integer-only"],
+                    range: ["cross", "circle", "triangle-up", "square"],
                   },
                 },
                 tooltip: [

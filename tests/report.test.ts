@@ -70,8 +70,9 @@ Deno.test("report: bench writes it; charts render in headless Chromium without e
     assert(p.ciLo !== null && p.ciHi !== null && p.ciLo <= p.ciHi, `${p.label}: paired CI`);
     assert(p.seedLo <= p.top1 && p.top1 <= p.seedHi);
   }
-  // FP32 twice, eight quantized entries, all timed
-  assert.deepEqual(data.speed.length, 10);
+  // FP32 twice, eight quantized entries, all timed, and the deploy graphs of methods that have one
+  const deployed = data.table.entries.filter((e) => e.deploy && e.deploy.ips !== null).length;
+  assert.deepEqual(data.speed.length, 10 + deployed);
   assert(data.layers.length > 0 && data.layers.every((l) => l.step > 0));
   assert.deepEqual(data.pairSetting, "W4A4");
   assert.deepEqual(data.pairs.length, 4); // two models x two ordered pairs
