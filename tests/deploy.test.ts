@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { DuckDBInstance } from "@duckdb/node-api";
 import { Graph, Tensor } from "../core/onnx/graph.ts";
 import { findSites, type Site } from "../core/onnx/sites.ts";
+import { upgradeOpset21 } from "../core/onnx/opset.ts";
 import { type ActPlan, applyPlan } from "../core/quant/apply.ts";
 import {
   emitTwinGelu,
@@ -174,11 +175,24 @@ Deno.test({
       const cov = integerCoverage(c.graph, q.deployable.graph, sites, dims);
       assert.deepEqual(cov.floatSites, ["patch_embed"]);
       assert.ok(cov.integerMacs / cov.totalMacs > 0.8, `${cov.integerMacs} / ${cov.totalMacs}`);
-      const fused = await fusedOps(rt, q.deployable.graph.toBytes());
-      assert.ok(
-        (fused.MatMulIntegerToFloat ?? 0) + (fused.QLinearMatMul ?? 0) + (fused.QGemm ?? 0) > 0,
-        JSON.stringify(fused),
-      );
+      const bytes = q.deployable.graph.toBytes();
+      const fpSize = (await Deno.stat(`${ROOT}models/vit_fmnist.onnx`)).size;
+      console.log(`  deploy file ${(bytes.length / fpSize).toFixed(2)}x FP32`);
+      if (bits.w === 4) {
+        // 4-bit weight codes packed two per byte (the graph raised to opset 21)
+        assert.equal(q.deployable.graph.opset, 21);
+        assert.ok(
+          [...q.deployable.graph.initializers.values()].some((t) => t.dataType === 22),
+          "int4 initializers",
+        );
+        assert.ok(bytes.length < 0.25 * fpSize, `${bytes.length} vs ${fpSize}`);
+      } else {
+        const fused = await fusedOps(rt, bytes);
+        assert.ok(
+          (fused.MatMulIntegerToFloat ?? 0) + (fused.QLinearMatMul ?? 0) + (fused.QGemm ?? 0) > 0,
+          JSON.stringify(fused),
+        );
+      }
     }
   },
 });
@@ -332,4 +346,29 @@ Deno.test({
       JSON.stringify(fused),
     );
   },
+});
+
+Deno.test("deploy: raising a graph to opset 21 (Reduce axes as inputs) keeps its logits", async () => {
+  const rt = await runtime();
+  for (
+    const f of [
+      "models/vit_fmnist.onnx",
+      "models/swin_fmnist.onnx",
+      "tests/fixtures/tiny_swin_op13.onnx",
+    ]
+  ) {
+    const g = await Graph.load(`${ROOT}${f}`);
+    const up = g.clone();
+    upgradeOpset21(up);
+    assert.equal(up.opset, 21);
+    assert.equal(g.opset === 21, false, "the original keeps its opset");
+    const x = randomData(4 * 784, 9, 1.5);
+    const run = async (gg: Graph) => {
+      const s = await rt.createSession(gg);
+      const o = await s.run({ [s.inputNames[0]]: { data: x, dims: [4, 1, 28, 28] } });
+      await s.release();
+      return Array.from(o[s.outputNames[0]].data);
+    };
+    assert.deepEqual(await run(up), await run(g), f);
+  }
 });

@@ -25,6 +25,9 @@ export const DataType = {
   DOUBLE: 11,
   UINT32: 12,
   UINT64: 13,
+  /** Packed 4-bit integers, two per byte, low nibble first (opset 21). */
+  UINT4: 21,
+  INT4: 22,
 } as const;
 
 const ELEM_BYTES: Record<number, number> = {
@@ -171,7 +174,8 @@ export class Tensor {
         throw new VitqError(`tensor ${name}: unsupported ONNX element type ${dataType}`);
     }
     const raw = new Uint8Array(arr.buffer, arr.byteOffset, arr.byteLength);
-    if (raw.byteLength !== n * (ELEM_BYTES[dataType] ?? 1)) {
+    const packed = dataType === DataType.INT4 || dataType === DataType.UINT4;
+    if (raw.byteLength !== (packed ? Math.ceil(n / 2) : n * (ELEM_BYTES[dataType] ?? 1))) {
       throw new VitqError(`tensor ${name}: ${raw.byteLength} bytes do not match dims [${dims}]`);
     }
     return new Tensor(name, dataType, dims, raw);
@@ -241,6 +245,37 @@ export interface Use {
 export interface GraphIndex {
   producer: Map<string, number>;
   consumers: Map<string, Use[]>;
+}
+
+/**
+ * Values that depend on a graph input through data (not shape) computation:
+ * everything downstream of an input except what only `Shape`, `Size` and
+ * `ConstantOfShape` derive from it. `g.nodes` must be topologically sorted.
+ */
+export function dataValues(g: Graph): Set<string> {
+  const data = new Set<string>(g.inputNames);
+  for (const n of g.nodes) {
+    if (n.opType === "Shape" || n.opType === "Size" || n.opType === "ConstantOfShape") continue;
+    if (n.inputs.some((v) => data.has(v))) { for (const o of n.outputs) data.add(o); }
+  }
+  return data;
+}
+
+/** Node indices of every ancestor of `values` (their producers, transitively). */
+export function ancestors(g: Graph, idx: GraphIndex, values: Iterable<string>): Set<number> {
+  const out = new Set<number>();
+  const stack = [...values];
+  const seen = new Set<string>();
+  while (stack.length) {
+    const x = stack.pop()!;
+    if (seen.has(x)) continue;
+    seen.add(x);
+    const p = idx.producer.get(x);
+    if (p === undefined || out.has(p)) continue;
+    out.add(p);
+    for (const i of g.nodes[p].inputs) if (i) stack.push(i);
+  }
+  return out;
 }
 
 /** A mutable ONNX graph with the model-level fields it came with. */
@@ -372,6 +407,19 @@ export class Graph {
     return g;
   }
 
+  /**
+   * Set the default domain's opset version and raise the IR version to at least
+   * `ir` (a new model record, so clones keep theirs).
+   */
+  setOpset(version: number, ir = 0): void {
+    const ops = (this.model.opsetImport ?? []) as Proto[];
+    this.model = {
+      ...this.model,
+      opsetImport: ops.map((o) => (!o.domain || o.domain === "ai.onnx" ? { ...o, version } : o)),
+      irVersion: Math.max(toNumber(this.model.irVersion ?? 0), ir),
+    };
+  }
+
   /** Opset version of the default ONNX domain. */
   get opset(): number {
     const ops = (this.model.opsetImport ?? []) as Proto[];
@@ -480,21 +528,10 @@ export class Graph {
 
   /** Remove nodes and initializers that no graph output depends on. */
   prune(): void {
-    const idx = this.index();
-    const needed = new Set<number>();
-    const stack = [...this.outputNames];
-    const seen = new Set<string>();
-    while (stack.length) {
-      const v = stack.pop()!;
-      if (seen.has(v)) continue;
-      seen.add(v);
-      const p = idx.producer.get(v);
-      if (p === undefined || needed.has(p)) continue;
-      needed.add(p);
-      for (const i of this.nodes[p].inputs) if (i) stack.push(i);
-    }
+    const needed = ancestors(this, this.index(), this.outputNames);
     this.nodes = this.nodes.filter((_, i) => needed.has(i));
-    for (const k of [...this.initializers.keys()]) if (!seen.has(k)) this.initializers.delete(k);
+    const used = new Set([...this.outputNames, ...this.nodes.flatMap((n) => n.inputs)]);
+    for (const k of [...this.initializers.keys()]) if (!used.has(k)) this.initializers.delete(k);
   }
 
   /** Reorder nodes topologically (stable for already-sorted graphs). */

@@ -15,6 +15,7 @@
  * @module
  */
 import { type Graph, type Node, Tensor } from "../onnx/graph.ts";
+import { opset21Blocker, upgradeOpset21 } from "../onnx/opset.ts";
 import type { Site } from "../onnx/sites.ts";
 import { emitFakeQuant, fakeQuant, sqnrDb, type UniformQuantizer } from "./uniform.ts";
 import {
@@ -134,7 +135,13 @@ export function applyPlan(
   opts: { inPlace?: boolean; deploy?: boolean } = {},
 ): { graph: Graph; weights: AppliedWeight[]; deploy?: Graph } {
   // the deploy graph first: in-place application overwrites the FP weights it reads
-  const deploy = opts.deploy ? build(graph.clone(), weights, acts, "qdq").graph : undefined;
+  let deploy: Graph | undefined;
+  if (opts.deploy) {
+    deploy = graph.clone();
+    // 4-bit weights packed as int4 need opset 21
+    if (weights.some((w) => w.q.bits <= 4) && !opset21Blocker(deploy)) upgradeOpset21(deploy);
+    deploy = build(deploy, weights, acts, "qdq").graph;
+  }
   return {
     ...build(opts.inPlace ? graph : graph.clone(), weights, acts, "fake", opts.inPlace),
     deploy,

@@ -7,9 +7,10 @@
  * - A uniform weight quantizer becomes an int8 (signed) or uint8 (unsigned)
  *   initializer of its integer codes ({@link quantCodes}) and a
  *   DequantizeLinear with the step(s) and zero point(s), per tensor or along
- *   the quantizer's axis. 2- to 8-bit codes live in 8-bit containers (packed
- *   4-bit `int4` needs opset 21, which the shipped opset-13/17 graphs cannot
- *   simply declare: their ReduceMean and other ops changed form in opset 18).
+ *   the quantizer's axis. Codes of at most 4 bits are packed two per byte as
+ *   `int4`/`uint4` when the deploy graph is raised to opset 21
+ *   (`applyPlan` does so when a weight has at most 4 bits and the graph can be
+ *   converted: `core/onnx/opset.ts`); otherwise they live in 8-bit containers.
  * - A uniform activation quantizer becomes QuantizeLinear -> DequantizeLinear;
  *   when its integer range is narrower than the container (k < 8 bits, or a
  *   zero point that shifts it), the input is first clipped to the range's float
@@ -42,10 +43,22 @@ function container(q: UniformQuantizer): { type: number; lo: number; hi: number 
 }
 
 function codesTensor(name: string, dims: number[], codes: ArrayLike<number>, type: number): Tensor {
+  if (type === DataType.INT4 || type === DataType.UINT4) {
+    // two codes per byte, the first in the low nibble (ONNX's packing)
+    const bytes = new Uint8Array(Math.ceil(codes.length / 2));
+    for (let i = 0; i < codes.length; i++) bytes[i >> 1] |= (codes[i] & 0xf) << ((i & 1) * 4);
+    return new Tensor(name, type, dims, bytes);
+  }
   const bytes = type === DataType.INT8
     ? new Uint8Array(Int8Array.from(codes).buffer)
     : Uint8Array.from(codes);
   return new Tensor(name, type, dims, bytes);
+}
+
+/** The 4-bit container of a quantizer with at most 4 bits, when the graph allows it (opset >= 21). */
+function container4(q: UniformQuantizer, opset: number): number | undefined {
+  if (q.bits > 4 || opset < 21) return undefined;
+  return q.signed ? DataType.INT4 : DataType.UINT4;
 }
 
 function zeroPoints(g: Graph, prefix: string, q: UniformQuantizer, type: number): string {
@@ -70,13 +83,14 @@ export function emitQdqWeight(
   q: UniformQuantizer,
   prefix: string,
 ): string {
-  const c = container(q);
+  // 2-4-bit codes packed two per byte where the graph's opset has int4 (see `opset.ts`)
+  const type = container4(q, g.opset) ?? container(q).type;
   const codes = g.setInitializer(
-    codesTensor(g.uniqueName(`${prefix}_codes`), dims, quantCodes(x, dims, q), c.type),
+    codesTensor(g.uniqueName(`${prefix}_codes`), dims, quantCodes(x, dims, q), type),
   );
   const scaleDims = q.scale.length > 1 ? [q.scale.length] : [];
   const s = g.constFloat(`${prefix}_scale`, q.scale, scaleDims);
-  return g.addNode("DequantizeLinear", [codes, s, zeroPoints(g, prefix, q, c.type)], {
+  return g.addNode("DequantizeLinear", [codes, s, zeroPoints(g, prefix, q, type)], {
     attributes: axisAttr(q),
   });
 }
