@@ -200,6 +200,37 @@ Deno.test("two-scaled quantizers: TypeScript reference equals the ONNX emission 
   }
 });
 
+Deno.test("O-2SF integer LayerNorm: integers with per-channel shifts give the LayerNorm of the fake-quant values", () => {
+  const c = 24, rows = 40, bits = 8, m = 4;
+  const x = randomData(rows * c, 5, 1);
+  for (let i = 0; i < x.length; i += c) x[i + 7] = x[i + 7] * 30 + 12; // outlier channel
+  const step = Math.fround(1.1 / 127);
+  const q: O2sfQuantizer = { bits, step, m, flags: o2sfFlags(x, c, bits, step, m, "threshold") };
+  assert.deepEqual([...q.flags.keys()].filter((i) => q.flags[i]), [7]);
+  const fq = o2sf(x, [rows, c], q);
+  const ints = o2sfDecodeInt(o2sfEncode(x, q), q);
+  const eps = 1e-5;
+  for (let r = 0; r < rows; r++) {
+    // integer statistics: sums of integers, variance in units of S^2 (eps rescaled by 1/S^2)
+    let s1 = 0, s2 = 0;
+    for (let j = 0; j < c; j++) s1 += ints[r * c + j];
+    const mean = s1 / c;
+    for (let j = 0; j < c; j++) s2 += (ints[r * c + j] - mean) ** 2;
+    const inv = 1 / Math.sqrt(s2 / c + eps / (step * step));
+    // float LayerNorm of the fake-quant values
+    let f1 = 0, f2 = 0;
+    for (let j = 0; j < c; j++) f1 += fq[r * c + j];
+    const fm = f1 / c;
+    for (let j = 0; j < c; j++) f2 += (fq[r * c + j] - fm) ** 2;
+    const finv = 1 / Math.sqrt(f2 / c + eps);
+    for (let j = 0; j < c; j++) {
+      const a = (ints[r * c + j] - mean) * inv, b = (fq[r * c + j] - fm) * finv;
+      // the fake-quant values are int·S rounded to float32: agreement to float32 precision
+      assert.ok(Math.abs(a - b) < 1e-6, `row ${r} channel ${j}: ${a} vs ${b}`);
+    }
+  }
+});
+
 async function ctxFor(
   fixture: string,
   options: Record<string, unknown>,
