@@ -229,6 +229,13 @@ export async function gatherReport(
   const layerCell = pickLayerCell(table, settings, opts.cell);
   const layers = layerCell ? await layerPoints(store, layerCell.id) : [];
 
+  if (opts.bits && !table.bits.some((b) => b.w === opts.bits!.w && b.a === opts.bits!.a)) {
+    throw new VitqError(
+      `--bits ${opts.bits.w}/${opts.bits.a}: not a bit setting of ${name} (has ${
+        settings.join(", ") || "none"
+      })`,
+    );
+  }
   const pb = opts.bits ?? asc[0];
   const pairSetting = pb && table.bits.some((b) => b.w === pb.w && b.a === pb.a)
     ? setting(pb.w, pb.a)
@@ -452,6 +459,7 @@ export function reportCharts(d: ReportData): Chart[] {
                   type: "quantitative",
                   title: "Top-1 (%)",
                   scale: { zero: false },
+                  axis: { format: "~g" },
                 },
                 color: { field: "label", type: "nominal", scale: color, title: "method" },
                 order: { field: "x" },
@@ -498,6 +506,7 @@ export function reportCharts(d: ReportData): Chart[] {
               type: "quantitative",
               title: "Top-1 drop vs FP32 (points)",
               scale: { padding: 10 },
+              axis: { format: "~g" },
             },
           },
           layer: [
@@ -544,7 +553,12 @@ export function reportCharts(d: ReportData): Chart[] {
       const i = ROLES.findIndex((x) => r.startsWith(x));
       return i < 0 ? ROLES.length : i;
     };
-    const rowOrder = (t: string) => ["weight", "input", "a", "b"].indexOf(t);
+    // per-head records (`a[h3]`) after their operand's per-tensor row, heads in order
+    const rowOrder = (t: string) => {
+      const m = t.match(/^(\w+)(?:\[h(\d+)\])?$/);
+      const base = ["weight", "input", "a", "b"].indexOf(m?.[1] ?? t);
+      return (base < 0 ? 4 : base) * 10_000 + (m?.[2] !== undefined ? 1 + Number(m[2]) : 0);
+    };
     const rows = [...new Map(d.layers.map((l) => [l.row, l])).values()]
       .sort((a, b) => {
         const ra = a.row.slice(0, a.row.lastIndexOf(" ")),
