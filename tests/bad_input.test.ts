@@ -6,7 +6,16 @@ import { cli, FIXTURE_CARD, smallManifest, tmpDir, writeManifest } from "./helpe
 /** Run a bad bench and check: exit 2, one line naming `expect`, database unchanged. */
 async function expectBad(dir: string, db: string, args: string[], expect: RegExp) {
   const before = await Deno.readFile(db);
-  const r = await cli("bench", [...args, "--db", db, "--quiet", "--tables", `${dir}/t`]);
+  const r = await cli("bench", [
+    ...args,
+    "--db",
+    db,
+    "--quiet",
+    "--tables",
+    `${dir}/t`,
+    "--report",
+    `${dir}/report`,
+  ]);
   assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
   const lines = r.stderr.trim().split("\n");
   assert.equal(lines.length, 1, r.stderr);
@@ -28,7 +37,16 @@ Deno.test("bad input: one-line errors, exit code 2, database left as it was", as
       speed: { enabled: false },
     }),
   );
-  const ok = await cli("bench", [good, "--db", db, "--quiet", "--tables", `${dir}/t`]);
+  const ok = await cli("bench", [
+    good,
+    "--db",
+    db,
+    "--quiet",
+    "--tables",
+    `${dir}/t`,
+    "--report",
+    `${dir}/report`,
+  ]);
   assert.equal(ok.code, 0, ok.stderr);
 
   const malformed = `${dir}/malformed.json`;

@@ -23,6 +23,8 @@ import { makeSource } from "../datasets/source.ts";
 import { FIXTURE_CARD, FIXTURES, ROOT, runtime, tmpDir } from "./helpers.ts";
 
 const SEED = 15;
+/** HTML reports of the CLI runs go here, not into results/. */
+const REPORT_DIR = await Deno.makeTempDir({ prefix: "vitq-fuzz-report-" });
 const MUTATIONS = 320;
 const HANG_MS = 60_000;
 const PROTO = [
@@ -48,6 +50,11 @@ function prng(seed: number): () => number {
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 type Path = (string | number)[];
+
+// deno-lint-ignore no-explicit-any
+function isObj(x: unknown): x is Record<string, any> {
+  return typeof x === "object" && x !== null && !Array.isArray(x);
+}
 
 function nodes(x: Json, path: Path = [], out: Path[] = []): Path[] {
   if (path.length) out.push(path);
@@ -157,7 +164,7 @@ async function snapshot(paths: string[]): Promise<Map<string, string>> {
 /** Run the CLI with a hang guard. */
 async function cliGuarded(args: string[]): Promise<{ code: number; stderr: string } | "hang"> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", `${ROOT}cli/bench.ts`, ...args],
+    args: ["run", "--allow-all", `${ROOT}cli/bench.ts`, ...args, "--report", REPORT_DIR],
     cwd: ROOT,
     stdout: "piped",
     stderr: "piped",
@@ -305,9 +312,9 @@ function mutate(doc: Json, rnd: () => number, fifo: string): { text: string; ops
       if (f === "threads") m.threads = pick([1e6, 64, 257]);
       else if (f === "batchSize") m.batchSize = pick([1e9, 5000]);
       else if (f === "repetitions") m.speed = { repetitions: 1e9 };
-      else if (f === "size" && m.calibration) m.calibration.size = pick([1e9, 999999]);
-      else if (f === "seeds" && m.calibration) m.calibration.seeds = [2 ** 31];
-      else if (f === "perClass" && m.dataset) {
+      else if (f === "size" && isObj(m.calibration)) m.calibration.size = pick([1e9, 999999]);
+      else if (f === "seeds" && isObj(m.calibration)) m.calibration.seeds = [2 ** 31];
+      else if (f === "perClass" && isObj(m.dataset)) {
         m.dataset.subset = { rule: "first", perClass: pick([1e7, 1e6]) };
       }
       ops.push(`huge ${f}`);
@@ -786,6 +793,7 @@ Deno.test("fuzz: >= 300 manifest mutations and >= 40 bad models, cards and data 
     assert.equal(byKind.get(k), "refused (exit 2)", k);
   }
   await Deno.remove(dir, { recursive: true });
+  await Deno.remove(REPORT_DIR, { recursive: true });
 });
 
 Deno.test("non-finite logits make the image wrong, never right", async () => {
