@@ -24,6 +24,7 @@ import {
   emitQdqActivation,
   emitQdqPart,
   emitQdqWeight,
+  integerMatMuls,
   qdqable,
 } from "./deploy.ts";
 
@@ -206,6 +207,17 @@ function build(
     claim({ node: nodeByName.get(a.site!.node)!, slot: a.slot! }, `site ${a.site!.id}`, false);
   }
   const sums = new Map<string, string[]>();
+  // per-channel (per-head) activations: QDQ here, then MatMulInteger with the steps applied
+  // after it (`integerMatMuls`); where that rewrite does not apply they fall back to float
+  const perChannel = new Map<
+    string,
+    { q: UniformQuantizer; input: string; prefix: string; rank: number }
+  >();
+  const qdqActivation = (a: ActPlan, input: string, prefix: string) => {
+    const out = emitQdqActivation(g, input, a.q!, prefix, a.rank);
+    if (!perTensor(a.q!)) perChannel.set(out, { q: a.q!, input, prefix, rank: a.rank! });
+    return out;
+  };
   acts.forEach((a, i) => {
     const emit = (input: string, prefix: string) => {
       if (mode === "qdq" && a.parts?.length && a.parts.every((p) => qdqable(p.q))) {
@@ -217,8 +229,8 @@ function build(
       }
       return a.emit
         ? a.emit(g, input, prefix)
-        : mode === "qdq" && qdqable(a.q!) && perTensor(a.q!)
-        ? emitQdqActivation(g, input, a.q!, prefix, a.rank)
+        : mode === "qdq" && qdqable(a.q!) && (perTensor(a.q!) || a.rank !== undefined)
+        ? qdqActivation(a, input, prefix)
         : emitFakeQuant(g, input, a.q!, prefix, a.rank);
     };
     const targets = resolved[i];
@@ -232,6 +244,17 @@ function build(
     for (const t of targets) t.node.inputs[t.slot] = out;
   });
   if (sums.size) distributeParts(g, sums);
+  if (perChannel.size) {
+    integerMatMuls(g, new Map([...perChannel].map(([k, v]) => [k, v.rank])));
+    // a per-channel QDQ still read by any node: float fake-quant instead (ORT would fuse it
+    // into an integer matmul that cannot take its steps)
+    for (const [dq, p] of perChannel) {
+      const readers = g.nodes.filter((n) => n.inputs.includes(dq));
+      if (readers.length === 0) continue;
+      const fq = emitFakeQuant(g, p.input, p.q, `${p.prefix}_fq`, p.rank);
+      for (const n of readers) n.inputs = n.inputs.map((v) => (v === dq ? fq : v));
+    }
+  }
   g.prune();
   g.topoSort();
   return { graph: g, weights: applied };

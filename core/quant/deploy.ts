@@ -23,7 +23,7 @@
  *
  * @module
  */
-import { DataType, type Graph, makeAttr, Tensor } from "../onnx/graph.ts";
+import { DataType, type Graph, makeAttr, type Node, Tensor } from "../onnx/graph.ts";
 import type { Site } from "../onnx/sites.ts";
 import { qRange, quantCodes, type UniformQuantizer } from "./uniform.ts";
 
@@ -205,6 +205,81 @@ export function distributeParts(g: Graph, sums: Map<string, string[]>): number {
   return count;
 }
 
+/**
+ * Rewrite `DequantizeLinear(a) · DequantizeLinear(b)` MatMuls whose steps are
+ * per channel along axes ONNX Runtime's fused integer matmuls do not take (the
+ * per-head steps of attention-matmul operands) into
+ * `MatMulInteger(codes_a, codes_b)` (int32 accumulation) followed by one float
+ * multiplication with the outer product of the two operands' steps. Exact up
+ * to float rounding: `Σ (qa·sa)(qb·sb) = sa·sb·Σ qa·qb` when `sa` varies only
+ * along batch or row axes of `a` and `sb` along batch or column axes of `b`.
+ * Zero points must be 0 (symmetric codes). `ranks` gives the rank of each
+ * per-channel dequantized activation (by value name). Returns the number rewritten.
+ */
+export function integerMatMuls(g: Graph, ranks: Map<string, number>): number {
+  const producer = new Map<string, Node>();
+  for (const n of g.nodes) for (const o of n.outputs) producer.set(o, n);
+  let count = 0;
+  for (const n of [...g.nodes]) {
+    if (n.opType !== "MatMul" || n.domain) continue;
+    const [da, db] = [producer.get(n.inputs[0]), producer.get(n.inputs[1])];
+    if (da?.opType !== "DequantizeLinear" || db?.opType !== "DequantizeLinear") continue;
+    const axA = dqAxis(da), axB = dqAxis(db);
+    if (axA === undefined && axB === undefined) continue; // ORT fuses these itself
+    const pa = dqParams(g, da, ranks.get(n.inputs[0])),
+      pb = dqParams(g, db, ranks.get(n.inputs[1]));
+    if (!pa || !pb) continue;
+    // a per-tensor operand's rank does not matter (one step)
+    if (pa.scale.length === 1) pa.rank ??= pb.rank;
+    if (pb.scale.length === 1) pb.rank ??= pa.rank;
+    if (pa.rank === undefined || pb.rank === undefined) continue;
+    const rank = Math.max(pa.rank, pb.rank);
+    const at = (p: typeof pa, ax: number | undefined) =>
+      ax === undefined || p.scale.length === 1 ? undefined : ax + (rank - p.rank!);
+    const ia = at(pa, axA), ib = at(pb, axB);
+    // a's steps may vary along batch axes or rows (rank-2), b's along batch axes or columns (rank-1)
+    if (ia !== undefined && (ia === rank - 1)) continue;
+    if (ib !== undefined && (ib === rank - 2)) continue;
+    const dims = new Array<number>(rank).fill(1);
+    if (ia !== undefined) dims[ia] = pa.scale.length;
+    if (ib !== undefined) dims[ib] = pb.scale.length;
+    const total = dims.reduce((x, y) => x * y, 1);
+    const prod = new Float32Array(total);
+    const strides = dims.map((_, i) => dims.slice(i + 1).reduce((x, y) => x * y, 1));
+    for (let k = 0; k < total; k++) {
+      const ca = ia === undefined ? 0 : Math.floor(k / strides[ia]) % dims[ia];
+      const cb = ib === undefined ? 0 : Math.floor(k / strides[ib]) % dims[ib];
+      prod[k] = Math.fround(pa.scale[ca] * pb.scale[cb]);
+    }
+    const acc = g.addNode("MatMulInteger", [da.inputs[0], db.inputs[0]]);
+    const f = g.addNode("Cast", [acc], { attributes: [makeAttr("to", DataType.FLOAT)] });
+    const s = g.constFloat(`${n.name}_steps`, prod, dims);
+    const out = n.outputs[0];
+    g.nodes.splice(g.nodes.indexOf(n), 1);
+    g.addNode("Mul", [f, s], { outputs: [out], name: n.name });
+    count++;
+  }
+  return count;
+}
+
+function dqAxis(n: Node): number | undefined {
+  const a = n.attributes.find((x) => x.name === "axis");
+  return a === undefined ? undefined : Number(a.i);
+}
+
+/** Steps of a DequantizeLinear whose zero points are 0 (int8), with the rank of its value. */
+function dqParams(
+  g: Graph,
+  dq: Node,
+  rank: number | undefined,
+): { scale: Float32Array; rank?: number } | undefined {
+  const s = g.initializers.get(dq.inputs[1]);
+  const z = dq.inputs[2] ? g.initializers.get(dq.inputs[2]) : undefined;
+  if (!s || (z && z.raw.some((b) => b !== 0))) return undefined;
+  if (z && z.dataType !== DataType.INT8) return undefined;
+  return { scale: s.float32(), rank };
+}
+
 /** Which quantized sites of a deploy graph run integer kernels, and their share of the MACs. */
 export interface IntegerCoverage {
   /** Site ids whose matmul/conv reads only dequantized integer codes. */
@@ -257,14 +332,23 @@ export function integerCoverage(
       Number(transB ?? 0) === 1,
     );
     out.totalMacs += macs;
-    const integer = producer.get(n.inputs[0]) === "DequantizeLinear" &&
-      producer.get(n.inputs[1]) === "DequantizeLinear";
+    // a fused-kernel candidate (both operands dequantized codes), or a MatMulInteger whose
+    // int32 result is cast and scaled under the site node's name (`integerMatMuls`)
+    const integer = n.opType === "Mul"
+      ? producer.get(n.inputs[0]) === "Cast" &&
+        producer.get(depNodeOf(deploy, n.inputs[0])?.inputs[0] ?? "") === "MatMulInteger"
+      : producer.get(n.inputs[0]) === "DequantizeLinear" &&
+        producer.get(n.inputs[1]) === "DequantizeLinear";
     if (integer) {
       out.integerSites.push(site.id);
       out.integerMacs += macs;
     } else out.floatSites.push(site.id);
   }
   return out;
+}
+
+function depNodeOf(g: Graph, value: string): Node | undefined {
+  return g.nodes.find((n) => n.outputs.includes(value));
 }
 
 /** MACs of one MatMul/Gemm/Conv from its output shape and its second operand's shape. */
