@@ -684,6 +684,7 @@ export function applySmooth(
       }
     }
   }
+  g.prune(); // drops the shared constants the private copies replaced, where nothing else reads them
   return { graph: g, explicit };
 }
 

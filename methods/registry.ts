@@ -8,6 +8,7 @@ import { baseptq, ptq4vit } from "./ptq4vit.ts";
 import { ivit } from "./ivit.ts";
 import { adfq } from "./adfq.ts";
 import { tsptq } from "./tsptq.ts";
+import { mptq } from "./mptq.ts";
 import { repq } from "./repq.ts";
 import type { QuantMethod } from "./types.ts";
 
@@ -20,5 +21,6 @@ export const METHODS: Record<string, QuantMethod> = {
   [ivit.name]: ivit,
   [adfq.name]: adfq,
   [tsptq.name]: tsptq,
+  [mptq.name]: mptq,
   [repq.name]: repq,
 };
