@@ -18,21 +18,23 @@
  *
  * Module-wise optimization runs unit by unit in network order (patch
  * embedding; per block the attention and the MLP module; Swin reductions;
- * head): the unit's input comes from the model quantized so far, its target
- * from the FP model; activation quantizers of the unit are initialized on the
+ * head), driven by `core/recon/driver.ts`: the unit's input comes from the
+ * model quantized so far, its target from the FP model; this file holds only
+ * ADFQ-ViT's choices (quantizers, their initialization, the loss); activation quantizers of the unit are initialized on the
  * first `initSamples` cached inputs, then AdaRound variables and activation
  * steps are learned (see `core/recon/train.ts`), then frozen with hard
  * rounding.
  *
  * @module
  */
-import { BatchCollector, type Captured, captureValues } from "../core/runtime/capture.ts";
+import type { Captured } from "../core/runtime/capture.ts";
 import type { Graph } from "../core/onnx/graph.ts";
 import type { Site } from "../core/onnx/sites.ts";
-import { captureGraph, type ImageSource, type Runtime } from "../core/runtime/runtime.ts";
+import type { Runtime } from "../core/runtime/runtime.ts";
 import { fakeQuant, sqnrDb } from "../core/quant/uniform.ts";
 import { initPerPatch } from "../core/quant/outlier.ts";
-import { cutUnit, findUnits, shapeSources, type Unit } from "../core/recon/units.ts";
+import { findUnits, type Unit } from "../core/recon/units.ts";
+import { firstImages, reconstructUnits, runRows } from "../core/recon/driver.ts";
 import {
   adaRoundHard,
   adaRoundInit,
@@ -52,7 +54,6 @@ import {
 import {
   buildTrainGraph,
   type ReconOptions,
-  shapeFeeds,
   trainUnit,
   type UnitReport,
   type UnitTensors,
@@ -314,112 +315,6 @@ function unitState(ctx: QuantContext, unit: Unit, o: AdfqOptions): UnitState {
   return { unit, weights, acts: stages.flat(), stages, init, tau };
 }
 
-/**
- * Run `graph` over cached rows of its inputs (each holding a whole number of
- * rows per image) and collect `outputs`, concatenated along axis 0.
- */
-async function runRows(
-  rt: Runtime,
-  graph: Graph,
-  inputs: Map<string, Captured>,
-  nImages: number,
-  imagesPerRun: number,
-  outputs: string[],
-  shapes?: UnitTensors,
-): Promise<Map<string, Captured>> {
-  outputs = [...new Set(outputs)];
-  const session = await rt.createSession(captureGraph(graph, outputs), "unit capture graph");
-  const parts = new BatchCollector(nImages);
-  try {
-    for (let s = 0; s < nImages; s += imagesPerRun) {
-      const n = Math.min(imagesPerRun, nImages - s);
-      const feeds = shapes ? shapeFeeds(shapes, n) : {};
-      for (const [name, x] of inputs) {
-        const rows = x.dims[0] / nImages, per = x.data.length / x.dims[0];
-        feeds[name] = {
-          data: x.data.subarray(s * rows * per, (s + n) * rows * per),
-          dims: [n * rows, ...x.dims.slice(1)],
-        };
-      }
-      const out = await session.run(feeds);
-      for (const v of outputs) parts.push(v, out[v].data, out[v].dims, n);
-    }
-  } finally {
-    await session.release();
-  }
-  return parts.finish();
-}
-
-/** Node indices of all ancestors of value `v` (its producer, transitively). */
-function ancestors(g: Graph, idx: ReturnType<Graph["index"]>, v: string): Set<number> {
-  const out = new Set<number>();
-  const stack = [v];
-  const seen = new Set<string>();
-  while (stack.length) {
-    const x = stack.pop()!;
-    if (seen.has(x)) continue;
-    seen.add(x);
-    const p = idx.producer.get(x);
-    if (p === undefined || out.has(p)) continue;
-    out.add(p);
-    for (const i of g.nodes[p].inputs) if (i) stack.push(i);
-  }
-  return out;
-}
-
-/** Values that depend on a graph input through data (not shape) computation. */
-function dataValues(g: Graph): Set<string> {
-  const data = new Set<string>(g.inputNames);
-  for (const n of g.nodes) {
-    if (n.opType === "Shape" || n.opType === "Size" || n.opType === "ConstantOfShape") continue;
-    if (n.inputs.some((v) => data.has(v))) { for (const o of n.outputs) data.add(o); }
-  }
-  return data;
-}
-
-/**
- * The frontier between unit inputs `a` and `b` (b later): data values
- * computed on the way to `a` that the rest of the way to `b` consumes
- * (shape computations on the way to `a` are redone from the data values they
- * measure). With them, `b` in the model quantized up to the unit of `a` is
- * computed by the short segment in between instead of the whole prefix.
- * Undefined when the segment needs a graph input.
- */
-function frontier(
-  g: Graph,
-  idx: ReturnType<Graph["index"]>,
-  data: Set<string>,
-  a: string,
-  b: string,
-): string[] | undefined {
-  const before = ancestors(g, idx, a), upto = ancestors(g, idx, b);
-  const inputs = new Set(g.inputNames);
-  const seg = [...upto].filter((n) => !before.has(n));
-  const inSeg = new Set(seg);
-  const out = new Set<string>();
-  for (let k = 0; k < seg.length; k++) {
-    for (const v of g.nodes[seg[k]].inputs) {
-      if (!v) continue;
-      if (inputs.has(v)) return undefined;
-      const p = idx.producer.get(v);
-      if (p === undefined || inSeg.has(p)) continue;
-      if (data.has(v)) out.add(v);
-      else {
-        inSeg.add(p);
-        seg.push(p);
-      }
-    }
-  }
-  return [...out];
-}
-
-/** The first `n` images' rows of a captured tensor. */
-function firstImages(t: Captured, nImages: number, n: number): Captured {
-  const rows = t.dims[0] / nImages, per = t.data.length / t.dims[0];
-  const k = Math.min(n, nImages);
-  return { data: t.data.subarray(0, k * rows * per), dims: [k * rows, ...t.dims.slice(1)] };
-}
-
 /** Round-to-nearest weight with the initial per-channel quantizer (what the reference inits with). */
 function nearestWeight(w: WeightState): Float32Array {
   return fakeQuant(w.w, w.dims, {
@@ -501,67 +396,6 @@ async function initActs(
   }
 }
 
-/** Bytes of FP values held at once by {@link FpCache}. */
-const FP_CACHE_BYTES = 384 * 2 ** 20;
-
-/**
- * FP values of the units over the calibration images, captured for groups of
- * consecutive units in one pass each (as many units as fit
- * {@link FP_CACHE_BYTES}), so the FP model is not rerun for every unit.
- */
-class FpCache {
-  private groups: number[][] = [];
-  private held = new Map<number, Map<string, Captured>>();
-
-  constructor(private rt: Runtime, private ctx: QuantContext, private values: string[][]) {}
-
-  /** Measure the values' sizes on one image and group the units. */
-  async plan(): Promise<void> {
-    const calib = this.ctx.calib;
-    const one: ImageSource = { length: 1, shape: calib.shape, slice: (a, b) => calib.slice(a, b) };
-    const all = [...new Set(this.values.flat())];
-    const probe = await captureValues(this.rt, this.ctx.graph, all, one, 1);
-    const bytes = (vs: string[]) =>
-      vs.reduce((a, v) => a + probe.get(v)!.data.length * 4, 0) * this.ctx.calib.length;
-    let cur: number[] = [], size = 0;
-    this.values.forEach((vs, i) => {
-      const b = bytes(vs);
-      if (cur.length && size + b > FP_CACHE_BYTES) {
-        this.groups.push(cur);
-        cur = [];
-        size = 0;
-      }
-      cur.push(i);
-      size += b;
-    });
-    if (cur.length) this.groups.push(cur);
-  }
-
-  /** The FP values of unit `i` (captures its group when first asked). */
-  async get(i: number): Promise<Map<string, Captured>> {
-    if (!this.held.has(i)) {
-      const group = this.groups.find((g) => g.includes(i))!;
-      const vals = [...new Set(group.flatMap((u) => this.values[u]))];
-      const cap = await captureValues(
-        this.rt,
-        this.ctx.graph,
-        vals,
-        this.ctx.calib,
-        this.ctx.batchSize,
-      );
-      for (const u of group) {
-        this.held.set(u, new Map(this.values[u].map((v) => [v, cap.get(v)!])));
-      }
-    }
-    return this.held.get(i)!;
-  }
-
-  /** Forget unit `i`'s values. */
-  drop(i: number): void {
-    this.held.delete(i);
-  }
-}
-
 /** Everything {@link runAdfq} measured, besides the model. */
 export interface AdfqReport {
   /** Per-unit reports, in network order. */
@@ -592,95 +426,11 @@ export async function runAdfq(
   const units = findUnits(ctx.graph, ctx.sites);
   const states: UnitState[] = [];
   const reports: UnitReport[] = [];
-  let setup = 0, train = 0;
+  let train = 0;
   const t00 = performance.now();
-  const outsOf = (u: Unit) => [u.output, ...(u.attn ? [u.attn] : [])];
-  const extras = units.map((u) => shapeSources(ctx.graph, [u.input], outsOf(u)));
-  const fpValues = units.map((u, i) => [u.input, ...outsOf(u), ...extras[i]]);
-  const fpCache = new FpCache(rt, ctx, fpValues);
-  const gidx = ctx.graph.index();
-  const gdata = dataValues(ctx.graph);
-  const fronts = units.map((u, i) =>
-    i + 1 < units.length ? frontier(ctx.graph, gidx, gdata, u.input, units[i + 1].input) : undefined
-  );
-  let carried: Map<string, Captured> | undefined;
-  /** The wanted values from the segment after the last frozen unit, fed with the carried frontier. */
-  const segmentCapture = async (
-    last: UnitState,
-    from: Map<string, Captured>,
-    want: string[],
-  ): Promise<Map<string, Captured> | undefined> => {
-    const g = quantizeGraph(
-      ctx.graph,
-      last.weights.map((w) => ({ site: w.site, data: hardWeight(w), dims: w.dims })),
-      last.acts,
-    );
-    let seg: Graph;
-    try {
-      seg = cutUnit(
-        g,
-        [...from].map(([v, t], i) => ({ name: v, dims: [`rows${i}`, ...t.dims.slice(1)] })),
-        want.filter((v) => !from.has(v)),
-      );
-    } catch {
-      return undefined;
-    }
-    const out = await runRows(
-      rt,
-      seg,
-      from,
-      nImages,
-      ctx.batchSize,
-      want.filter((v) => !from.has(v)),
-    );
-    for (const v of want) if (from.has(v)) out.set(v, from.get(v)!);
-    return out;
-  };
-  await fpCache.plan();
-  setup += (performance.now() - t00) / 1000;
-  for (const [ui, unit] of units.entries()) {
+  await reconstructUnits(ctx, units, async ({ index: ui, unit, graph: unitGraph, data }) => {
     ctx.step?.(`${unit.id} unit ${ui + 1}/${units.length}: ${o.iters} steps`);
-    const t0 = performance.now();
     const st = unitState(ctx, unit, o);
-    const outs = outsOf(unit);
-    const extra = extras[ui];
-    const fp = await fpCache.get(ui);
-    // the unit's input in the model quantized so far, and the frontier to the next unit
-    const want = [...new Set([unit.input, ...(fronts[ui] ?? [])])];
-    let got: Map<string, Captured> | undefined;
-    if (ui === 0) {
-      got = fronts[0]?.length
-        ? await captureValues(rt, ctx.graph, want, ctx.calib, ctx.batchSize)
-        : fp;
-    } else if (carried && fronts[ui - 1]) got = await segmentCapture(states[ui - 1], carried, want);
-    if (!got) {
-      const qg = quantizeGraph(
-        ctx.graph,
-        states.flatMap((s) =>
-          s.weights.map((w) => ({ site: w.site, data: hardWeight(w), dims: w.dims }))
-        ),
-        states.flatMap((s) => s.acts),
-      );
-      got = await captureValues(rt, qg, want, ctx.calib, ctx.batchSize);
-    }
-    const qIn = got.get(unit.input)!;
-    carried = fronts[ui] ? new Map(fronts[ui]!.map((v) => [v, got!.get(v)!])) : undefined;
-    const unitGraph = cutUnit(
-      ctx.graph,
-      [
-        { name: unit.input, dims: ["batch", ...qIn.dims.slice(1)] },
-        ...extra.map((v, i) => ({ name: v, dims: [`batch_s${i}`, ...fp.get(v)!.dims.slice(1)] })),
-      ],
-      outs,
-    );
-    const data: UnitTensors = {
-      nImages,
-      qIn,
-      fpIn: fp.get(unit.input)!,
-      fpOut: fp.get(unit.output)!,
-      fpAttn: unit.attn ? fp.get(unit.attn) : undefined,
-      shapeInputs: extra.map((v) => ({ name: v, dims: fp.get(v)!.dims })),
-    };
     await initActs(rt, st, unitGraph, data, o, ctx.batchSize);
     const tg = buildTrainGraph(
       unitGraph,
@@ -713,23 +463,17 @@ export async function runAdfq(
       gradients: o.gradients,
       seed: (ctx.seed * 1000003 + ui * 7919) >>> 0,
     };
-    const r = await trainUnit(
-      rt,
-      unit,
-      tg,
-      data,
-      st.weights,
-      st.acts,
-      recon,
-      ctx.log,
-    );
+    const r = await trainUnit(rt, unit, tg, data, st.weights, st.acts, recon, ctx.log);
     train += r.seconds;
-    setup += (performance.now() - t0) / 1000 - r.seconds;
     reports.push(r);
-    fpCache.drop(ui);
     hooks.onUnit?.(r);
     states.push(st);
-  }
+    return {
+      weights: st.weights.map((w) => ({ site: w.site, data: hardWeight(w), dims: w.dims })),
+      acts: st.acts,
+    };
+  });
+  const setup = (performance.now() - t00) / 1000 - train;
   const weights = states.flatMap((s) => s.weights);
   const hard = weights.map((w) => ({ site: w.site, data: hardWeight(w), dims: w.dims }));
   const graph = quantizeGraph(ctx.graph, hard, states.flatMap((s) => s.acts));

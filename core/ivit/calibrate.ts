@@ -7,10 +7,9 @@
  *
  * @module
  */
-import type { Graph } from "../onnx/graph.ts";
 import { QuantActObserver } from "./reference.ts";
 import { captureGraph, type ImageSource, runBatches, type Runtime } from "../runtime/runtime.ts";
-import { dataValues } from "./lower.ts";
+import { dataValues, type Graph } from "../onnx/graph.ts";
 
 /** Dims (batch 1) of every data value of `graph`, from one run on the first calibration image. */
 export async function probeDims(

@@ -56,7 +56,15 @@
  *
  * @module
  */
-import { attr, DataType, type Graph, type GraphIndex, type Node, Tensor } from "../onnx/graph.ts";
+import {
+  attr,
+  DataType,
+  dataValues,
+  type Graph,
+  type GraphIndex,
+  type Node,
+  Tensor,
+} from "../onnx/graph.ts";
 import type { Site } from "../onnx/sites.ts";
 import { VitqError } from "../errors.ts";
 import {
@@ -137,16 +145,6 @@ const STRUCT = new Set([
   "Gather",
   "Split",
 ]);
-
-/** Values that depend on the graph input through data (not shape) computation. */
-export function dataValues(g: Graph): Set<string> {
-  const data = new Set<string>(g.inputNames);
-  for (const n of g.nodes) {
-    if (n.opType === "Shape" || n.opType === "Size" || n.opType === "ConstantOfShape") continue;
-    if (n.inputs.some((v) => data.has(v))) { for (const o of n.outputs) data.add(o); }
-  }
-  return data;
-}
 
 /** A constant value, read through Identity nodes (initializer or Constant node). */
 export function constTensor(g: Graph, idx: GraphIndex, name: string): Tensor | undefined {

@@ -12,7 +12,6 @@ export * from "./kernels.ts";
 export {
   checkLowerable,
   constTensor,
-  dataValues,
   type IvitVariant,
   type LowerEnv,
   lowerIvit,

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import type { Graph, GraphIndex, Node } from "./graph.ts";
+import { dataValues, type Graph, type GraphIndex, type Node } from "./graph.ts";
 import { VitqError } from "../errors.ts";
 
 /** Kinds of quantization sites. */
@@ -91,16 +91,6 @@ interface Ctx {
 
 function isConst(c: Ctx, v: string): boolean {
   return !!v && !c.data.has(v);
-}
-
-/** Values that depend on the graph input through data (not shape) computation. */
-function dataValues(g: Graph): Set<string> {
-  const data = new Set<string>(g.inputNames);
-  for (const n of g.nodes) {
-    if (n.opType === "Shape" || n.opType === "Size" || n.opType === "ConstantOfShape") continue;
-    if (n.inputs.some((v) => data.has(v))) { for (const o of n.outputs) data.add(o); }
-  }
-  return data;
 }
 
 function node(c: Ctx, v: string): Node | undefined {

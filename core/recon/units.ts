@@ -11,7 +11,7 @@
  *
  * @module
  */
-import type { Graph } from "../onnx/graph.ts";
+import { dataValues, type Graph } from "../onnx/graph.ts";
 import type { Site } from "../onnx/sites.ts";
 import { VitqError } from "../errors.ts";
 
@@ -118,11 +118,7 @@ export function findUnits(g: Graph, sites: Site[]): Unit[] {
 export function shapeSources(graph: Graph, inputs: string[], outputs: string[]): string[] {
   const idx = graph.index();
   const stop = new Set(inputs);
-  const data = new Set<string>(graph.inputNames);
-  for (const n of graph.nodes) {
-    if (n.opType === "Shape" || n.opType === "Size" || n.opType === "ConstantOfShape") continue;
-    if (n.inputs.some((v) => data.has(v))) { for (const o of n.outputs) data.add(o); }
-  }
+  const data = dataValues(graph);
   const walked = new Set<string>();
   const shaped = new Set<string>();
   const stack = [...outputs];
