@@ -10,8 +10,8 @@
  */
 import { parseArgs } from "node:util";
 import { runCli, VitqError } from "../core/errors.ts";
-import { loadManifest } from "../bench/manifest.ts";
-import { planBench, runPlan } from "../bench/runner.ts";
+import { prepareBench } from "../bench/prepare.ts";
+import { runPlan } from "../bench/runner.ts";
 import { Store } from "../bench/store.ts";
 import { gatherTable, renderCsv } from "../bench/tables.ts";
 
@@ -33,19 +33,29 @@ export function parseTop1Csv(text: string): Map<string, { top1: number; n: numbe
 }
 
 await runCli(async () => {
-  const { values, positionals } = parseArgs({
-    args: Deno.args,
-    allowPositionals: true,
-    options: {
-      expected: { type: "string" },
-      write: { type: "boolean", default: false },
-      keep: { type: "string" },
-    },
-  });
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: Deno.args,
+      allowPositionals: true,
+      options: {
+        expected: { type: "string" },
+        write: { type: "boolean", default: false },
+        keep: { type: "string" },
+      },
+    });
+  } catch (e) {
+    throw new VitqError(
+      `${
+        (e as Error).message
+      }; usage: deno task gate [manifest.json] [--expected FILE] [--write] [--keep FILE]`,
+    );
+  }
+  const { values, positionals } = parsed;
   const path = positionals[0] ?? "experiments/ci.json";
-  const { manifest, text } = await loadManifest(path);
+  // the same checks as deno task bench, before anything runs
+  const { manifest, text, plan } = await prepareBench(path);
   const expectedPath = values.expected ?? `results/tables/${manifest.name}/top1.csv`;
-  const plan = await planBench(manifest, path);
   const dir = await Deno.makeTempDir({ prefix: "vitq-gate-" });
   const store = await Store.open(`${dir}/gate.duckdb`);
   let csv: string;
