@@ -11,9 +11,21 @@ export interface EnvInfo {
   cores: number;
   deno: string;
   gitCommit: string;
+  /** vitq's version, as `deno.json` states it. */
+  vitq: string;
 }
 
 const FLAGS = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16"];
+
+/** vitq's version from `deno.json` ("unknown" when it cannot be read). */
+export async function vitqVersion(): Promise<string> {
+  try {
+    const cfg = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+    return typeof cfg.version === "string" ? cfg.version : "unknown";
+  } catch {
+    return "unknown";
+  }
+}
 
 /** Collect CPU model, relevant instruction-set flags, core count, Deno version and git commit. */
 export async function envInfo(): Promise<EnvInfo> {
@@ -40,6 +52,7 @@ export async function envInfo(): Promise<EnvInfo> {
     cores: navigator.hardwareConcurrency,
     deno: Deno.version.deno,
     gitCommit,
+    vitq: await vitqVersion(),
   };
 }
 

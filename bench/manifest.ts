@@ -9,7 +9,8 @@ import { VitqError } from "../core/errors.ts";
 import { fromRoot } from "../core/models.ts";
 import type { SubsetRule } from "../datasets/subset.ts";
 import { METHODS } from "../methods/registry.ts";
-import type { QuantMethod } from "../methods/types.ts";
+import type { Bits, QuantMethod } from "../methods/types.ts";
+import type { Backend } from "../core/runtime/runtime.ts";
 
 /** A method entry after normalization. */
 export interface MethodSpec {
@@ -24,7 +25,7 @@ export interface Manifest {
   description: string;
   models: string[];
   methods: MethodSpec[];
-  bits: { w: number; a: number; mixed?: number[] }[];
+  bits: Bits[];
   dataset: {
     name: "fashion-mnist" | "imagenet";
     path?: string;
@@ -34,7 +35,7 @@ export interface Manifest {
   calibration: { size: number; seeds: number[]; split: "train" | "test" | "val" };
   batchSize: number;
   threads: number;
-  backend: "node" | "wasm";
+  backend: Backend;
   speed: { repetitions: number; warmup: number; enabled: boolean };
 }
 
@@ -77,13 +78,28 @@ const METHOD_ITEM_SCHEMA = {
   ],
 };
 
+// deno-lint-ignore no-explicit-any
+let manifestSchema: any;
+
 async function getValidator(): Promise<Validator> {
   if (!validator) {
-    const schema = JSON.parse(await Deno.readTextFile(fromRoot("experiments/schema.json")));
-    schema.properties.methods.items = METHOD_ITEM_SCHEMA;
-    validator = ajv.compile(schema) as Validator;
+    manifestSchema = JSON.parse(await Deno.readTextFile(fromRoot("experiments/schema.json")));
+    manifestSchema.properties.methods.items = METHOD_ITEM_SCHEMA;
+    validator = ajv.compile(manifestSchema) as Validator;
   }
   return validator;
+}
+
+/**
+ * The schema's default of a manifest field (`["speed", "warmup"]`): defaults
+ * live in `experiments/schema.json` only, where editors show them.
+ */
+function schemaDefault(path: string[]): unknown {
+  // deno-lint-ignore no-explicit-any
+  let node: any = manifestSchema;
+  for (const k of path) node = node.properties[k];
+  if (node.default === undefined) throw new Error(`schema: no default for /${path.join("/")}`);
+  return structuredClone(node.default);
 }
 
 /** Drop keywords whose value is an ajv `$data` reference (editors do not know them). */
@@ -209,20 +225,20 @@ export async function normalizeManifest(raw: unknown, file: string): Promise<Man
       name: m.dataset.name,
       path: m.dataset.path,
       split: m.dataset.split ?? (m.dataset.name === "imagenet" ? "val" : "test"),
-      subset: m.dataset.subset ?? { rule: "all" },
+      subset: m.dataset.subset ?? schemaDefault(["dataset", "subset"]),
     },
     calibration: {
       size: m.calibration.size,
-      seeds: m.calibration.seeds ?? [0],
-      split: m.calibration.split ?? "train",
+      seeds: m.calibration.seeds ?? schemaDefault(["calibration", "seeds"]),
+      split: m.calibration.split ?? schemaDefault(["calibration", "split"]),
     },
-    batchSize: m.batchSize ?? 100,
-    threads: m.threads ?? 2,
-    backend: m.backend ?? "node",
+    batchSize: m.batchSize ?? schemaDefault(["batchSize"]),
+    threads: m.threads ?? schemaDefault(["threads"]),
+    backend: m.backend ?? schemaDefault(["backend"]),
     speed: {
-      repetitions: m.speed?.repetitions ?? 10,
-      warmup: m.speed?.warmup ?? 3,
-      enabled: m.speed?.enabled ?? true,
+      repetitions: m.speed?.repetitions ?? schemaDefault(["speed", "repetitions"]),
+      warmup: m.speed?.warmup ?? schemaDefault(["speed", "warmup"]),
+      enabled: m.speed?.enabled ?? schemaDefault(["speed", "enabled"]),
     },
   };
 }
@@ -233,7 +249,7 @@ export async function normalizeManifest(raw: unknown, file: string): Promise<Man
  * cell for that entry).
  */
 function checkMixed(
-  bits: { w: number; a: number; mixed?: number[] }[],
+  bits: Bits[],
   methods: MethodSpec[],
   file: string,
 ): void {

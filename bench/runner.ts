@@ -8,13 +8,13 @@
  */
 import { Graph } from "../core/onnx/graph.ts";
 import { findSites, type Site } from "../core/onnx/sites.ts";
-import { createRuntime, type Runtime } from "../core/runtime/runtime.ts";
+import { type Backend, createRuntime, type Runtime } from "../core/runtime/runtime.ts";
 import type { Manifest } from "./manifest.ts";
 import { fromRoot, loadRegistry, type ResolvedModel, resolveModel } from "../core/models.ts";
 import { canonicalJson, sha256Hex } from "../core/hash.ts";
 import { VitqError } from "../core/errors.ts";
 import { faultPoint } from "../core/fault.ts";
-import { evaluate, nonFiniteMessage } from "./evaluate.ts";
+import { type EvalResult, evaluate, nonFiniteMessage } from "./evaluate.ts";
 import { deployStage, saveCellModel } from "./deploy.ts";
 import { measureSpeed, type Speed } from "./speed.ts";
 import type { ResultRow, Store } from "./store.ts";
@@ -23,16 +23,17 @@ import { envInfo } from "./env.ts";
 import { type DatasetSplit, IMAGENET_LAYOUT, openDataset } from "../datasets/dataset.ts";
 import { describeRule, drawCalibration, hashIds, selectSubset } from "../datasets/subset.ts";
 import { METHODS } from "../methods/registry.ts";
+import type { Bits, QuantizedModel } from "../methods/types.ts";
+import type { LabelledSource } from "../datasets/source.ts";
 
 /** Options of one bench invocation. */
 export interface BenchOptions {
   manifestPath: string;
   manifestText: string;
-  db: string;
   /** Recompute cells even when stored. */
   force?: boolean;
   /** Override the manifest's backend. */
-  backend?: "node" | "wasm";
+  backend?: Backend;
   quiet?: boolean;
   /** Save each cell's model (deploy graph, else fake-quant) with a card under `<save>/<manifest>/`. */
   save?: string;
@@ -56,7 +57,7 @@ export interface Cell {
   label: string;
   options: Record<string, unknown>;
   model: string;
-  bits: { w: number; a: number; mixed?: number[] };
+  bits: Bits;
   calibSeed: number;
   calibIds: string[];
   calibHash: string;
@@ -231,6 +232,217 @@ function speedOpts(m: Manifest) {
   return { batch: m.batchSize, repetitions: m.speed.repetitions, warmup: m.speed.warmup };
 }
 
+/**
+ * Evaluate and time the FP32 model on the evaluation images and store the
+ * baseline (refused when its logits are not finite).
+ */
+async function fpBaseline(
+  plan: Plan,
+  pm: PreparedModel,
+  evalSrc: LabelledSource,
+  store: Store,
+  run: { runId: string; runtime: Runtime; backend: Backend; progress: Progress },
+): Promise<Pick<RunContext, "fpEval" | "fpSpeed" | "fpCell">> {
+  const { manifest } = plan;
+  const { runId, runtime, backend, progress } = run;
+  progress.log(`${pm.model.name}: FP32 baseline on ${evalSrc.length} images`);
+  const fpEval = await evaluate(runtime, pm.bytes, evalSrc, manifest.batchSize);
+  if (fpEval.nonFinite > 0) {
+    throw new VitqError(
+      `${pm.model.path}: FP32 baseline refused: ${
+        nonFiniteMessage(fpEval.nonFinite)
+      } of ${fpEval.n} (NaN or Inf weights, or a zero std in the model card?)`,
+    );
+  }
+  const fpCell = `fp32:${pm.sha.slice(0, 16)}:${plan.evalHash.slice(0, 16)}:${backend}`;
+  const fpSpeed: Speed | undefined = manifest.speed.enabled
+    ? await measureSpeed(runtime, pm.bytes, evalSrc.shape, speedOpts(manifest))
+    : undefined;
+  await store.putFp({
+    model: pm.model.name,
+    model_sha: pm.sha,
+    dataset: manifest.dataset.name,
+    eval_hash: plan.evalHash,
+    backend,
+    n: fpEval.n,
+    correct: fpEval.correct,
+    top1: fpEval.top1,
+    top5: fpEval.top5,
+    eval_seconds: fpEval.seconds,
+    ips: fpSpeed?.ips ?? NaN,
+    lat_med_ms: fpSpeed?.latMedMs ?? NaN,
+    lat_p90_ms: fpSpeed?.latP90Ms ?? NaN,
+    batch_size: manifest.batchSize,
+    threads: manifest.threads,
+    fp_cell: fpCell,
+    run_id: runId,
+  }, fpEval);
+  faultPoint("fp-stored");
+  return { fpEval, fpSpeed, fpCell };
+}
+
+/** What a cell's row shares with the run: ids, the backend and the FP32 baseline. */
+interface RunContext {
+  runId: string;
+  backend: Backend;
+  fpEval: EvalResult;
+  fpSpeed: Speed | undefined;
+  fpCell: string;
+}
+
+/** The result row of a cell before it runs: everything known up front, measurements null. */
+function baseRow(plan: Plan, cell: Cell, pm: PreparedModel, run: RunContext): ResultRow {
+  const { manifest } = plan;
+  const method = METHODS[cell.method];
+  const { runId, backend, fpEval, fpSpeed, fpCell } = run;
+  return {
+    cell_id: cell.id,
+    run_id: runId,
+    manifest_name: manifest.name,
+    method: cell.method,
+    label: cell.label,
+    options: canonicalJson(cell.options),
+    paper: method.paper,
+    approximations: method.approximations,
+    model: pm.model.name,
+    model_sha: pm.sha,
+    w_bits: cell.bits.w,
+    a_bits: cell.bits.a,
+    dataset: manifest.dataset.name,
+    split: manifest.dataset.split,
+    subset_rule: describeRule(manifest.dataset.subset),
+    subset_size: plan.evalIds.length,
+    eval_hash: plan.evalHash,
+    calib_size: manifest.calibration.size,
+    calib_seed: cell.calibSeed,
+    calib_split: plan.calibSource,
+    calib_hash: cell.calibHash,
+    top1: null,
+    top5: null,
+    correct: null,
+    fp_top1: fpEval.top1,
+    calib_seconds: null,
+    eval_seconds: null,
+    fp_ips: fpSpeed?.ips ?? null,
+    fp_lat_med_ms: fpSpeed?.latMedMs ?? null,
+    fp_lat_p90_ms: fpSpeed?.latP90Ms ?? null,
+    sim_ips: null,
+    sim_lat_med_ms: null,
+    sim_lat_p90_ms: null,
+    timed_graph: "fake-quant (simulated quantization in float32)",
+    threads: manifest.threads,
+    batch_size: manifest.batchSize,
+    backend,
+    model_bytes: null,
+    mixed: cell.bits.mixed?.join(",") ?? null,
+    fp_cell: fpCell,
+    status: "ok",
+    error: null,
+    notes: null,
+  };
+}
+
+/** What one cell needs besides its plan entry. */
+interface CellRun {
+  runtime: Runtime;
+  evalSrc: LabelledSource;
+  progress: Progress;
+  /** Folder to save each cell's model under (see `BenchOptions.save`). */
+  save?: string;
+}
+
+/**
+ * Run one cell: the method quantizes the model on the cell's calibration images,
+ * the fake-quant graph is evaluated, the deploy graph checked and timed (and the
+ * model saved when asked). Returns the filled row and what the store keeps.
+ */
+async function runCell(
+  plan: Plan,
+  cell: Cell,
+  pm: PreparedModel,
+  base: ResultRow,
+  run: CellRun,
+): Promise<{ row: ResultRow; q: QuantizedModel; ev: EvalResult; calibSeconds: number }> {
+  const { manifest } = plan;
+  const { runtime, evalSrc, progress } = run;
+  const method = METHODS[cell.method];
+  const calib = await plan.calibSplit.source(cell.calibIndices, pm.model.card);
+  const t0 = performance.now();
+  const q = await method.quantize({
+    graph: pm.graph,
+    sites: pm.sites,
+    calib,
+    bits: cell.bits,
+    runtime,
+    options: cell.options,
+    batchSize: manifest.batchSize,
+    seed: cell.calibSeed,
+    modelHash: pm.sha,
+    calibHash: cell.calibHash,
+    log: (m) => progress.log(`  ${m}`),
+    step: (m) => progress.step(m),
+  });
+  const calibSeconds = (performance.now() - t0) / 1000;
+  const bytes = q.graph.toBytes();
+  const ev = await evaluate(runtime, bytes, evalSrc, manifest.batchSize);
+  // deploy graph: evaluated, inspected; FP32, fake-quant and deploy timed side by side
+  const dep = await deployStage({
+    runtime,
+    fp: { graph: pm.graph, bytes: pm.bytes, sites: pm.sites, sha: pm.sha },
+    q,
+    fakeBytes: bytes,
+    evalSrc,
+    batchSize: manifest.batchSize,
+    speed: manifest.speed.enabled ? speedOpts(manifest) : undefined,
+  });
+  const sp = dep.speeds?.fake;
+  if (run.save) {
+    const saved = await saveCellModel(
+      `${run.save}/${manifest.name}`,
+      q.deployable ? q.deployable.graph.toBytes() : bytes,
+      pm.model.card,
+      {
+        cell_id: cell.id,
+        manifest: manifest.name,
+        method: cell.method,
+        label: cell.label,
+        options: cell.options,
+        bits: { w: cell.bits.w, a: cell.bits.a },
+        calib_seed: cell.calibSeed,
+        calib_hash: cell.calibHash,
+        eval_hash: plan.evalHash,
+        dataset: { ...manifest.dataset },
+        calibration: { ...manifest.calibration },
+        graph: q.deployable?.kind ?? q.graphKind ?? base.timed_graph,
+        top1: ev.top1,
+        deploy_top1: dep.fields.deploy_top1,
+        source_model: pm.model.name,
+        source_sha256: pm.sha,
+      },
+    );
+    dep.fields.saved_path = saved.path;
+  }
+  const row: ResultRow = {
+    ...base,
+    ...dep.fields,
+    fp_ips: dep.speeds?.fp.ips ?? base.fp_ips,
+    fp_lat_med_ms: dep.speeds?.fp.latMedMs ?? base.fp_lat_med_ms,
+    fp_lat_p90_ms: dep.speeds?.fp.latP90Ms ?? base.fp_lat_p90_ms,
+    top1: ev.top1,
+    top5: ev.top5,
+    correct: ev.correct,
+    calib_seconds: calibSeconds,
+    eval_seconds: ev.seconds,
+    sim_ips: sp?.ips ?? null,
+    sim_lat_med_ms: sp?.latMedMs ?? null,
+    sim_lat_p90_ms: sp?.latP90Ms ?? null,
+    model_bytes: bytes.length,
+    timed_graph: q.graphKind ?? base.timed_graph,
+    notes: q.notes ?? null,
+  };
+  return { row, q, ev, calibSeconds };
+}
+
 /** Run a planned bench against an open store. */
 export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Promise<BenchSummary> {
   const { manifest } = plan;
@@ -246,7 +458,7 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
     manifest_hash: await sha256Hex(opts.manifestText),
     manifest_json: opts.manifestText,
     git_commit: env.gitCommit,
-    vitq_version: "0.1.0",
+    vitq_version: env.vitq,
     deno_version: env.deno,
     ort_version: runtime.version,
     duckdb_version: (await store.query("select version() as v"))[0].v as string,
@@ -284,42 +496,14 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
     const cells = todo.filter((c) => c.model === pm.model.name);
     if (cells.length === 0) continue;
     const evalSrc = await plan.evalSplit.source(plan.evalIndices, pm.model.card);
-    progress.log(`${pm.model.name}: FP32 baseline on ${evalSrc.length} images`);
-    const fpEval = await evaluate(runtime, pm.bytes, evalSrc, manifest.batchSize);
-    if (fpEval.nonFinite > 0) {
-      throw new VitqError(
-        `${pm.model.path}: FP32 baseline refused: ${
-          nonFiniteMessage(fpEval.nonFinite)
-        } of ${fpEval.n} (NaN or Inf weights, or a zero std in the model card?)`,
-      );
-    }
-    const fpCell = `fp32:${pm.sha.slice(0, 16)}:${plan.evalHash.slice(0, 16)}:${backend}`;
-    const fpSpeed: Speed | undefined = manifest.speed.enabled
-      ? await measureSpeed(runtime, pm.bytes, evalSrc.shape, speedOpts(manifest))
-      : undefined;
-    await store.putFp({
-      model: pm.model.name,
-      model_sha: pm.sha,
-      dataset: manifest.dataset.name,
-      eval_hash: plan.evalHash,
+    const { fpEval, fpSpeed, fpCell } = await fpBaseline(plan, pm, evalSrc, store, {
+      runId,
+      runtime,
       backend,
-      n: fpEval.n,
-      correct: fpEval.correct,
-      top1: fpEval.top1,
-      top5: fpEval.top5,
-      eval_seconds: fpEval.seconds,
-      ips: fpSpeed?.ips ?? NaN,
-      lat_med_ms: fpSpeed?.latMedMs ?? NaN,
-      lat_p90_ms: fpSpeed?.latP90Ms ?? NaN,
-      batch_size: manifest.batchSize,
-      threads: manifest.threads,
-      fp_cell: fpCell,
-      run_id: runId,
-    }, fpEval);
-    faultPoint("fp-stored");
+      progress,
+    });
     progress.log(`${pm.model.name}: FP32 top-1 ${fpEval.top1.toFixed(2)}`);
     for (const cell of cells) {
-      const method = METHODS[cell.method];
       const tag =
         `${cell.label} ${pm.model.name} W${cell.bits.w}A${cell.bits.a} seed ${cell.calibSeed}`;
       progress.start(tag, cell.id);
@@ -330,126 +514,14 @@ export async function runPlan(plan: Plan, store: Store, opts: BenchOptions): Pro
         plan.calibSource,
         cell.calibIds,
       );
-      const base: ResultRow = {
-        cell_id: cell.id,
-        run_id: runId,
-        manifest_name: manifest.name,
-        method: cell.method,
-        label: cell.label,
-        options: canonicalJson(cell.options),
-        paper: method.paper,
-        approximations: method.approximations,
-        model: pm.model.name,
-        model_sha: pm.sha,
-        w_bits: cell.bits.w,
-        a_bits: cell.bits.a,
-        dataset: manifest.dataset.name,
-        split: manifest.dataset.split,
-        subset_rule: describeRule(manifest.dataset.subset),
-        subset_size: plan.evalIds.length,
-        eval_hash: plan.evalHash,
-        calib_size: manifest.calibration.size,
-        calib_seed: cell.calibSeed,
-        calib_split: plan.calibSource,
-        calib_hash: cell.calibHash,
-        top1: null,
-        top5: null,
-        correct: null,
-        fp_top1: fpEval.top1,
-        calib_seconds: null,
-        eval_seconds: null,
-        fp_ips: fpSpeed?.ips ?? null,
-        fp_lat_med_ms: fpSpeed?.latMedMs ?? null,
-        fp_lat_p90_ms: fpSpeed?.latP90Ms ?? null,
-        sim_ips: null,
-        sim_lat_med_ms: null,
-        sim_lat_p90_ms: null,
-        timed_graph: "fake-quant (simulated quantization in float32)",
-        threads: manifest.threads,
-        batch_size: manifest.batchSize,
-        backend,
-        model_bytes: null,
-        mixed: cell.bits.mixed?.join(",") ?? null,
-        fp_cell: fpCell,
-        status: "ok",
-        error: null,
-        notes: null,
-      };
+      const base = baseRow(plan, cell, pm, { runId, backend, fpEval, fpSpeed, fpCell });
       try {
-        const calib = await plan.calibSplit.source(cell.calibIndices, pm.model.card);
-        const t0 = performance.now();
-        const q = await method.quantize({
-          graph: pm.graph,
-          sites: pm.sites,
-          calib,
-          bits: cell.bits,
+        const { row, q, ev, calibSeconds } = await runCell(plan, cell, pm, base, {
           runtime,
-          options: cell.options,
-          batchSize: manifest.batchSize,
-          seed: cell.calibSeed,
-          modelHash: pm.sha,
-          calibHash: cell.calibHash,
-          log: (m) => progress.log(`  ${m}`),
-          step: (m) => progress.step(m),
-        });
-        const calibSeconds = (performance.now() - t0) / 1000;
-        const bytes = q.graph.toBytes();
-        const ev = await evaluate(runtime, bytes, evalSrc, manifest.batchSize);
-        // deploy graph: evaluated, inspected; FP32, fake-quant and deploy timed side by side
-        const dep = await deployStage({
-          runtime,
-          fp: { graph: pm.graph, bytes: pm.bytes, sites: pm.sites, sha: pm.sha },
-          q,
-          fakeBytes: bytes,
           evalSrc,
-          batchSize: manifest.batchSize,
-          speed: manifest.speed.enabled ? speedOpts(manifest) : undefined,
+          progress,
+          save: opts.save,
         });
-        const sp = dep.speeds?.fake;
-        if (opts.save) {
-          const saved = await saveCellModel(
-            `${opts.save}/${manifest.name}`,
-            q.deployable ? q.deployable.graph.toBytes() : bytes,
-            pm.model.card,
-            {
-              cell_id: cell.id,
-              manifest: manifest.name,
-              method: cell.method,
-              label: cell.label,
-              options: cell.options,
-              bits: { w: cell.bits.w, a: cell.bits.a },
-              calib_seed: cell.calibSeed,
-              calib_hash: cell.calibHash,
-              eval_hash: plan.evalHash,
-              dataset: { ...manifest.dataset },
-              calibration: { ...manifest.calibration },
-              graph: q.deployable?.kind ?? q.graphKind ?? base.timed_graph,
-              top1: ev.top1,
-              deploy_top1: dep.fields.deploy_top1,
-              source_model: pm.model.name,
-              source_sha256: pm.sha,
-            },
-          );
-          dep.fields.saved_path = saved.path;
-        }
-        const row: ResultRow = {
-          ...base,
-          ...dep.fields,
-          fp_ips: dep.speeds?.fp.ips ?? base.fp_ips,
-          fp_lat_med_ms: dep.speeds?.fp.latMedMs ?? base.fp_lat_med_ms,
-          fp_lat_p90_ms: dep.speeds?.fp.latP90Ms ?? base.fp_lat_p90_ms,
-          top1: ev.top1,
-          top5: ev.top5,
-          correct: ev.correct,
-          calib_seconds: calibSeconds,
-          eval_seconds: ev.seconds,
-          sim_ips: sp?.ips ?? null,
-          sim_lat_med_ms: sp?.latMedMs ?? null,
-          sim_lat_p90_ms: sp?.latP90Ms ?? null,
-          model_bytes: bytes.length,
-          timed_graph: q.graphKind ?? base.timed_graph,
-          notes: q.notes ?? null,
-        };
         if (ev.nonFinite > 0) {
           // every such image counts as wrong; the cell says why and is not kept as ok
           row.status = "error";

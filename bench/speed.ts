@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { quantileSorted } from "../core/quantile.ts";
 import { Graph } from "../core/onnx/graph.ts";
 import type { Runtime, Session } from "../core/runtime/runtime.ts";
 import { Rng } from "../core/rng.ts";
@@ -24,12 +25,9 @@ export interface Speed {
   warmup: number;
 }
 
-/** Quantile of a list (linear interpolation). */
+/** Quantile of a list (type 7, linear interpolation; see core/quantile.ts). */
 export function quantile(xs: number[], q: number): number {
-  const a = [...xs].sort((x, y) => x - y);
-  const pos = q * (a.length - 1);
-  const lo = Math.floor(pos), hi = Math.ceil(pos);
-  return a[lo] + (a[hi] - a[lo]) * (pos - lo);
+  return quantileSorted([...xs].sort((x, y) => x - y), q);
 }
 
 /** Measure throughput at `batch` and batch-1 latency of `graph` for images of `shape`. */

@@ -14,6 +14,7 @@
  */
 
 import { Rng } from "../core/rng.ts";
+import { quantileSorted } from "../core/quantile.ts";
 
 /** Per-image correctness: 1 / `true` = correct, 0 / `false` = wrong. */
 export type Correctness = ArrayLike<number | boolean>;
@@ -177,15 +178,6 @@ export function mcnemarExact(onlyA: number, onlyB: number): number {
 
 // ---------------------------------------------------------------------------
 // Paired bootstrap.
-
-/** Percentile of sorted data with linear interpolation (Hyndman-Fan type 7). */
-function quantileSorted(sorted: ArrayLike<number>, q: number): number {
-  const h = (sorted.length - 1) * q;
-  const i = Math.floor(h);
-  const f = h - i;
-  if (f === 0 || i + 1 >= sorted.length) return sorted[i];
-  return sorted[i] + f * (sorted[i + 1] - sorted[i]);
-}
 
 /** Correctness of one image as a number in [0, 1]: booleans and 0/1, or a seed-averaged fraction. */
 function score(v: number | boolean): number {

@@ -540,15 +540,6 @@ export class Store {
     );
   }
 
-  /** The stored FP32 baseline for a model and evaluation set, if any. */
-  async getFp(modelSha: string, evalHash: string, backend: string): Promise<FpRow | undefined> {
-    const rows = await this.query(
-      `select * from fp_baselines where model_sha = $1 and eval_hash = $2 and backend = $3`,
-      [modelSha, evalHash, backend],
-    );
-    return rows[0] as unknown as FpRow | undefined;
-  }
-
   /** Record the images of an evaluation set (idempotent). */
   async putImages(evalHash: string, ids: string[], labels: ArrayLike<number>): Promise<void> {
     const have = await this.query(`select count(*)::int as n from images where eval_hash = $1`, [

@@ -61,7 +61,6 @@ await runCli(async () => {
     const summary = await runPlan(plan, store, {
       manifestPath: path,
       manifestText: text,
-      db: values.db!,
       force: values.force,
       backend: values.backend as "node" | "wasm" | undefined,
       quiet: values.quiet,

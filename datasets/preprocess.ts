@@ -30,6 +30,7 @@
  *
  * @module
  */
+import { roundHalfEven } from "../core/quant/uniform.ts";
 import sharp from "sharp";
 import { VitqError } from "../core/errors.ts";
 import { RESAMPLE_WASM_BASE64 } from "./resample_wasm.ts";
@@ -145,15 +146,6 @@ export function scaleSize(g: Geometry): number {
 export function resizedSize(w: number, h: number, s: number): [number, number] {
   if (w <= h) return [s, Math.trunc((s * h) / w)];
   return [Math.trunc((s * w) / h), s];
-}
-
-/** Python's round(): nearest integer, ties to even. */
-function roundHalfEven(x: number): number {
-  const f = Math.floor(x);
-  const d = x - f;
-  if (d > 0.5) return f + 1;
-  if (d < 0.5) return f;
-  return f % 2 === 0 ? f : f + 1;
 }
 
 /**

@@ -20,6 +20,7 @@ import { absMax, symmetric, symmetricScale } from "../core/quant/uniform.ts";
 import { activationTargets, type Scope, targetPlan } from "../core/quant/scope.ts";
 import { defineMethod, type QuantContext, type QuantizedModel, type QuantMethod } from "./types.ts";
 import { LayerRecorder } from "./layers.ts";
+import { quantileSorted } from "../core/quantile.ts";
 
 /** An activation tensor quantized by the baselines: a node input slot and its value. */
 export interface ActSlot {
@@ -93,10 +94,7 @@ async function uniformBaseline(
 /** Percentile of |w| over a weight tensor (exact, by sorting a copy). */
 function weightPercentile(w: Float32Array, p: number): number {
   if (p >= 100) return absMax(w);
-  const a = Float32Array.from(w, Math.abs).sort();
-  const pos = (p / 100) * (a.length - 1);
-  const lo = Math.floor(pos), hi = Math.ceil(pos);
-  return a[lo] + (a[hi] - a[lo]) * (pos - lo);
+  return quantileSorted(Float32Array.from(w, Math.abs).sort(), p / 100);
 }
 
 /** The `scope` option of both baselines. */

@@ -24,6 +24,7 @@ import type { Site } from "../core/onnx/sites.ts";
 import { QDQ_KIND } from "../core/quant/deploy.ts";
 import { type ActPlan, applyPlan, type WeightPlan } from "../core/quant/apply.ts";
 import {
+  absMax,
   absMaxPerChannel,
   fakeQuant,
   symmetric,
@@ -159,12 +160,6 @@ const BASEPTQ_DEFAULTS: Ptq4vitOptions = {
   alpha: 0.5,
   rounds: 1,
 };
-
-function absMax(x: Float32Array): number {
-  let m = 0;
-  for (let i = 0; i < x.length; i++) m = Math.max(m, Math.abs(x[i]));
-  return m;
-}
 
 function maxOf(x: Float32Array): number {
   let m = -Infinity;

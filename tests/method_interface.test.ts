@@ -141,7 +141,6 @@ Deno.test("a method defined in this file registers, validates its options by sch
       const sum = await runPlan(plan, store, {
         manifestPath: file,
         manifestText: text,
-        db,
         quiet: true,
       });
       assert.equal(sum.failed, 0);

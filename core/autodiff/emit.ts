@@ -332,12 +332,6 @@ function used(set: Set<string>, v: string): void {
   if (v) set.add(v);
 }
 
-/** Static dims of `v` with numeric entries only, or undefined. */
-export function numDims(e: Emitter, v: string): number[] | undefined {
-  const d = e.dims(v);
-  return allNum(d) ? d : undefined;
-}
-
 /** Product of numeric dims, or undefined when any is symbolic. */
 export function numProd(ds: Dim[] | undefined): number | undefined {
   if (!ds || !ds.every(isNum)) return undefined;

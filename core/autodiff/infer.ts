@@ -386,6 +386,394 @@ export function shapeProto(dims: Dim[] | undefined): unknown {
   };
 }
 
+/** What a shape rule sees of one node: its inputs' facts and a setter for its outputs'. */
+interface InferArgs {
+  node: Node;
+  facts: Facts;
+  opset: number;
+  /** Facts of each input (empty for a missing optional input). */
+  inF: ValueFacts[];
+  /** Facts of input 0. */
+  x: ValueFacts;
+  /** Record the facts of output `i`. */
+  set: (i: number, f: ValueFacts) => void;
+  op: string;
+}
+
+/** A shape rule: derives the facts of a node's outputs. */
+type InferRule = (a: InferArgs) => void;
+
+/**
+ * Shape rules of ops with their own semantics, one entry per op (like the
+ * autodiff rule table in `rules.ts`); same-shape, broadcasting and reduce ops
+ * are handled by their families in {@link inferNode}.
+ */
+const INFER_RULES: Record<string, InferRule> = {
+  Constant: ({ node, set }) => {
+    const t = attr(node, "value");
+    if (t instanceof Tensor) return set(0, tensorFacts(t));
+    const f = attr(node, "value_float");
+    if (typeof f === "number") return set(0, { type: DataType.FLOAT, dims: [] });
+    const fs = attr(node, "value_floats");
+    if (Array.isArray(fs)) return set(0, { type: DataType.FLOAT, dims: [fs.length] });
+    const i = attr(node, "value_int");
+    if (typeof i === "number") return set(0, { type: DataType.INT64, dims: [], value: [i] });
+    const is = attr(node, "value_ints");
+    if (Array.isArray(is)) {
+      return set(0, { type: DataType.INT64, dims: [is.length], value: is });
+    }
+    return;
+  },
+  Cast: ({ node, x, set }) => {
+    const to = attr(node, "to") as number;
+    const f: ValueFacts = { type: to, dims: x.dims };
+    if (INT_TYPES.has(to) && x.value) f.value = x.value;
+    return set(0, f);
+  },
+  CastLike: ({ inF, x, set }) => {
+    return set(0, { type: inF[1]?.type, dims: x.dims, value: x.value });
+  },
+  LayerNormalization: ({ node, x, set }) => {
+    set(0, { type: x.type, dims: x.dims });
+    if (x.dims) {
+      const axis = normAxis((attr(node, "axis") as number | undefined) ?? -1, x.dims.length);
+      const sd = x.dims.map((d, i) => (i >= axis ? 1 : d));
+      set(1, { type: DataType.FLOAT, dims: sd });
+      set(2, { type: DataType.FLOAT, dims: sd });
+    }
+    return;
+  },
+  MatMul: ({ facts, inF, x, set }) => {
+    const a = x.dims, b = inF[1]?.dims;
+    if (!a || !b) return set(0, { type: x.type });
+    const a2 = a.length === 1 ? [1, a[0]] : a;
+    const b2 = b.length === 1 ? [b[0], 1] : b;
+    const batch = broadcastDims(facts, a2.slice(0, -2), b2.slice(0, -2));
+    const dims = [...batch];
+    if (a.length > 1) dims.push(a2[a2.length - 2]);
+    if (b.length > 1) dims.push(b2[b2.length - 1]);
+    return set(0, { type: x.type, dims });
+  },
+  Gemm: ({ node, facts, inF, x, set }) => {
+    const a = x.dims, b = inF[1]?.dims;
+    if (!a || !b || a.length !== 2 || b.length !== 2) {
+      return set(0, { type: x.type, dims: [facts.freshDim(), facts.freshDim()] });
+    }
+    const ta = attr(node, "transA") === 1, tb = attr(node, "transB") === 1;
+    return set(0, { type: x.type, dims: [ta ? a[1] : a[0], tb ? b[0] : b[1]] });
+  },
+  Conv: ({ node, facts, inF, x, set }) => {
+    const xd = x.dims, wd = inF[1]?.dims;
+    if (!xd || !wd) return set(0, { type: x.type });
+    const n = xd.length - 2;
+    const k = (attr(node, "kernel_shape") as number[] | undefined) ?? wd.slice(2);
+    const s = (attr(node, "strides") as number[] | undefined) ?? Array(n).fill(1);
+    const d = (attr(node, "dilations") as number[] | undefined) ?? Array(n).fill(1);
+    const p = (attr(node, "pads") as number[] | undefined) ?? Array(2 * n).fill(0);
+    const autoPad = (attr(node, "auto_pad") as string | undefined) ?? "NOTSET";
+    const dims: Dim[] = [xd[0], wd[0]];
+    for (let i = 0; i < n; i++) {
+      const h = xd[2 + i], kk = k[i];
+      if (!isNum(h) || !isNum(kk) || (autoPad !== "NOTSET" && autoPad !== "VALID")) {
+        dims.push(facts.freshDim());
+        continue;
+      }
+      const pt = autoPad === "VALID" ? 0 : p[i] + p[n + i];
+      dims.push(Math.floor((h + pt - d[i] * (kk - 1) - 1) / s[i]) + 1);
+    }
+    return set(0, { type: x.type, dims });
+  },
+  Reshape: ({ node, facts, inF, x, set }) => {
+    const shp = inF[1]?.value;
+    const allowZero = attr(node, "allowzero") === 1;
+    if (!shp) {
+      const len = inF[1]?.dims?.[0];
+      if (isNum(len)) {
+        return set(0, {
+          type: x.type,
+          dims: Array.from({ length: len }, () => facts.freshDim()),
+          value: x.value,
+        });
+      }
+      return set(0, { type: x.type });
+    }
+    const dims: Dim[] = [];
+    let minus = -1;
+    shp.forEach((v, i) => {
+      if (!isNum(v) && !nonNeg(v)) dims.push(facts.freshDim());
+      else if (v === 0 && !allowZero) dims.push(x.dims?.[i] ?? facts.freshDim());
+      else if (v === -1) {
+        minus = i;
+        dims.push(0);
+      } else dims.push(v);
+    });
+    if (minus >= 0) {
+      const known = prodDims(dims.filter((_, i) => i !== minus));
+      const q = x.dims ? dimDiv(prodDims(x.dims), known) : undefined;
+      dims[minus] = q ?? facts.freshDim();
+    }
+    return set(0, { type: x.type, dims, value: x.value });
+  },
+  Flatten: ({ node, facts, x, set }) => {
+    if (!x.dims) return set(0, { type: x.type, dims: [facts.freshDim(), facts.freshDim()] });
+    const axis = normAxis((attr(node, "axis") as number | undefined) ?? 1, x.dims.length);
+    return set(0, {
+      type: x.type,
+      dims: [prodDims(x.dims.slice(0, axis)), prodDims(x.dims.slice(axis))],
+      value: x.value,
+    });
+  },
+  Transpose: ({ node, x, set }) => {
+    if (!x.dims) return set(0, { type: x.type });
+    const perm = (attr(node, "perm") as number[] | undefined) ??
+      x.dims.map((_, i) => x.dims!.length - 1 - i);
+    const dims = perm.map((p) => x.dims![p]);
+    const f: ValueFacts = { type: x.type, dims };
+    if (x.value && allNum(x.dims)) {
+      const xd = x.dims;
+      const size = xd.reduce((a, b) => a * b, 1);
+      const strides = xd.map((_, i) => xd.slice(i + 1).reduce((a, b) => a * b, 1));
+      const od = dims as number[];
+      const out: Dim[] = [];
+      for (let k = 0; k < size; k++) {
+        let rem = k, src = 0;
+        for (let i = od.length - 1; i >= 0; i--) {
+          const c = rem % od[i];
+          rem = Math.floor(rem / od[i]);
+          src += c * strides[perm[i]];
+        }
+        out.push(x.value[src]);
+      }
+      f.value = out;
+    }
+    return set(0, f);
+  },
+  Squeeze: ({ node, facts, opset, x, set, op }) => {
+    const axes = opset >= 13
+      ? constNumbers(facts, node.inputs[1])
+      : (attr(node, "axes") as number[] | undefined);
+    if (!x.dims || (op === "Unsqueeze" && !axes)) return set(0, { type: x.type, value: x.value });
+    let dims: Dim[];
+    if (op === "Squeeze") {
+      if (!axes) {
+        if (!allNum(x.dims)) return set(0, { type: x.type, value: x.value });
+        dims = x.dims.filter((d) => d !== 1);
+      } else {
+        const ax = axes.map((a) => normAxis(a, x.dims!.length));
+        dims = x.dims.filter((_, i) => !ax.includes(i));
+      }
+    } else {
+      const r = x.dims.length + axes!.length;
+      const ax = axes!.map((a) => normAxis(a, r));
+      dims = [];
+      let j = 0;
+      for (let i = 0; i < r; i++) dims.push(ax.includes(i) ? 1 : x.dims[j++]);
+    }
+    return set(0, { type: x.type, dims, value: x.value });
+  },
+  Unsqueeze: (a) => INFER_RULES.Squeeze(a),
+  Concat: ({ node, facts, inF, x, set }) => {
+    const fs = inF.filter((_, i) => node.inputs[i]);
+    const r = fs.find((f) => f.dims)?.dims?.length;
+    if (r === undefined || fs.some((f) => !f.dims)) return set(0, { type: x.type });
+    const axis = normAxis(attr(node, "axis") as number, r);
+    const dims = [...fs[0].dims!];
+    dims[axis] = fs.map((f) => f.dims![axis]).reduce<Dim>((a, b) => {
+      if (isNum(a) && isNum(b)) return a + b;
+      return facts.freshDim();
+    }, 0);
+    const f: ValueFacts = { type: x.type, dims };
+    if (r === 1 && fs.every((q) => q.value)) f.value = fs.flatMap((q) => q.value!);
+    return set(0, f);
+  },
+  Split: ({ node, facts, opset, x, set }) => {
+    if (!x.dims) {
+      node.outputs.forEach((_, i) => set(i, { type: x.type }));
+      return;
+    }
+    const axis = normAxis((attr(node, "axis") as number | undefined) ?? 0, x.dims.length);
+    const sizes = opset >= 13
+      ? constNumbers(facts, node.inputs[1])
+      : (attr(node, "split") as number[] | undefined);
+    const n = node.outputs.length;
+    node.outputs.forEach((_, i) => {
+      const dims = [...x.dims!];
+      if (sizes) dims[axis] = sizes[i];
+      else {
+        const tot = x.dims![axis];
+        dims[axis] = isNum(tot) && tot % n === 0 ? tot / n : facts.freshDim();
+      }
+      set(i, { type: x.type, dims });
+    });
+    return;
+  },
+  Slice: ({ node, facts, x, set }) => {
+    if (!x.dims) return set(0, { type: x.type });
+    const r = x.dims.length;
+    const starts = constNumbers(facts, node.inputs[1]);
+    const ends = constNumbers(facts, node.inputs[2]);
+    const axesIn = node.inputs[3] ? constNumbers(facts, node.inputs[3]) : undefined;
+    const steps = node.inputs[4] ? constNumbers(facts, node.inputs[4]) : undefined;
+    if (!starts || !ends || (node.inputs[3] && !axesIn) || (node.inputs[4] && !steps)) {
+      return set(0, { type: x.type, dims: x.dims.map(() => facts.freshDim()) });
+    }
+    const axes = (axesIn ?? starts.map((_, i) => i)).map((a) => normAxis(a, r));
+    const dims = [...x.dims];
+    const ranges: ([number, number, number] | undefined)[] = Array(r).fill(undefined);
+    axes.forEach((a, i) => {
+      const step = steps?.[i] ?? 1;
+      const d = x.dims![a];
+      if (!isNum(d)) {
+        if (step === 1 && starts[i] === 0 && ends[i] >= BIG / 4) return;
+        dims[a] = facts.freshDim();
+        return;
+      }
+      const [s, e] = sliceBounds(starts[i], ends[i], step, d);
+      dims[a] = step > 0 ? Math.max(0, Math.ceil((e - s) / step)) : Math.max(
+        0,
+        Math.ceil((s - e) / -step),
+      );
+      ranges[a] = [s, e, step];
+    });
+    const f: ValueFacts = { type: x.type, dims };
+    if (r === 1 && x.value && ranges[0]) {
+      const [s, e, step] = ranges[0];
+      const out: Dim[] = [];
+      if (step > 0) { for (let k = s; k < e; k += step) out.push(x.value[k]); }
+      else for (let k = s; k > e; k += step) out.push(x.value[k]);
+      f.value = out;
+    } else if (r === 1 && x.value && !ranges[0] && axes.length === 0) f.value = x.value;
+    return set(0, f);
+  },
+  Gather: ({ node, facts, inF, x, set }) => {
+    const idx = inF[1] ?? {};
+    if (!x.dims || !idx.dims) return set(0, { type: x.type });
+    const axis = normAxis((attr(node, "axis") as number | undefined) ?? 0, x.dims.length);
+    const dims = [...x.dims.slice(0, axis), ...idx.dims, ...x.dims.slice(axis + 1)];
+    const f: ValueFacts = { type: x.type, dims };
+    if (x.dims.length === 1 && x.value && allNum(idx.value)) {
+      const n = x.value.length;
+      f.value = idx.value.map((i) => x.value![i < 0 ? i + n : i] ?? facts.freshInt());
+    }
+    return set(0, f);
+  },
+  Shape: ({ node, facts, x, set }) => {
+    if (!x.dims) return set(0, { type: DataType.INT64, dims: [facts.freshDim()] });
+    const r = x.dims.length;
+    let start = (attr(node, "start") as number | undefined) ?? 0;
+    let end = (attr(node, "end") as number | undefined) ?? r;
+    start = Math.min(Math.max(normAxis(start, r), 0), r);
+    end = Math.min(Math.max(normAxis(end, r), 0), r);
+    const value = x.dims.slice(start, end);
+    return set(0, { type: DataType.INT64, dims: [value.length], value });
+  },
+  Size: ({ x, set }) => {
+    return set(0, {
+      type: DataType.INT64,
+      dims: [],
+      value: x.dims ? [prodDims(x.dims)] : undefined,
+    });
+  },
+  ConstantOfShape: ({ node, facts, x, set }) => {
+    const t = attr(node, "value");
+    const type = t instanceof Tensor ? t.dataType : DataType.FLOAT;
+    const shp = x.value;
+    if (!shp) {
+      const len = x.dims?.[0];
+      return set(0, {
+        type,
+        dims: isNum(len) ? Array.from({ length: len }, () => facts.freshDim()) : undefined,
+      });
+    }
+    const dims = shp.map((d) => (nonNeg(d) ? d : facts.freshDim()));
+    const f: ValueFacts = { type, dims };
+    if (INT_TYPES.has(type) && allNum(dims)) {
+      const size = dims.reduce((a, b) => a * b, 1);
+      const fill = t instanceof Tensor ? t.numbers()[0] : 0;
+      if (size <= MAX_VALUE) f.value = Array(size).fill(fill);
+    }
+    return set(0, f);
+  },
+  Expand: ({ facts, inF, x, set }) => {
+    const shp = inF[1]?.value;
+    if (!x.dims || !shp) {
+      const len = inF[1]?.dims?.[0];
+      if (x.dims && isNum(len)) {
+        return set(0, {
+          type: x.type,
+          dims: Array.from({ length: Math.max(len, x.dims.length) }, () => facts.freshDim()),
+        });
+      }
+      return set(0, { type: x.type });
+    }
+    const dims = broadcastDims(facts, x.dims, shp.map((d) => (nonNeg(d) ? d : facts.freshDim())));
+    return set(0, { type: x.type, dims });
+  },
+  Range: ({ node, facts, x, set }) => {
+    const [s, l, d] = [1, 2, 3].map((_, i) => constNumbers(facts, node.inputs[i])?.[0]);
+    if (s !== undefined && l !== undefined && d !== undefined && d !== 0) {
+      const n = Math.max(Math.ceil((l - s) / d), 0);
+      const f: ValueFacts = { type: x.type, dims: [n] };
+      if (n <= MAX_VALUE && x.type !== undefined && INT_TYPES.has(x.type)) {
+        f.value = Array.from({ length: n }, (_, i) => s + i * d);
+      }
+      return set(0, f);
+    }
+    return set(0, { type: x.type, dims: [facts.freshDim()] });
+  },
+  Pad: ({ node, facts, opset, x, set }) => {
+    if (!x.dims) return set(0, { type: x.type });
+    const pads = opset >= 11
+      ? constNumbers(facts, node.inputs[1])
+      : (attr(node, "pads") as number[] | undefined);
+    const r = x.dims.length;
+    if (!pads || pads.length !== 2 * r || node.inputs[3]) {
+      return set(0, { type: x.type, dims: x.dims.map(() => facts.freshDim()) });
+    }
+    const dims = x.dims.map((d, i) =>
+      pads[i] === 0 && pads[r + i] === 0
+        ? d
+        : isNum(d)
+        ? d + pads[i] + pads[r + i]
+        : facts.freshDim()
+    );
+    return set(0, { type: x.type, dims });
+  },
+  OneHot: ({ node, facts, inF, x, set }) => {
+    const depth = constNumbers(facts, node.inputs[1])?.[0];
+    const idx = x.dims;
+    if (!idx) return set(0, { type: inF[2]?.type });
+    const r = idx.length + 1;
+    const axis = normAxis((attr(node, "axis") as number | undefined) ?? -1, r);
+    const dims = [...idx];
+    dims.splice(axis, 0, depth ?? facts.freshDim());
+    return set(0, { type: inF[2]?.type, dims });
+  },
+  NonZero: ({ facts, x, set }) => {
+    return set(0, {
+      type: DataType.INT64,
+      dims: [x.dims ? x.dims.length : facts.freshDim(), facts.freshDim()],
+    });
+  },
+  ConvTranspose: ({ facts, x, set }) => {
+    return set(0, { type: x.type, dims: x.dims?.map(() => facts.freshDim()) });
+  },
+  Tile: ({ node, facts, x, set }) => {
+    const reps = constNumbers(facts, node.inputs[1]);
+    if (!x.dims || !reps) {
+      return set(0, {
+        type: x.type,
+        dims: x.dims?.map(() => facts.freshDim()),
+      });
+    }
+    return set(0, { type: x.type, dims: x.dims.map((d, i) => dimMul(d, reps[i])) });
+  },
+  ScatterElements: ({ x, set }) => {
+    return set(0, { type: x.type, dims: x.dims });
+  },
+  ScatterND: (a) => INFER_RULES.ScatterElements(a),
+};
+
 function inferNode(node: Node, facts: Facts, opset: number): void {
   const inF = node.inputs.map((v) => (v ? facts.get(v) : {}));
   const x = inF[0] ?? {};
@@ -424,366 +812,8 @@ function inferNode(node: Node, facts: Facts, opset: number): void {
     set(0, out);
     return;
   }
-  switch (op) {
-    case "Constant": {
-      const t = attr(node, "value");
-      if (t instanceof Tensor) return set(0, tensorFacts(t));
-      const f = attr(node, "value_float");
-      if (typeof f === "number") return set(0, { type: DataType.FLOAT, dims: [] });
-      const fs = attr(node, "value_floats");
-      if (Array.isArray(fs)) return set(0, { type: DataType.FLOAT, dims: [fs.length] });
-      const i = attr(node, "value_int");
-      if (typeof i === "number") return set(0, { type: DataType.INT64, dims: [], value: [i] });
-      const is = attr(node, "value_ints");
-      if (Array.isArray(is)) {
-        return set(0, { type: DataType.INT64, dims: [is.length], value: is });
-      }
-      return;
-    }
-    case "Cast": {
-      const to = attr(node, "to") as number;
-      const f: ValueFacts = { type: to, dims: x.dims };
-      if (INT_TYPES.has(to) && x.value) f.value = x.value;
-      return set(0, f);
-    }
-    case "CastLike":
-      return set(0, { type: inF[1]?.type, dims: x.dims, value: x.value });
-    case "LayerNormalization": {
-      set(0, { type: x.type, dims: x.dims });
-      if (x.dims) {
-        const axis = normAxis((attr(node, "axis") as number | undefined) ?? -1, x.dims.length);
-        const sd = x.dims.map((d, i) => (i >= axis ? 1 : d));
-        set(1, { type: DataType.FLOAT, dims: sd });
-        set(2, { type: DataType.FLOAT, dims: sd });
-      }
-      return;
-    }
-    case "MatMul": {
-      const a = x.dims, b = inF[1]?.dims;
-      if (!a || !b) return set(0, { type: x.type });
-      const a2 = a.length === 1 ? [1, a[0]] : a;
-      const b2 = b.length === 1 ? [b[0], 1] : b;
-      const batch = broadcastDims(facts, a2.slice(0, -2), b2.slice(0, -2));
-      const dims = [...batch];
-      if (a.length > 1) dims.push(a2[a2.length - 2]);
-      if (b.length > 1) dims.push(b2[b2.length - 1]);
-      return set(0, { type: x.type, dims });
-    }
-    case "Gemm": {
-      const a = x.dims, b = inF[1]?.dims;
-      if (!a || !b || a.length !== 2 || b.length !== 2) {
-        return set(0, { type: x.type, dims: [facts.freshDim(), facts.freshDim()] });
-      }
-      const ta = attr(node, "transA") === 1, tb = attr(node, "transB") === 1;
-      return set(0, { type: x.type, dims: [ta ? a[1] : a[0], tb ? b[0] : b[1]] });
-    }
-    case "Conv": {
-      const xd = x.dims, wd = inF[1]?.dims;
-      if (!xd || !wd) return set(0, { type: x.type });
-      const n = xd.length - 2;
-      const k = (attr(node, "kernel_shape") as number[] | undefined) ?? wd.slice(2);
-      const s = (attr(node, "strides") as number[] | undefined) ?? Array(n).fill(1);
-      const d = (attr(node, "dilations") as number[] | undefined) ?? Array(n).fill(1);
-      const p = (attr(node, "pads") as number[] | undefined) ?? Array(2 * n).fill(0);
-      const autoPad = (attr(node, "auto_pad") as string | undefined) ?? "NOTSET";
-      const dims: Dim[] = [xd[0], wd[0]];
-      for (let i = 0; i < n; i++) {
-        const h = xd[2 + i], kk = k[i];
-        if (!isNum(h) || !isNum(kk) || (autoPad !== "NOTSET" && autoPad !== "VALID")) {
-          dims.push(facts.freshDim());
-          continue;
-        }
-        const pt = autoPad === "VALID" ? 0 : p[i] + p[n + i];
-        dims.push(Math.floor((h + pt - d[i] * (kk - 1) - 1) / s[i]) + 1);
-      }
-      return set(0, { type: x.type, dims });
-    }
-    case "Reshape": {
-      const shp = inF[1]?.value;
-      const allowZero = attr(node, "allowzero") === 1;
-      if (!shp) {
-        const len = inF[1]?.dims?.[0];
-        if (isNum(len)) {
-          return set(0, {
-            type: x.type,
-            dims: Array.from({ length: len }, () => facts.freshDim()),
-            value: x.value,
-          });
-        }
-        return set(0, { type: x.type });
-      }
-      const dims: Dim[] = [];
-      let minus = -1;
-      shp.forEach((v, i) => {
-        if (!isNum(v) && !nonNeg(v)) dims.push(facts.freshDim());
-        else if (v === 0 && !allowZero) dims.push(x.dims?.[i] ?? facts.freshDim());
-        else if (v === -1) {
-          minus = i;
-          dims.push(0);
-        } else dims.push(v);
-      });
-      if (minus >= 0) {
-        const known = prodDims(dims.filter((_, i) => i !== minus));
-        const q = x.dims ? dimDiv(prodDims(x.dims), known) : undefined;
-        dims[minus] = q ?? facts.freshDim();
-      }
-      return set(0, { type: x.type, dims, value: x.value });
-    }
-    case "Flatten": {
-      if (!x.dims) return set(0, { type: x.type, dims: [facts.freshDim(), facts.freshDim()] });
-      const axis = normAxis((attr(node, "axis") as number | undefined) ?? 1, x.dims.length);
-      return set(0, {
-        type: x.type,
-        dims: [prodDims(x.dims.slice(0, axis)), prodDims(x.dims.slice(axis))],
-        value: x.value,
-      });
-    }
-    case "Transpose": {
-      if (!x.dims) return set(0, { type: x.type });
-      const perm = (attr(node, "perm") as number[] | undefined) ??
-        x.dims.map((_, i) => x.dims!.length - 1 - i);
-      const dims = perm.map((p) => x.dims![p]);
-      const f: ValueFacts = { type: x.type, dims };
-      if (x.value && allNum(x.dims)) {
-        const xd = x.dims;
-        const size = xd.reduce((a, b) => a * b, 1);
-        const strides = xd.map((_, i) => xd.slice(i + 1).reduce((a, b) => a * b, 1));
-        const od = dims as number[];
-        const out: Dim[] = [];
-        for (let k = 0; k < size; k++) {
-          let rem = k, src = 0;
-          for (let i = od.length - 1; i >= 0; i--) {
-            const c = rem % od[i];
-            rem = Math.floor(rem / od[i]);
-            src += c * strides[perm[i]];
-          }
-          out.push(x.value[src]);
-        }
-        f.value = out;
-      }
-      return set(0, f);
-    }
-    case "Squeeze":
-    case "Unsqueeze": {
-      const axes = opset >= 13
-        ? constNumbers(facts, node.inputs[1])
-        : (attr(node, "axes") as number[] | undefined);
-      if (!x.dims || (op === "Unsqueeze" && !axes)) return set(0, { type: x.type, value: x.value });
-      let dims: Dim[];
-      if (op === "Squeeze") {
-        if (!axes) {
-          if (!allNum(x.dims)) return set(0, { type: x.type, value: x.value });
-          dims = x.dims.filter((d) => d !== 1);
-        } else {
-          const ax = axes.map((a) => normAxis(a, x.dims!.length));
-          dims = x.dims.filter((_, i) => !ax.includes(i));
-        }
-      } else {
-        const r = x.dims.length + axes!.length;
-        const ax = axes!.map((a) => normAxis(a, r));
-        dims = [];
-        let j = 0;
-        for (let i = 0; i < r; i++) dims.push(ax.includes(i) ? 1 : x.dims[j++]);
-      }
-      return set(0, { type: x.type, dims, value: x.value });
-    }
-    case "Concat": {
-      const fs = inF.filter((_, i) => node.inputs[i]);
-      const r = fs.find((f) => f.dims)?.dims?.length;
-      if (r === undefined || fs.some((f) => !f.dims)) return set(0, { type: x.type });
-      const axis = normAxis(attr(node, "axis") as number, r);
-      const dims = [...fs[0].dims!];
-      dims[axis] = fs.map((f) => f.dims![axis]).reduce<Dim>((a, b) => {
-        if (isNum(a) && isNum(b)) return a + b;
-        return facts.freshDim();
-      }, 0);
-      const f: ValueFacts = { type: x.type, dims };
-      if (r === 1 && fs.every((q) => q.value)) f.value = fs.flatMap((q) => q.value!);
-      return set(0, f);
-    }
-    case "Split": {
-      if (!x.dims) {
-        node.outputs.forEach((_, i) => set(i, { type: x.type }));
-        return;
-      }
-      const axis = normAxis((attr(node, "axis") as number | undefined) ?? 0, x.dims.length);
-      const sizes = opset >= 13
-        ? constNumbers(facts, node.inputs[1])
-        : (attr(node, "split") as number[] | undefined);
-      const n = node.outputs.length;
-      node.outputs.forEach((_, i) => {
-        const dims = [...x.dims!];
-        if (sizes) dims[axis] = sizes[i];
-        else {
-          const tot = x.dims![axis];
-          dims[axis] = isNum(tot) && tot % n === 0 ? tot / n : facts.freshDim();
-        }
-        set(i, { type: x.type, dims });
-      });
-      return;
-    }
-    case "Slice": {
-      if (!x.dims) return set(0, { type: x.type });
-      const r = x.dims.length;
-      const starts = constNumbers(facts, node.inputs[1]);
-      const ends = constNumbers(facts, node.inputs[2]);
-      const axesIn = node.inputs[3] ? constNumbers(facts, node.inputs[3]) : undefined;
-      const steps = node.inputs[4] ? constNumbers(facts, node.inputs[4]) : undefined;
-      if (!starts || !ends || (node.inputs[3] && !axesIn) || (node.inputs[4] && !steps)) {
-        return set(0, { type: x.type, dims: x.dims.map(() => facts.freshDim()) });
-      }
-      const axes = (axesIn ?? starts.map((_, i) => i)).map((a) => normAxis(a, r));
-      const dims = [...x.dims];
-      const ranges: ([number, number, number] | undefined)[] = Array(r).fill(undefined);
-      axes.forEach((a, i) => {
-        const step = steps?.[i] ?? 1;
-        const d = x.dims![a];
-        if (!isNum(d)) {
-          if (step === 1 && starts[i] === 0 && ends[i] >= BIG / 4) return;
-          dims[a] = facts.freshDim();
-          return;
-        }
-        const [s, e] = sliceBounds(starts[i], ends[i], step, d);
-        dims[a] = step > 0 ? Math.max(0, Math.ceil((e - s) / step)) : Math.max(
-          0,
-          Math.ceil((s - e) / -step),
-        );
-        ranges[a] = [s, e, step];
-      });
-      const f: ValueFacts = { type: x.type, dims };
-      if (r === 1 && x.value && ranges[0]) {
-        const [s, e, step] = ranges[0];
-        const out: Dim[] = [];
-        if (step > 0) { for (let k = s; k < e; k += step) out.push(x.value[k]); }
-        else for (let k = s; k > e; k += step) out.push(x.value[k]);
-        f.value = out;
-      } else if (r === 1 && x.value && !ranges[0] && axes.length === 0) f.value = x.value;
-      return set(0, f);
-    }
-    case "Gather": {
-      const idx = inF[1] ?? {};
-      if (!x.dims || !idx.dims) return set(0, { type: x.type });
-      const axis = normAxis((attr(node, "axis") as number | undefined) ?? 0, x.dims.length);
-      const dims = [...x.dims.slice(0, axis), ...idx.dims, ...x.dims.slice(axis + 1)];
-      const f: ValueFacts = { type: x.type, dims };
-      if (x.dims.length === 1 && x.value && allNum(idx.value)) {
-        const n = x.value.length;
-        f.value = idx.value.map((i) => x.value![i < 0 ? i + n : i] ?? facts.freshInt());
-      }
-      return set(0, f);
-    }
-    case "Shape": {
-      if (!x.dims) return set(0, { type: DataType.INT64, dims: [facts.freshDim()] });
-      const r = x.dims.length;
-      let start = (attr(node, "start") as number | undefined) ?? 0;
-      let end = (attr(node, "end") as number | undefined) ?? r;
-      start = Math.min(Math.max(normAxis(start, r), 0), r);
-      end = Math.min(Math.max(normAxis(end, r), 0), r);
-      const value = x.dims.slice(start, end);
-      return set(0, { type: DataType.INT64, dims: [value.length], value });
-    }
-    case "Size":
-      return set(0, {
-        type: DataType.INT64,
-        dims: [],
-        value: x.dims ? [prodDims(x.dims)] : undefined,
-      });
-    case "ConstantOfShape": {
-      const t = attr(node, "value");
-      const type = t instanceof Tensor ? t.dataType : DataType.FLOAT;
-      const shp = x.value;
-      if (!shp) {
-        const len = x.dims?.[0];
-        return set(0, {
-          type,
-          dims: isNum(len) ? Array.from({ length: len }, () => facts.freshDim()) : undefined,
-        });
-      }
-      const dims = shp.map((d) => (nonNeg(d) ? d : facts.freshDim()));
-      const f: ValueFacts = { type, dims };
-      if (INT_TYPES.has(type) && allNum(dims)) {
-        const size = dims.reduce((a, b) => a * b, 1);
-        const fill = t instanceof Tensor ? t.numbers()[0] : 0;
-        if (size <= MAX_VALUE) f.value = Array(size).fill(fill);
-      }
-      return set(0, f);
-    }
-    case "Expand": {
-      const shp = inF[1]?.value;
-      if (!x.dims || !shp) {
-        const len = inF[1]?.dims?.[0];
-        if (x.dims && isNum(len)) {
-          return set(0, {
-            type: x.type,
-            dims: Array.from({ length: Math.max(len, x.dims.length) }, () => facts.freshDim()),
-          });
-        }
-        return set(0, { type: x.type });
-      }
-      const dims = broadcastDims(facts, x.dims, shp.map((d) => (nonNeg(d) ? d : facts.freshDim())));
-      return set(0, { type: x.type, dims });
-    }
-    case "Range": {
-      const [s, l, d] = [1, 2, 3].map((_, i) => constNumbers(facts, node.inputs[i])?.[0]);
-      if (s !== undefined && l !== undefined && d !== undefined && d !== 0) {
-        const n = Math.max(Math.ceil((l - s) / d), 0);
-        const f: ValueFacts = { type: x.type, dims: [n] };
-        if (n <= MAX_VALUE && x.type !== undefined && INT_TYPES.has(x.type)) {
-          f.value = Array.from({ length: n }, (_, i) => s + i * d);
-        }
-        return set(0, f);
-      }
-      return set(0, { type: x.type, dims: [facts.freshDim()] });
-    }
-    case "Pad": {
-      if (!x.dims) return set(0, { type: x.type });
-      const pads = opset >= 11
-        ? constNumbers(facts, node.inputs[1])
-        : (attr(node, "pads") as number[] | undefined);
-      const r = x.dims.length;
-      if (!pads || pads.length !== 2 * r || node.inputs[3]) {
-        return set(0, { type: x.type, dims: x.dims.map(() => facts.freshDim()) });
-      }
-      const dims = x.dims.map((d, i) =>
-        pads[i] === 0 && pads[r + i] === 0
-          ? d
-          : isNum(d)
-          ? d + pads[i] + pads[r + i]
-          : facts.freshDim()
-      );
-      return set(0, { type: x.type, dims });
-    }
-    case "OneHot": {
-      const depth = constNumbers(facts, node.inputs[1])?.[0];
-      const idx = x.dims;
-      if (!idx) return set(0, { type: inF[2]?.type });
-      const r = idx.length + 1;
-      const axis = normAxis((attr(node, "axis") as number | undefined) ?? -1, r);
-      const dims = [...idx];
-      dims.splice(axis, 0, depth ?? facts.freshDim());
-      return set(0, { type: inF[2]?.type, dims });
-    }
-    case "NonZero":
-      return set(0, {
-        type: DataType.INT64,
-        dims: [x.dims ? x.dims.length : facts.freshDim(), facts.freshDim()],
-      });
-    case "ConvTranspose":
-      return set(0, { type: x.type, dims: x.dims?.map(() => facts.freshDim()) });
-    case "Tile": {
-      const reps = constNumbers(facts, node.inputs[1]);
-      if (!x.dims || !reps) {
-        return set(0, {
-          type: x.type,
-          dims: x.dims?.map(() => facts.freshDim()),
-        });
-      }
-      return set(0, { type: x.type, dims: x.dims.map((d, i) => dimMul(d, reps[i])) });
-    }
-    case "ScatterElements":
-    case "ScatterND":
-      return set(0, { type: x.type, dims: x.dims });
-  }
+  const rule = Object.hasOwn(INFER_RULES, op) ? INFER_RULES[op] : undefined;
+  if (rule) return rule({ node, facts, opset, inF, x, set, op });
   if (REDUCE.has(op)) {
     if (!x.dims) return set(0, { type: x.type });
     const keep = ((attr(node, "keepdims") as number | undefined) ?? 1) === 1;

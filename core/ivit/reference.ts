@@ -29,7 +29,7 @@
  *
  * @module
  */
-import { roundHalfEven } from "../quant/uniform.ts";
+import { MIN_STEP, roundHalfEven } from "../quant/uniform.ts";
 
 /** Integer input accepted by every kernel: `Int32Array`, `number[]`, ... of safe integers. */
 export type IntArrayLike = ArrayLike<number>;
@@ -655,7 +655,7 @@ export function iLayerNorm(
 export function ivitSymmetricStep(absMax: number, bits: number): number {
   checkBits(bits, 2, 53, "ivitSymmetricStep");
   if (!(absMax >= 0)) throw new RangeError(`ivitSymmetricStep: bad absMax ${absMax}`);
-  return Math.max(absMax, 1e-8) / (2 ** (bits - 1) - 1);
+  return Math.max(absMax, MIN_STEP) / (2 ** (bits - 1) - 1);
 }
 
 /**

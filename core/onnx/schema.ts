@@ -236,5 +236,3 @@ const root = protobuf.Root.fromJSON(ONNX_DESCRIPTOR);
 
 /** The protobufjs message type of `onnx.ModelProto`. */
 export const ModelProtoType: protobuf.Type = root.lookupType("onnx.ModelProto");
-/** The protobufjs message type of `onnx.TensorProto`. */
-export const TensorProtoType: protobuf.Type = root.lookupType("onnx.TensorProto");

@@ -319,24 +319,43 @@ function findGelus(c: Ctx): Gelu[] {
   return out;
 }
 
-/**
- * Find all quantization sites of a ViT/DeiT/Swin graph.
- *
- * @param g the graph
- * @param source file name for error messages
- */
-export function findSites(g: Graph, source = "<graph>"): Site[] {
-  const c: Ctx = { g, idx: g.index(), data: dataValues(g) };
-  const pos = new Map(g.nodes.map((n, i) => [n, i]));
-  const linears = findLinears(c);
-  const lns = findLayerNorms(c);
-  const gelus = findGelus(c);
-  const byNode = new Map(linears.map((l) => [l.node, l]));
-  const isLinear = (n: Node) => byNode.has(n);
+/** One attention block: Q·Kᵀ, the softmax and A·V. */
+interface Attention {
+  qk: Node;
+  sm: Node;
+  av: Node;
+}
 
+/** The site finder's state, shared by its steps. */
+interface Found {
+  c: Ctx;
+  /** File name for error messages. */
+  source: string;
+  /** Node positions (network order). */
+  pos: Map<Node, number>;
+  byNode: Map<Node, Linear>;
+  isLinear: (n: Node) => boolean;
+  lns: LayerNorm[];
+  /** The LayerNorm whose output is `v`. */
+  lnOf: (v: string) => LayerNorm | undefined;
+  attn: Attention[];
+  /** Role and block of each classified linear. */
+  role: Map<Linear, { role: LinearRole; block: number }>;
+  /** Role and block of each LayerNorm that feeds a classified linear. */
+  lnRole: Map<LayerNorm, { role: string; block: number }>;
+  sites: Site[];
+}
+
+/** The attention blocks in network order: a Softmax between two activation MatMuls each. */
+function findAttention(
+  c: Ctx,
+  pos: Map<Node, number>,
+  isLinear: (n: Node) => boolean,
+  source: string,
+): Attention[] {
   // attention: Softmax fed by a MatMul of two data operands
-  const attn: { qk: Node; sm: Node; av: Node }[] = [];
-  for (const n of g.nodes) {
+  const attn: Attention[] = [];
+  for (const n of c.g.nodes) {
     if (n.opType !== "Softmax") continue;
     const qk = backward(c, n.inputs[0], (m) => m.opType === "MatMul" && !isLinear(m))[0];
     const av = forward(c, n.outputs[0], (m) => m.opType === "MatMul" && !isLinear(m))[0];
@@ -348,105 +367,103 @@ export function findSites(g: Graph, source = "<graph>"): Site[] {
     );
   }
   attn.sort((a, b) => pos.get(a.sm)! - pos.get(b.sm)!);
-  gelus.sort((a, b) => pos.get(a.last)! - pos.get(b.last)!);
-  if (gelus.length !== attn.length) {
+  return attn;
+}
+
+/**
+ * Sites of block `b` (its matmuls, softmax, GELU, residual adds) and the roles
+ * of its linears (q/k/v or qkv, proj, fc1, fc2) and LayerNorms (norm1, norm2).
+ */
+function blockSites(f: Found, a: Attention, b: number, gelu: Gelu): void {
+  const { c, source, isLinear, byNode, role, lnRole, lns, lnOf, sites } = f;
+  const qSrc = backward(c, a.qk.inputs[0], isLinear)[0];
+  const kSrc = backward(c, a.qk.inputs[1], isLinear)[0];
+  const vSrc = backward(c, a.av.inputs[1], isLinear)[0];
+  if (!qSrc || !kSrc || !vSrc) {
     throw new VitqError(
-      `${source}: found ${attn.length} attention blocks but ${gelus.length} GELU activations; expected one MLP per block`,
+      `${source}: block ${b}: cannot trace q/k/v of ${a.qk.name} to a linear layer`,
     );
   }
-
-  const sites: Site[] = [];
-  const role = new Map<Linear, { role: LinearRole; block: number }>();
-  const lnRole = new Map<LayerNorm, { role: string; block: number }>();
-  const lnOf = (v: string) => lns.find((l) => l.output === v);
-
-  attn.forEach((a, b) => {
-    const qSrc = backward(c, a.qk.inputs[0], isLinear)[0];
-    const kSrc = backward(c, a.qk.inputs[1], isLinear)[0];
-    const vSrc = backward(c, a.av.inputs[1], isLinear)[0];
-    if (!qSrc || !kSrc || !vSrc) {
-      throw new VitqError(
-        `${source}: block ${b}: cannot trace q/k/v of ${a.qk.name} to a linear layer`,
-      );
-    }
-    if (qSrc === kSrc && kSrc === vSrc) role.set(byNode.get(qSrc)!, { role: "qkv", block: b });
-    else {
-      role.set(byNode.get(qSrc)!, { role: "q", block: b });
-      role.set(byNode.get(kSrc)!, { role: "k", block: b });
-      role.set(byNode.get(vSrc)!, { role: "v", block: b });
-    }
-    const proj = forward(c, a.av.outputs[0], isLinear)[0];
-    if (!proj) throw new VitqError(`${source}: block ${b}: no projection after ${a.av.name}`);
-    role.set(byNode.get(proj)!, { role: "proj", block: b });
-    sites.push({
-      id: `b${b}.qk`,
-      kind: "matmul",
-      role: "qk",
-      block: b,
-      node: a.qk.name,
-      output: a.qk.outputs[0],
-      operands: [a.qk.inputs[0], a.qk.inputs[1]],
-    });
-    sites.push({
-      id: `b${b}.softmax`,
-      kind: "softmax_out",
-      role: "softmax",
-      block: b,
-      node: a.sm.name,
-      input: a.sm.inputs[0],
-      output: a.sm.outputs[0],
-    });
-    sites.push({
-      id: `b${b}.av`,
-      kind: "matmul",
-      role: "av",
-      block: b,
-      node: a.av.name,
-      output: a.av.outputs[0],
-      operands: [a.av.inputs[0], a.av.inputs[1]],
-    });
-    const gelu = gelus[b];
-    const fc1 = backward(c, gelu.input, isLinear)[0];
-    const fc2 = forward(c, gelu.output, isLinear)[0];
-    if (!fc1 || !fc2) throw new VitqError(`${source}: block ${b}: cannot find fc1/fc2 around GELU`);
-    role.set(byNode.get(fc1)!, { role: "fc1", block: b });
-    role.set(byNode.get(fc2)!, { role: "fc2", block: b });
-    sites.push({
-      id: `b${b}.gelu`,
-      kind: "gelu_out",
-      role: "gelu",
-      block: b,
-      node: gelu.last.name,
-      input: gelu.input,
-      output: gelu.output,
-    });
-    // residual adds: Add of two data values reached from proj / fc2 outputs
-    for (const [lin, r] of [[proj, "attn"], [fc2, "mlp"]] as const) {
-      const out = byNode.get(lin)!.output;
-      const add = forward(
-        c,
-        out,
-        (m) => m.opType === "Add" && m.inputs.filter((v) => c.data.has(v)).length === 2,
-      )[0];
-      if (add) {
-        sites.push({
-          id: `b${b}.res_${r}`,
-          kind: "residual",
-          role: r,
-          block: b,
-          node: add.name,
-          output: add.outputs[0],
-          operands: [add.inputs[0], add.inputs[1]],
-        });
-      }
-    }
-    // LayerNorms feeding qkv (norm1) and fc1 (norm2)
-    for (const [lin, r] of [[qSrc, "norm1"], [fc1, "norm2"]] as const) {
-      const ln = backward(c, lin.inputs[0], (m) => lns.some((l) => l.last === m))[0];
-      if (ln) lnRole.set(lnOf(ln.outputs[0])!, { role: r, block: b });
-    }
+  if (qSrc === kSrc && kSrc === vSrc) role.set(byNode.get(qSrc)!, { role: "qkv", block: b });
+  else {
+    role.set(byNode.get(qSrc)!, { role: "q", block: b });
+    role.set(byNode.get(kSrc)!, { role: "k", block: b });
+    role.set(byNode.get(vSrc)!, { role: "v", block: b });
+  }
+  const proj = forward(c, a.av.outputs[0], isLinear)[0];
+  if (!proj) throw new VitqError(`${source}: block ${b}: no projection after ${a.av.name}`);
+  role.set(byNode.get(proj)!, { role: "proj", block: b });
+  sites.push({
+    id: `b${b}.qk`,
+    kind: "matmul",
+    role: "qk",
+    block: b,
+    node: a.qk.name,
+    output: a.qk.outputs[0],
+    operands: [a.qk.inputs[0], a.qk.inputs[1]],
   });
+  sites.push({
+    id: `b${b}.softmax`,
+    kind: "softmax_out",
+    role: "softmax",
+    block: b,
+    node: a.sm.name,
+    input: a.sm.inputs[0],
+    output: a.sm.outputs[0],
+  });
+  sites.push({
+    id: `b${b}.av`,
+    kind: "matmul",
+    role: "av",
+    block: b,
+    node: a.av.name,
+    output: a.av.outputs[0],
+    operands: [a.av.inputs[0], a.av.inputs[1]],
+  });
+  const fc1 = backward(c, gelu.input, isLinear)[0];
+  const fc2 = forward(c, gelu.output, isLinear)[0];
+  if (!fc1 || !fc2) throw new VitqError(`${source}: block ${b}: cannot find fc1/fc2 around GELU`);
+  role.set(byNode.get(fc1)!, { role: "fc1", block: b });
+  role.set(byNode.get(fc2)!, { role: "fc2", block: b });
+  sites.push({
+    id: `b${b}.gelu`,
+    kind: "gelu_out",
+    role: "gelu",
+    block: b,
+    node: gelu.last.name,
+    input: gelu.input,
+    output: gelu.output,
+  });
+  // residual adds: Add of two data values reached from proj / fc2 outputs
+  for (const [lin, r] of [[proj, "attn"], [fc2, "mlp"]] as const) {
+    const out = byNode.get(lin)!.output;
+    const add = forward(
+      c,
+      out,
+      (m) => m.opType === "Add" && m.inputs.filter((v) => c.data.has(v)).length === 2,
+    )[0];
+    if (add) {
+      sites.push({
+        id: `b${b}.res_${r}`,
+        kind: "residual",
+        role: r,
+        block: b,
+        node: add.name,
+        output: add.outputs[0],
+        operands: [add.inputs[0], add.inputs[1]],
+      });
+    }
+  }
+  // LayerNorms feeding qkv (norm1) and fc1 (norm2)
+  for (const [lin, r] of [[qSrc, "norm1"], [fc1, "norm2"]] as const) {
+    const ln = backward(c, lin.inputs[0], (m) => lns.some((l) => l.last === m))[0];
+    if (ln) lnRole.set(lnOf(ln.outputs[0])!, { role: r, block: b });
+  }
+}
 
+/** Roles of the linears outside blocks: patch embedding, head(s), Swin reductions. */
+function otherLinearRoles(f: Found, linears: Linear[]): void {
+  const { c, source, pos, attn, role, lnRole, lns, lnOf } = f;
   const lastBlockNode = Math.max(...attn.map((a) => pos.get(a.sm)!));
   for (const l of linears) {
     if (role.has(l)) continue;
@@ -470,7 +487,11 @@ export function findSites(g: Graph, source = "<graph>"): Site[] {
       );
     }
   }
+}
 
+/** The linear sites, ids from their roles. */
+function linearSites(f: Found, linears: Linear[]): void {
+  const { role, sites } = f;
   for (const l of linears) {
     const r = role.get(l)!;
     let id = r.block >= 0 && r.role !== "reduction" ? `b${r.block}.${r.role}` : r.role;
@@ -491,6 +512,11 @@ export function findSites(g: Graph, source = "<graph>"): Site[] {
       bias: l.bias,
     });
   }
+}
+
+/** The LayerNorm sites with their γ, β and ε (unclassified ones by position). */
+function layerNormSites(f: Found): void {
+  const { pos, attn, lnRole, lns, sites } = f;
   for (const l of lns) {
     let r = lnRole.get(l);
     if (!r) {
@@ -511,8 +537,48 @@ export function findSites(g: Graph, source = "<graph>"): Site[] {
       epsilon: l.epsilon,
     });
   }
+}
+
+/**
+ * Find all quantization sites of a ViT/DeiT/Swin graph.
+ *
+ * @param g the graph
+ * @param source file name for error messages
+ */
+export function findSites(g: Graph, source = "<graph>"): Site[] {
+  const c: Ctx = { g, idx: g.index(), data: dataValues(g) };
+  const pos = new Map(g.nodes.map((n, i) => [n, i]));
+  const linears = findLinears(c);
+  const lns = findLayerNorms(c);
+  const gelus = findGelus(c);
+  const byNode = new Map(linears.map((l) => [l.node, l]));
+  const isLinear = (n: Node) => byNode.has(n);
+  const attn = findAttention(c, pos, isLinear, source);
+  gelus.sort((a, b) => pos.get(a.last)! - pos.get(b.last)!);
+  if (gelus.length !== attn.length) {
+    throw new VitqError(
+      `${source}: found ${attn.length} attention blocks but ${gelus.length} GELU activations; expected one MLP per block`,
+    );
+  }
+  const f: Found = {
+    c,
+    source,
+    pos,
+    byNode,
+    isLinear,
+    lns,
+    lnOf: (v) => lns.find((l) => l.output === v),
+    attn,
+    role: new Map(),
+    lnRole: new Map(),
+    sites: [],
+  };
+  attn.forEach((a, b) => blockSites(f, a, b, gelus[b]));
+  otherLinearRoles(f, linears);
+  linearSites(f, linears);
+  layerNormSites(f);
   const order = (s: Site) => pos.get(g.nodes.find((n) => n.name === s.node)!) ?? 0;
-  return sites.sort((a, b) => order(a) - order(b) || a.id.localeCompare(b.id));
+  return f.sites.sort((a, b) => order(a) - order(b) || a.id.localeCompare(b.id));
 }
 
 /** Count sites by kind (for summaries and tests). */

@@ -12,7 +12,7 @@
  * @module
  */
 import type { Graph } from "../onnx/graph.ts";
-import { fakeQuantValue, roundHalfEven } from "./uniform.ts";
+import { fakeQuantValue, MIN_STEP, roundHalfEven } from "./uniform.ts";
 
 /** Parameters of the per-patch outlier-aware quantizer. */
 export interface PerPatchQuantizer {
@@ -133,7 +133,7 @@ export function quantileLinear(sorted: Float32Array, p: number): number {
 /** Affine step and zero point of a range: Δ = (max - min)/(2^k - 1), z = round(-min/Δ). */
 function affine(min: number, max: number, qmax: number): { s: number; z: number } {
   let s = Math.fround(Math.fround(max - min) / qmax);
-  if (!(s > 0 && Number.isFinite(s))) s = Math.fround(1e-8);
+  if (!(s > 0 && Number.isFinite(s))) s = Math.fround(MIN_STEP);
   // + 0 turns a -0 zero point into +0
   return { s, z: roundHalfEven(Math.fround(-min / s)) + 0 };
 }
@@ -189,7 +189,7 @@ export function initPerPatch(
       best = affine(min, max, qmax);
     } else {
       const sorted = xt.slice().sort();
-      best = { s: Math.fround(1e-8), z: 0 };
+      best = { s: Math.fround(MIN_STEP), z: 0 };
       let bestErr = Infinity;
       for (const p of PERCENTILE_CANDIDATES) {
         const cand = affine(quantileLinear(sorted, 1 - p), quantileLinear(sorted, p), qmax);

@@ -86,15 +86,6 @@ function highBranch(x: number, qmax: number): number {
   return Math.fround(clamp(roundHalfEven(Math.fround(x * qmax)), 0, qmax) / qmax);
 }
 
-/** Fake-quantize one value with the post-softmax twin quantizer (float32 arithmetic). */
-export function twinSoftmaxValue(x: number, q: TwinSoftmaxQuantizer): number {
-  const { qmax, split, small } = twinSoftmaxSteps(q.bits, q.split);
-  if (q.variant !== "paper" && q.variant !== "reference") {
-    throw new Error(`twin softmax quantizer: unknown variant ${q.variant}`);
-  }
-  return twinSoftmaxValueWith(x, q.variant, qmax, split, small);
-}
-
 function twinSoftmaxValueWith(
   x: number,
   variant: TwinVariant,
@@ -215,15 +206,6 @@ export function twinGeluSteps(
   }
   const half = 2 ** (bits - 1);
   return { neg: Math.fround(GELU_NEG_RANGE / half), pos, nmin: -half, pmax: half - 1 };
-}
-
-/**
- * Fake-quantize one value with the post-GELU twin quantizer (float32):
- * `clamp(round(x/Δpos), 0, pmax)·Δpos + clamp(round(x/Δneg), nmin, 0)·Δneg`.
- */
-export function twinGeluValue(x: number, q: TwinGeluQuantizer): number {
-  const s = twinGeluSteps(q.bits, q.posScale);
-  return twinGeluValueWith(x, s.neg, s.pos, s.nmin, s.pmax);
 }
 
 function twinGeluValueWith(

@@ -8,6 +8,13 @@
  */
 import type { Graph } from "../onnx/graph.ts";
 
+/**
+ * The smallest step a quantizer gets: a zero, negative or non-finite step (an
+ * all-zero tensor, a degenerate range) becomes this, in every initializer and
+ * learned-step clamp (as `Math.fround(MIN_STEP)` where the arithmetic is float32).
+ */
+export const MIN_STEP = 1e-8;
+
 /** Round half to even, as torch.round and ONNX Round do. */
 export function roundHalfEven(x: number): number {
   const r = Math.round(x);
@@ -46,7 +53,7 @@ export function symmetric(bits: number, scale: number): UniformQuantizer {
 /** Symmetric step for a tensor whose magnitude bound is `absMax`: absMax / (2^(k-1) - 1). */
 export function symmetricScale(absMax: number, bits: number): number {
   const s = Math.fround(absMax / (2 ** (bits - 1) - 1));
-  return s > 0 && Number.isFinite(s) ? s : 1e-8;
+  return s > 0 && Number.isFinite(s) ? s : MIN_STEP;
 }
 
 /**

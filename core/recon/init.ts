@@ -18,7 +18,7 @@
  * @module
  */
 import { PERCENTILE_CANDIDATES, quantileLinear } from "../quant/outlier.ts";
-import { fakeQuantValue, roundHalfEven } from "../quant/uniform.ts";
+import { fakeQuantValue, MIN_STEP, roundHalfEven } from "../quant/uniform.ts";
 import { logLevels, logThresholds, type ShiftLog2Quantizer } from "../quant/log.ts";
 import { calibrateShift, SHIFT_EPS } from "../quant/log.ts";
 
@@ -33,7 +33,7 @@ export interface AffineParams {
 /** Δ = (max - min)/(2^k - 1), z = round(-min/Δ) in float32 (a zero step becomes 1e-8). */
 export function affineFromRange(min: number, max: number, bits: number): AffineParams {
   let s = Math.fround(Math.fround(max - min) / (2 ** bits - 1));
-  if (!(s > 0 && Number.isFinite(s))) s = Math.fround(1e-8);
+  if (!(s > 0 && Number.isFinite(s))) s = Math.fround(MIN_STEP);
   return { scale: s, zeroPoint: roundHalfEven(Math.fround(-min / s)) + 0 };
 }
 
@@ -152,7 +152,7 @@ export function logDeltaInit(x: Float32Array, bits: number): number {
       best = d;
     }
   }
-  return best > 0 ? best : Math.fround(1e-8);
+  return best > 0 ? best : Math.fround(MIN_STEP);
 }
 
 /**
@@ -181,7 +181,7 @@ export function shiftLog2Init(
     variant === "paper"
       ? { variant, bits, scale: d, shift }
       : { variant: "reference", bits, scale: d };
-  let best = make(s[s.length - 1] > 0 ? s[s.length - 1] : 1e-8), bestErr = Infinity;
+  let best = make(s[s.length - 1] > 0 ? s[s.length - 1] : MIN_STEP), bestErr = Infinity;
   for (const p of PERCENTILE_CANDIDATES) {
     const d = quantileLinear(s, p);
     if (!(d > 0)) continue;
@@ -219,7 +219,7 @@ interface Cand extends AffineParams {
 function qparams(min: number, max: number, bits: number): AffineParams {
   const levels = 2 ** bits - 1;
   const lo = Math.min(min, 0), hi = Math.max(max, 0);
-  const s = Math.max(Math.fround(Math.fround(hi - lo) / levels), Math.fround(1e-8));
+  const s = Math.max(Math.fround(Math.fround(hi - lo) / levels), Math.fround(MIN_STEP));
   const z = Math.min(Math.max(-roundHalfEven(Math.fround(lo / s)), 0), levels) + 0;
   return { scale: s, zeroPoint: z };
 }

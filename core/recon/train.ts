@@ -20,6 +20,7 @@
  *
  * @module
  */
+import { MIN_STEP } from "../quant/uniform.ts";
 import { DataType, type Graph, makeAttr, Tensor } from "../onnx/graph.ts";
 import type { Runtime, Session, TensorData } from "../runtime/runtime.ts";
 import type { Captured } from "../runtime/capture.ts";
@@ -418,7 +419,7 @@ export async function trainUnit(
         adamV?.step(new Map([...vParams.keys()].map((k) => [k, grad(k)])));
         adamS?.step(new Map([...sParams.keys()].map((k) => [k, grad(k)])));
         for (const p of sParams.values()) {
-          for (let i = 0; i < p.data.length; i++) if (!(p.data[i] > 1e-8)) p.data[i] = 1e-8;
+          for (let i = 0; i < p.data.length; i++) if (!(p.data[i] > MIN_STEP)) p.data[i] = MIN_STEP;
         }
       }
       for (const a of learned) setStep(a, stepData.get(a)!);
