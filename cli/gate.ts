@@ -64,7 +64,6 @@ await runCli(async () => {
     const s = await runPlan(plan, store, {
       manifestPath: path,
       manifestText: text,
-      db: "",
       quiet: true,
     });
     if (s.failed) throw new VitqError(`gate: ${s.failed} cells of ${path} failed`, 1);
