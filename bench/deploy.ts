@@ -15,7 +15,7 @@ import { captureGraph, type Runtime } from "../core/runtime/runtime.ts";
 import { coverageValues, integerCoverage } from "../core/quant/deploy.ts";
 import type { ModelCard } from "../core/models.ts";
 import type { LabelledSource } from "../datasets/source.ts";
-import type { QuantizedModel } from "../methods/types.ts";
+import type { Bits, QuantizedModel } from "../methods/types.ts";
 import { type EvalResult, evaluate } from "./evaluate.ts";
 import { fusedOps, integerKernels, measureInterleaved, type Speed } from "./speed.ts";
 
@@ -144,7 +144,7 @@ export interface SavedCard extends ModelCard {
     method: string;
     label: string;
     options: Record<string, unknown>;
-    bits: { w: number; a: number };
+    bits: Bits;
     calib_seed: number;
     calib_hash: string;
     eval_hash: string;

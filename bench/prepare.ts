@@ -9,7 +9,7 @@
  */
 import { VitqError } from "../core/errors.ts";
 import { fromRoot, loadRegistry, type ModelCard, resolveModel } from "../core/models.ts";
-import { createRuntime } from "../core/runtime/runtime.ts";
+import { type Backend, createRuntime } from "../core/runtime/runtime.ts";
 import { evaluate, nonFiniteMessage } from "./evaluate.ts";
 import { loadManifest, type Manifest } from "./manifest.ts";
 import { type Plan, planBench } from "./runner.ts";
@@ -17,7 +17,7 @@ import { type Plan, planBench } from "./runner.ts";
 /** Overrides from the command line. */
 export interface PrepareOptions {
   /** `--backend`: part of every cell's key. */
-  backend?: "node" | "wasm";
+  backend?: Backend;
   /** `--threads`. */
   threads?: number;
   /** Images of the FP32 pre-flight forward pass per model (default 4; 0 skips it). */

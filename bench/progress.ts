@@ -14,6 +14,7 @@
  * @module
  */
 import type { Store } from "./store.ts";
+import type { Bits } from "../methods/types.ts";
 
 /** What {@link storedEstimates} needs of a cell. */
 export interface CellKey {
@@ -21,7 +22,7 @@ export interface CellKey {
   method: string;
   label: string;
   model: string;
-  bits: { w: number; a: number };
+  bits: Bits;
 }
 
 /**

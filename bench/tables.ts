@@ -9,6 +9,7 @@ import type { Store } from "./store.ts";
 import { VitqError } from "../core/errors.ts";
 import { faultPoint } from "../core/fault.ts";
 import { isDifferent, mcnemarExact, pairedBootstrap, pairedCounts } from "./stats.ts";
+import type { Bits } from "../methods/types.ts";
 
 /** Bootstrap settings used for every interval in the tables (recorded in legends). */
 export const BOOTSTRAP = { resamples: 1000, seed: 0, level: 0.95 };
@@ -75,7 +76,7 @@ export interface TableData {
   fp: FpEntry[];
   models: string[];
   labels: string[];
-  bits: { w: number; a: number }[];
+  bits: Bits[];
   caption: string;
   /** Per-image 0/1 correctness of every cell. */
   perCell?: Map<string, Uint8Array>;

@@ -11,6 +11,7 @@ import { parseArgs } from "node:util";
 import { runCli, VitqError } from "../core/errors.ts";
 import { DEFAULT_DB, Store } from "../bench/store.ts";
 import { REPORT_DIR, writeReport } from "../bench/report.ts";
+import type { Bits } from "../methods/types.ts";
 
 const USAGE =
   "usage: deno task report [NAME ...] [--db results/vitq.duckdb] [--out results/report] [--cell ID] [--bits W/A]";
@@ -37,7 +38,7 @@ await runCli(async () => {
     console.log(USAGE);
     return;
   }
-  let bits: { w: number; a: number } | undefined;
+  let bits: Bits | undefined;
   if (values.bits !== undefined) {
     const m = values.bits.match(/^W?(\d+)[A/](\d+)$/i);
     if (!m) throw new VitqError(`--bits: expected W/A such as 4/4, got "${values.bits}"`);

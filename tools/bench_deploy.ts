@@ -36,7 +36,7 @@ import { emitFloatWrapper } from "../core/ivit/emit.ts";
 import { buildVitGraph, VIT_S } from "../core/ivit/vits.ts";
 import { minmax } from "../methods/baselines.ts";
 import { ptq4vit } from "../methods/ptq4vit.ts";
-import type { QuantContext, QuantizedModel } from "../methods/types.ts";
+import type { Bits, QuantContext, QuantizedModel } from "../methods/types.ts";
 
 interface Timed {
   graph: string;
@@ -99,7 +99,7 @@ async function main(): Promise<void> {
     }
     const sites = findSites(graph, m);
     const fpBytes = graph.toBytes();
-    const ctx = async (bits: { w: number; a: number }, options: Record<string, unknown>) =>
+    const ctx = async (bits: Bits, options: Record<string, unknown>) =>
       ({
         graph,
         sites,
