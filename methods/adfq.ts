@@ -58,11 +58,17 @@ import {
   type UnitReport,
   type UnitTensors,
 } from "../core/recon/train.ts";
-import type { OptionsSchema, QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+import {
+  defineMethod,
+  type OptionsSchema,
+  type QuantContext,
+  type QuantizedModel,
+  type QuantMethod,
+} from "./types.ts";
 import { LayerRecorder } from "./layers.ts";
 
 /** Options of ADFQ-ViT (defaults: the reference code's). */
-export interface AdfqOptions {
+export type AdfqOptions = {
   /** Optimization steps per unit (reference: 5000; README example 3000). */
   iters: number;
   /** Images per optimization step. */
@@ -110,7 +116,7 @@ export interface AdfqOptions {
   searchBins: number;
   /** Histogram-best candidates of the 2-D search re-scored exactly. */
   searchRescore: number;
-}
+};
 
 /** The reference code's defaults. */
 export const ADFQ_DEFAULTS: AdfqOptions = {
@@ -540,7 +546,7 @@ const APPROX = [
 ].join("; ");
 
 /** ADFQ-ViT as a vitq method. */
-export const adfq: QuantMethod = {
+export const adfq: QuantMethod = defineMethod<AdfqOptions>({
   name: "adfq",
   paper: "Jiang et al., ADFQ-ViT, arXiv 2407.02763 (Neural Networks 2025)",
   description:
@@ -551,4 +557,4 @@ export const adfq: QuantMethod = {
   async quantize(ctx: QuantContext) {
     return (await runAdfq(ctx)).model;
   },
-};
+});

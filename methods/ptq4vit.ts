@@ -44,11 +44,17 @@ import { type CandidateQuantizer, CandidateScorer, type Metric } from "../core/q
 import { attr } from "../core/onnx/graph.ts";
 import { outputGradients } from "../core/autodiff/gradients.ts";
 import { CellCache } from "./cache.ts";
-import type { OptionsSchema, QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+import {
+  defineMethod,
+  type OptionsSchema,
+  type QuantContext,
+  type QuantizedModel,
+  type QuantMethod,
+} from "./types.ts";
 import { LayerRecorder, type TensorQuant } from "./layers.ts";
 
 /** Options shared by PTQ4ViT and BasePTQ. */
-export interface Ptq4vitOptions {
+export type Ptq4vitOptions = {
   metric: Metric;
   /** Where ∂L/∂O comes from: CE to the FP model's predictions, or the reference's KL(FP‖FP). */
   gradient: "pseudo-label" | "reference";
@@ -83,7 +89,7 @@ export interface Ptq4vitOptions {
    * other (`sequential`). The per-channel patch embedding is searched sequentially in both.
    */
   groupCosine: "per-group" | "sequential";
-}
+};
 
 const PTQ4VIT_DEFAULTS: Ptq4vitOptions = {
   metric: "hessian",
@@ -758,8 +764,8 @@ export async function searchSteps(
   return out;
 }
 
-async function quantizePtq4vit(ctx: QuantContext): Promise<QuantizedModel> {
-  const o = ctx.options as unknown as Ptq4vitOptions;
+async function quantizePtq4vit(ctx: QuantContext<Ptq4vitOptions>): Promise<QuantizedModel> {
+  const o = ctx.options;
   const { bits } = ctx;
   const { results, data } = await searchSites(ctx, o);
   const weights: WeightPlan[] = [];
@@ -853,7 +859,7 @@ const APPROX =
   "parallel calibration as the reference code; per-head attention-matmul steps and the twin split scored with the FP value operand, as the reference; default gradient is cross-entropy to the FP model's predictions (pseudo-label) because the reference's KL(FP||FP) gradient is analytically zero (option gradient: reference reproduces it); bias correction off (the reference never applies it)";
 
 /** PTQ4ViT: twin uniform quantizers and Hessian-guided scaling-factor search. */
-export const ptq4vit: QuantMethod = {
+export const ptq4vit: QuantMethod = defineMethod<Ptq4vitOptions>({
   name: "ptq4vit",
   paper: "Yuan et al., PTQ4ViT, ECCV 2022 (arXiv 2111.12293)",
   description:
@@ -862,10 +868,10 @@ export const ptq4vit: QuantMethod = {
   defaults: { ...PTQ4VIT_DEFAULTS },
   optionsSchema: PTQ4VIT_SCHEMA,
   quantize: quantizePtq4vit,
-};
+});
 
 /** BasePTQ: PTQ4ViT's baseline (cosine metric, grid 0.5..1.2, one round, no twin quantizers). */
-export const baseptq: QuantMethod = {
+export const baseptq: QuantMethod = defineMethod<Ptq4vitOptions>({
   name: "baseptq",
   paper: "Yuan et al., PTQ4ViT, ECCV 2022: the paper's BasePTQ baseline",
   description:
@@ -874,4 +880,4 @@ export const baseptq: QuantMethod = {
   defaults: { ...BASEPTQ_DEFAULTS },
   optionsSchema: PTQ4VIT_SCHEMA,
   quantize: quantizePtq4vit,
-};
+});
