@@ -45,6 +45,8 @@ export interface ReportOptions {
 
 /** One method x model x bits point of the accuracy chart. */
 export interface AccuracyPoint {
+  /** Hover text of the mark (an SVG `<title>` in the report). */
+  tip: string;
   label: string;
   model: string;
   setting: string;
@@ -65,6 +67,8 @@ export interface AccuracyPoint {
 
 /** One timed graph of the speed chart. */
 export interface SpeedPoint {
+  /** Hover text of the mark (an SVG `<title>` in the report). */
+  tip: string;
   label: string;
   model: string;
   setting: string;
@@ -77,6 +81,8 @@ export interface SpeedPoint {
 
 /** One quantized tensor of the heat-map cell. */
 export interface LayerPoint {
+  /** Hover text of the mark (an SVG `<title>` in the report). */
+  tip: string;
   site: string;
   /** Column of the heat map: `b3`, or the site id for sites outside blocks. */
   col: string;
@@ -93,6 +99,8 @@ export interface LayerPoint {
 
 /** One ordered pair of the significance matrix. */
 export interface PairPoint {
+  /** Hover text of the mark (an SVG `<title>` in the report). */
+  tip: string;
   model: string;
   a: string;
   b: string;
@@ -183,13 +191,30 @@ export async function gatherReport(
       ciLo,
       ciHi,
       fp,
+      tip: `${e.label}, ${e.model} ${setting(e.w, e.a)}: Top-1 ${e.top1Mean.toFixed(2)}${
+        e.seeds > 1 ? ` ± ${e.top1Std.toFixed(2)} over ${e.seeds} seeds` : ""
+      }${
+        ciLo !== null && ciHi !== null
+          ? `; ${BOOTSTRAP.level * 100}% paired interval vs FP32 [${ciLo.toFixed(2)}, ${
+            ciHi.toFixed(2)
+          }]`
+          : ""
+      }`,
     });
   }
+  const speedTip = (p: Omit<SpeedPoint, "tip">): SpeedPoint => ({
+    ...p,
+    tip: `${p.label}, ${p.model}${p.graph === "FP32" ? "" : ` ${p.setting}`} (${p.graph}): ${
+      p.ips.toFixed(0)
+    } images/s${p.latMs !== null ? `, batch-1 ${p.latMs.toFixed(2)} ms` : ""}; Top-1 drop ${
+      p.drop.toFixed(2)
+    }`,
+  });
 
   const speed: SpeedPoint[] = [];
   for (const f of table.fp) {
     if (f.ips !== null) {
-      speed.push({
+      speed.push(speedTip({
         label: "FP32",
         model: f.model,
         setting: "FP32",
@@ -197,13 +222,13 @@ export async function gatherReport(
         ips: f.ips,
         latMs: f.latMs,
         drop: 0,
-      });
+      }));
     }
   }
   for (const e of table.entries) {
     const fp = table.fp.find((f) => f.model === e.model);
     if (e.simIps === null || !fp) continue;
-    speed.push({
+    speed.push(speedTip({
       label: e.label,
       model: e.model,
       setting: setting(e.w, e.a),
@@ -211,10 +236,10 @@ export async function gatherReport(
       ips: e.simIps,
       latMs: e.simLatMs,
       drop: fp.top1 - e.top1Mean,
-    });
+    }));
     // the same quantizers as a deployed integer (QDQ) graph, with its own Top-1
     if (e.deploy && e.deploy.ips !== null) {
-      speed.push({
+      speed.push(speedTip({
         label: e.label,
         model: e.model,
         setting: setting(e.w, e.a),
@@ -222,7 +247,7 @@ export async function gatherReport(
         ips: e.deploy.ips,
         latMs: e.deploy.latMs,
         drop: fp.top1 - e.deploy.top1,
-      });
+      }));
     }
   }
 
@@ -256,6 +281,11 @@ export async function gatherReport(
             p: r.p,
             different: r.different,
             text: `${diff > 0 ? "+" : ""}${diff.toFixed(1)}${r.different ? "" : " †"}`,
+            tip: `${a} - ${b}, ${model} ${pairSetting}: ${diff.toFixed(2)} points, ${
+              BOOTSTRAP.level * 100
+            }% CI [${(s > 0 ? r.lo : -r.hi).toFixed(2)}, ${(s > 0 ? r.hi : -r.lo).toFixed(2)}]${
+              r.p !== null ? `, McNemar p ${r.p.toPrecision(2)}` : ""
+            }${r.different ? "" : " (tied)"}`,
           });
         }
       }
@@ -309,7 +339,7 @@ function pickLayerCell(
 
 async function layerPoints(store: Store, cellId: string): Promise<LayerPoint[]> {
   const rows = await store.query(
-    `select site, role, block, tensor, scale, quantizer, sqnr_db from layers where cell_id = $1`,
+    `select site, role, block, tensor, bits, scale, quantizer, sqnr_db from layers where cell_id = $1`,
     [cellId],
   );
   const out: LayerPoint[] = [];
@@ -321,6 +351,7 @@ async function layerPoints(store: Store, cellId: string): Promise<LayerPoint[]> 
     const step = r.scale as number;
     if (!(step > 0)) continue;
     const role = inBlock ? site.slice(site.indexOf(".") + 1) : (r.role as string || site);
+    const sqnr = typeof r.sqnr_db === "number" && isFinite(r.sqnr_db) ? r.sqnr_db : null;
     out.push({
       site,
       col: inBlock ? `b${block}` : site,
@@ -329,8 +360,11 @@ async function layerPoints(store: Store, cellId: string): Promise<LayerPoint[]> 
       tensor: r.tensor as string,
       step,
       log2Step: Math.log2(step),
-      sqnr: typeof r.sqnr_db === "number" && isFinite(r.sqnr_db) ? r.sqnr_db : null,
+      sqnr,
       quantizer: r.quantizer as string,
+      tip: `${site} ${r.tensor}: step ${step.toPrecision(4)} (${r.quantizer}, ${r.bits} bits)${
+        sqnr !== null ? `, weight SQNR ${sqnr.toFixed(1)} dB` : ""
+      }`,
     });
   }
   return out;
@@ -401,14 +435,6 @@ export function reportCharts(d: ReportData): Chart[] {
       axis: xAxis,
       scale: { domain: [-0.5, d.settings.length - 0.5] },
     };
-    const tooltip = [
-      { field: "label" },
-      { field: "setting" },
-      { field: "top1", format: ".2f", title: "Top-1" },
-      { field: "seeds" },
-      { field: "ciLo", format: ".2f", title: "CI low" },
-      { field: "ciHi", format: ".2f", title: "CI high" },
-    ];
     charts.push({
       id: "accuracy",
       title: "Top-1 against bits",
@@ -427,12 +453,12 @@ export function reportCharts(d: ReportData): Chart[] {
           height: 240,
           layer: [
             {
-              mark: { type: "rule", strokeDash: [5, 4], color: "#666" },
+              mark: { type: "rule", strokeDash: [5, 4], color: "#666", aria: false },
               encoding: { y: { aggregate: "max", field: "fp", type: "quantitative" } },
             },
             {
               transform: [{ filter: "datum.seeds > 1" }],
-              mark: { type: "rule", strokeWidth: 7, opacity: 0.3 },
+              mark: { type: "rule", strokeWidth: 7, opacity: 0.3, aria: false },
               encoding: {
                 x,
                 y: { field: "seedLo", type: "quantitative" },
@@ -442,7 +468,7 @@ export function reportCharts(d: ReportData): Chart[] {
             },
             {
               transform: [{ filter: "datum.ciLo != null" }],
-              mark: { type: "errorbar", ticks: { size: 5 }, thickness: 1.2 },
+              mark: { type: "errorbar", ticks: { size: 5 }, thickness: 1.2, aria: false },
               encoding: {
                 x,
                 y: { field: "ciLo", type: "quantitative", title: "Top-1 (%)" },
@@ -451,7 +477,7 @@ export function reportCharts(d: ReportData): Chart[] {
               },
             },
             {
-              mark: { type: "line", strokeWidth: 1.5, opacity: 0.8 },
+              mark: { type: "line", strokeWidth: 1.5, opacity: 0.8, aria: false },
               encoding: {
                 x,
                 y: {
@@ -471,7 +497,7 @@ export function reportCharts(d: ReportData): Chart[] {
                 x,
                 y: { field: "top1", type: "quantitative" },
                 color: { field: "label", type: "nominal", scale: color, title: "method" },
-                tooltip,
+                description: { field: "tip" },
               },
             },
           ],
@@ -523,14 +549,7 @@ export function reportCharts(d: ReportData): Chart[] {
                     range: ["cross", "circle", "triangle-up", "square"],
                   },
                 },
-                tooltip: [
-                  { field: "label" },
-                  { field: "setting" },
-                  { field: "graph" },
-                  { field: "ips", format: ".0f", title: "images/s" },
-                  { field: "latMs", format: ".2f", title: "batch-1 ms" },
-                  { field: "drop", format: ".2f" },
-                ],
+                description: { field: "tip" },
               },
             },
             {
@@ -582,13 +601,7 @@ export function reportCharts(d: ReportData): Chart[] {
           scale: { scheme },
           legend: { orient: "right", direction: "vertical", gradientLength: 120 },
         },
-        tooltip: [
-          { field: "site" },
-          { field: "tensor" },
-          { field: "step", format: ".4g" },
-          { field: "sqnr", format: ".1f", title: "SQNR dB" },
-          { field: "quantizer" },
-        ],
+        description: { field: "tip" },
       },
     });
     const hasSqnr = d.layers.some((l) => l.sqnr !== null);
@@ -648,14 +661,7 @@ export function reportCharts(d: ReportData): Chart[] {
                   },
                   value: "#e6e6e6",
                 },
-                tooltip: [
-                  { field: "a", title: "row" },
-                  { field: "b", title: "column" },
-                  { field: "diff", format: ".2f" },
-                  { field: "lo", format: ".2f", title: "CI low" },
-                  { field: "hi", format: ".2f", title: "CI high" },
-                  { field: "p", format: ".2g", title: "McNemar p" },
-                ],
+                description: { field: "tip" },
               },
             },
             {
@@ -689,6 +695,18 @@ export async function renderSvg(spec: TopLevelSpec): Promise<string> {
   } finally {
     view.finalize();
   }
+}
+
+/**
+ * Give every mark that carries a description (its hover text) an SVG `<title>`,
+ * which browsers show on hover: tooltips without a script. Vega writes the
+ * description as the mark's `aria-label`.
+ */
+export function svgTooltips(svg: string): string {
+  return svg.replace(
+    /<path([^>]*?) aria-label="([^"]*)"([^>]*?)\/>/g,
+    (_, a, label, b) => `<path${a} aria-label="${label}"${b}><title>${label}</title></path>`,
+  );
 }
 
 function esc(s: unknown): string {
@@ -806,7 +824,7 @@ export async function renderReport(d: ReportData): Promise<string> {
   const charts = reportCharts(d);
   const figs: string[] = [];
   for (const c of charts) {
-    const svg = await renderSvg(c.spec);
+    const svg = svgTooltips(await renderSvg(c.spec));
     figs.push(
       `<section><h2>${
         esc(c.title)

@@ -88,6 +88,7 @@ Deno.test("report: bench writes it; charts render in headless Chromium without e
   for (const c of page.charts) {
     assert(c.svgs >= 1, `${c.id}: no SVG`);
     assert(c.width > 100 && c.height > 100, `${c.id}: rendered ${c.width}x${c.height}`);
+    assert(c.titles > 0, `${c.id}: no hover text`);
   }
   const marks = Object.fromEntries(page.charts.map((c) => [c.id, c.marks]));
   // at least one point per accuracy entry, per timed graph, per layer record, per pair

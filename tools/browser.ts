@@ -21,6 +21,8 @@ export interface ChartCheck {
   svgs: number;
   /** Drawn data marks (children of Vega's `role-mark` groups outside axes, legends and titles). */
   marks: number;
+  /** SVG `<title>` elements (hover texts of marks). */
+  titles: number;
   /** Rendered width and height of the first SVG, CSS pixels. */
   width: number;
   height: number;
@@ -114,7 +116,8 @@ const COUNT_MARKS = `JSON.stringify([...document.querySelectorAll("figure.chart"
     }
   }
   const r = svgs[0] ? svgs[0].getBoundingClientRect() : { width: 0, height: 0 };
-  return { id: f.dataset.chart || "", svgs: svgs.length, marks, width: r.width, height: r.height };
+  const titles = f.querySelectorAll("svg title").length;
+  return { id: f.dataset.chart || "", svgs: svgs.length, marks, titles, width: r.width, height: r.height };
 }))`;
 
 /**
@@ -289,7 +292,9 @@ if (import.meta.main) {
     until: values.until,
   });
   for (const c of r.charts) {
-    console.log(`chart ${c.id}: ${c.svgs} svg, ${c.marks} data marks, ${c.width}x${c.height}`);
+    console.log(
+      `chart ${c.id}: ${c.svgs} svg, ${c.marks} data marks, ${c.titles} hover texts, ${c.width}x${c.height}`,
+    );
   }
   for (const e of [...r.errors, ...r.external.map((u) => `external request: ${u}`)]) {
     console.log(e);
