@@ -58,8 +58,11 @@ export function findChromium(): string | undefined {
   return undefined;
 }
 
+/** A DevTools protocol connection to the browser; commands go to `session` once attached. */
 class Cdp {
   private id = 0;
+  /** Session of the attached page (flat mode), sent with every command when set. */
+  session: string | undefined;
   private pending = new Map<number, { ok: (v: unknown) => void; err: (e: Error) => void }>();
   private listeners: ((method: string, params: Record<string, unknown>) => void)[] = [];
   private constructor(private ws: WebSocket) {
@@ -86,7 +89,10 @@ class Cdp {
     const id = ++this.id;
     return new Promise((ok, err) => {
       this.pending.set(id, { ok: ok as (v: unknown) => void, err });
-      this.ws.send(JSON.stringify({ id, method, params }));
+      const msg = this.session === undefined
+        ? { id, method, params }
+        : { id, method, params, sessionId: this.session };
+      this.ws.send(JSON.stringify(msg));
     });
   }
 
@@ -182,14 +188,28 @@ export async function inspectPage(
             while (!(await reader.read()).done) { /* drain */ }
           } catch { /* closed */ }
         })();
-        const port = new URL(wsUrl).port;
-        const targets = await (await fetch(`http://127.0.0.1:${port}/json/list`)).json() as {
-          type: string;
-          webSocketDebuggerUrl: string;
-        }[];
-        const page = targets.find((t) => t.type === "page");
-        if (!page) throw new Error("chromium: no page target");
-        cdp = await Cdp.connect(page.webSocketDebuggerUrl);
+        // the browser endpoint only (no HTTP request), never through a proxy: Deno's
+        // WebSocket honours HTTP_PROXY, so the loopback address joins NO_PROXY
+        for (const k of ["NO_PROXY", "no_proxy"]) {
+          const v = Deno.env.get(k);
+          if (!v?.split(",").includes("127.0.0.1")) {
+            Deno.env.set(k, [v, "127.0.0.1", "localhost"].filter(Boolean).join(","));
+          }
+        }
+        // find or open a page and attach to it in flat mode
+        cdp = await Cdp.connect(wsUrl);
+        const { targetInfos } = await cdp.send<
+          { targetInfos: { type: string; targetId: string }[] }
+        >(
+          "Target.getTargets",
+        );
+        const targetId = targetInfos.find((t) => t.type === "page")?.targetId ??
+          (await cdp.send<{ targetId: string }>("Target.createTarget", { url: "about:blank" }))
+            .targetId;
+        cdp.session = (await cdp.send<{ sessionId: string }>("Target.attachToTarget", {
+          targetId,
+          flatten: true,
+        })).sessionId;
         const errors: string[] = [], external: string[] = [];
         let loaded: () => void;
         const load = new Promise<void>((ok) => (loaded = ok));
