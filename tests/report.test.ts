@@ -99,6 +99,11 @@ Deno.test("report: bench writes it; charts render in headless Chromium without e
   assert(page.png && page.png.length > 10_000, "screenshot");
   // PNG signature
   assert.deepEqual([...page.png.slice(0, 4)], [0x89, 0x50, 0x4e, 0x47]);
+  // the CLI writes the same report from the database, here with another setting's matrix
+  const again = await cli("report", ["report", "--db", db, "--out", `${dir}/cli`, "--bits", "8/8"]);
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(await Deno.readTextFile(`${dir}/cli/report.html`), /Pairwise significance at W8A8/);
+
   const out = Deno.env.get("VITQ_SCREENSHOT") ?? `${dir}/screenshot.png`;
   if (out.includes("/")) await Deno.mkdir(out.slice(0, out.lastIndexOf("/")), { recursive: true });
   await Deno.writeFile(out, page.png);
