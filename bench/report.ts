@@ -429,21 +429,38 @@ export function reportCharts(d: ReportData): Chart[] {
       title: "bits (weights / activations)",
       grid: false,
     };
-    const x = {
-      field: "xj",
+    // one bit setting (a headline manifest): one column per method instead of a bits axis
+    const single = d.settings.length === 1;
+    const x = single
+      ? {
+        field: "label",
+        type: "nominal",
+        sort: d.table.labels,
+        axis: { title: `method (${d.settings[0]})`, labelAngle: -30, grid: false },
+      }
+      : {
+        field: "xj",
+        type: "quantitative",
+        axis: xAxis,
+        scale: { domain: [-0.5, d.settings.length - 0.5] },
+      };
+    const y = {
+      field: "top1",
       type: "quantitative",
-      axis: xAxis,
-      scale: { domain: [-0.5, d.settings.length - 0.5] },
+      title: "Top-1 (%)",
+      scale: { zero: false },
+      axis: { format: "~g" },
     };
     charts.push({
       id: "accuracy",
-      title: "Top-1 against bits",
-      caption:
-        `Mean Top-1 over calibration seeds (points and lines). Thick translucent bars: ± one standard deviation over ${nSeeds} calibration seed${
-          nSeeds === 1 ? "" : "s"
-        }${nSeeds < 2 ? " (none drawn with one seed)" : ""}. Thin bars with ticks: ${
-          BOOTSTRAP.level * 100
-        }% paired-bootstrap interval of the difference to FP32 over the same images (${BOOTSTRAP.resamples} resamples), drawn around FP32 + difference. Dashed line: FP32.`,
+      title: single ? `Top-1 at ${d.settings[0]}` : "Top-1 against bits",
+      caption: `Mean Top-1 over calibration seeds (points${
+        single ? "" : " and lines"
+      }). Thick translucent bars: ± one standard deviation over ${nSeeds} calibration seed${
+        nSeeds === 1 ? "" : "s"
+      }${nSeeds < 2 ? " (none drawn with one seed)" : ""}. Thin bars with ticks: ${
+        BOOTSTRAP.level * 100
+      }% paired-bootstrap interval of the difference to FP32 over the same images (${BOOTSTRAP.resamples} resamples), drawn around FP32 + difference. Dashed line: FP32.`,
       spec: {
         $schema: "https://vega.github.io/schema/vega-lite/v6.json",
         data: { values: d.accuracy },
@@ -476,26 +493,20 @@ export function reportCharts(d: ReportData): Chart[] {
                 color: { field: "label", type: "nominal", scale: color, title: "method" },
               },
             },
-            {
+            ...(single ? [] : [{
               mark: { type: "line", strokeWidth: 1.5, opacity: 0.8, aria: false },
               encoding: {
                 x,
-                y: {
-                  field: "top1",
-                  type: "quantitative",
-                  title: "Top-1 (%)",
-                  scale: { zero: false },
-                  axis: { format: "~g" },
-                },
+                y,
                 color: { field: "label", type: "nominal", scale: color, title: "method" },
                 order: { field: "x" },
               },
-            },
+            }]),
             {
               mark: { type: "point", filled: true, size: 45 },
               encoding: {
                 x,
-                y: { field: "top1", type: "quantitative" },
+                y,
                 color: { field: "label", type: "nominal", scale: color, title: "method" },
                 description: { field: "tip" },
               },
