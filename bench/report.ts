@@ -748,7 +748,9 @@ export function markdownToHtml(md: string): string {
       const rows: string[][] = [];
       let align: string[] = [];
       for (; i < lines.length && lines[i].startsWith("|"); i++) {
-        const cells = lines[i].replace(/^\||\|$/g, "").split("|").map((c) => c.trim());
+        // cells split on unescaped pipes (the tables escape `|` in names as `\|`)
+        const cells = lines[i].trim().replace(/^\||(?<!\\)\|$/g, "").split(/(?<!\\)\|/)
+          .map((c) => c.trim().replace(/\\\|/g, "|"));
         if (cells.every((c) => /^:?-+:?$/.test(c))) {
           align = cells.map((c) => (c.endsWith(":") ? "right" : "left"));
         } else rows.push(cells);

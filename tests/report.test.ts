@@ -131,6 +131,11 @@ Deno.test("report: the browser check fails a chart without data marks and a page
 });
 
 Deno.test("report: table Markdown to HTML", () => {
+  // an escaped pipe stays in its cell
+  assert.equal(
+    markdownToHtml("| A | b\\|c |\n|---|---|\n| x\\|y | 1 |"),
+    "<table><thead><tr><th>A</th><th>b|c</th></tr></thead><tbody><tr><td>x|y</td><td>1</td></tr></tbody></table>",
+  );
   const html = markdownToHtml(
     "## W4A4: Top-1 (%)\n\n| Method | a<b |\n|---|---:|\n| x | **1.00** |\n\nlegend `code`",
   );
