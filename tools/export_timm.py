@@ -277,6 +277,9 @@ def main():
         fail("--pretrained-tag names a checkpoint; it cannot go with --random-weights")
     if args.random_weights and args.top1 is not None:
         fail("--top1 is the checkpoint's accuracy; random weights have none")
+    if args.fused_attn == "on" and args.opset < 14:
+        fail(f"--fused-attn on --opset {args.opset}: torch exports scaled_dot_product_attention "
+             "from opset 14; use --opset 14 or newer, or --fused-attn off")
     overrides = parse_overrides(args.set)
     torch, timm = import_torch_timm(not args.random_weights)
     if args.depth is not None:
@@ -323,6 +326,11 @@ def main():
             fail(f"--model {full_name}: timm cannot create it with pretrained weights "
                  f"({str(e).splitlines()[0] if str(e) else type(e).__name__}){hint}")
     model.eval()
+    if args.fused_attn is None and args.opset < 14 and any(
+            getattr(m, "fused_attn", False) for m in model.modules()):
+        print(f"note: opset {args.opset} has no export of fused attention "
+              "(scaled_dot_product_attention, opset 14); exporting with --fused-attn off")
+        args.fused_attn = "off"
     fused_switched = set_fused_attn(timm, model, args.fused_attn)
 
     cfg = data_config(timm, model)
