@@ -168,12 +168,12 @@ function traceConstChain(
   g: Graph,
   idx: GraphIndex,
   v: string,
-): { base: Tensor; chain: Node[] } | undefined {
+): { base: Tensor; chain: Node[]; value: string } | undefined {
   const chain: Node[] = [];
   let cur = v;
   for (let i = 0; i < 16; i++) {
     const t = constTensor(g, idx, cur);
-    if (t) return { base: t, chain: chain.reverse() };
+    if (t) return { base: t, chain: chain.reverse(), value: cur };
     const p = idx.producer.get(cur);
     const node = p === undefined ? undefined : g.nodes[p];
     if (!node || !STRUCT.has(node.opType) && node.opType !== "Tile") return undefined;
@@ -181,6 +181,197 @@ function traceConstChain(
     cur = node.inputs[0];
   }
   return undefined;
+}
+
+/**
+ * A non-data value that is a constant chain ({@link traceConstChain}) or the sum of
+ * two (timm >= 0.9's fused Swin attention adds the relative position bias and the
+ * expanded shifted-window mask into one attention mask before the scores): the
+ * traced terms, undefined otherwise.
+ */
+function traceConstTerms(
+  g: Graph,
+  idx: GraphIndex,
+  v: string,
+): { base: Tensor; chain: Node[]; value: string }[] | undefined {
+  const one = traceConstChain(g, idx, v);
+  if (one) return [one];
+  const p = idx.producer.get(v);
+  const n = p === undefined ? undefined : g.nodes[p];
+  if (!n || n.opType !== "Add" || n.inputs.length !== 2) return undefined;
+  const a = traceConstChain(g, idx, n.inputs[0]), b = traceConstChain(g, idx, n.inputs[1]);
+  return a && b ? [a, b] : undefined;
+}
+
+/** Ops a shape-only scalar chain may contain (besides Shape of a data value and constants). */
+const SHAPE_ARITH = new Set([
+  "Shape",
+  "Slice",
+  "Gather",
+  "Cast",
+  "Sqrt",
+  "Div",
+  "Mul",
+  "Add",
+  "Sub",
+  "Reciprocal",
+  "Pow",
+  "Identity",
+  "Squeeze",
+  "Unsqueeze",
+  "Reshape",
+  "Concat",
+  "Constant",
+]);
+
+/** ONNX integer element types (Cast `to`). */
+const INT_TYPES = new Set([2, 3, 4, 5, 6, 7, 12, 13]);
+
+/** A value of a shape-only chain: its numbers, which are integers, and which depend on the batch. */
+interface ShapeVal {
+  v: number[];
+  int: boolean;
+  batch: boolean[];
+}
+
+/**
+ * Evaluate a non-data value computed only from constants and `Shape` of data values
+ * (timm >= 0.9's fused attention exports `q·√scale` with √scale from
+ * Shape(q)[-1] → Cast → Sqrt → Div(1, ·) → Cast → Sqrt). `dimsOf` gives the static
+ * dims of a data value (batch 1); without it the chain is only checked (returns
+ * `[]` on success). Undefined when the chain has other ops, or its result depends on
+ * the batch dimension.
+ */
+function evalShapeChain(
+  g: Graph,
+  idx: GraphIndex,
+  data: Set<string>,
+  v: string,
+  dimsOf?: (value: string) => number[],
+): number[] | undefined {
+  const memo = new Map<string, ShapeVal | undefined>();
+  const scalarBroadcast = (a: ShapeVal, b: ShapeVal, f: (x: number, y: number) => number) => {
+    const n = Math.max(a.v.length, b.v.length);
+    if (a.v.length !== n && a.v.length !== 1 || b.v.length !== n && b.v.length !== 1) {
+      return undefined;
+    }
+    const int = a.int && b.int;
+    const out: ShapeVal = { v: [], int, batch: [] };
+    for (let i = 0; i < n; i++) {
+      const x = a.v[a.v.length === 1 ? 0 : i], y = b.v[b.v.length === 1 ? 0 : i];
+      const r = f(x, y);
+      out.v.push(int ? Math.trunc(r) : Math.fround(r));
+      out.batch.push(a.batch[a.v.length === 1 ? 0 : i] || b.batch[b.v.length === 1 ? 0 : i]);
+    }
+    return out;
+  };
+  const walk = (name: string, depth: number): ShapeVal | undefined => {
+    if (memo.has(name)) return memo.get(name);
+    let out: ShapeVal | undefined;
+    const t = constTensor(g, idx, name);
+    const p = idx.producer.get(name);
+    const n = p === undefined ? undefined : g.nodes[p];
+    if (t) {
+      const isInt = t.dataType !== DataType.FLOAT && t.dataType !== DataType.DOUBLE;
+      out = { v: t.numbers(), int: isInt, batch: t.numbers().map(() => false) };
+    } else if (!n || depth > 32 || !SHAPE_ARITH.has(n.opType) || data.has(name)) {
+      out = undefined;
+    } else if (n.opType === "Shape") {
+      if (!data.has(n.inputs[0])) return undefined;
+      const dims = dimsOf ? dimsOf(n.inputs[0]) : [];
+      const r = dims.length;
+      let start = attrNum(n, "start", 0), end = attrNum(n, "end", r);
+      if (start < 0) start += r;
+      if (end < 0) end += r;
+      end = Math.min(end, r);
+      const idxs = dimsOf
+        ? Array.from({ length: Math.max(0, end - start) }, (_, i) => start + i)
+        : [];
+      out = { v: idxs.map((i) => dims[i]), int: true, batch: idxs.map((i) => i === 0) };
+    } else {
+      const ins = n.inputs.map((x) => (x ? walk(x, depth + 1) : undefined));
+      const a = ins[0], b = ins[1];
+      if (n.inputs.some((x, i) => x && ins[i] === undefined)) {
+        out = undefined;
+      } else if (!dimsOf) {
+        out = { v: [], int: false, batch: [] }; // structure only
+      } else {
+        switch (n.opType) {
+          case "Identity":
+          case "Squeeze":
+          case "Unsqueeze":
+          case "Reshape":
+            out = a;
+            break;
+          case "Cast": {
+            const int = INT_TYPES.has(attrNum(n, "to", 1));
+            out = {
+              v: a!.v.map((x) => (int ? Math.trunc(x) : Math.fround(x))),
+              int,
+              batch: a!.batch,
+            };
+            break;
+          }
+          case "Sqrt":
+            out = { v: a!.v.map((x) => Math.fround(Math.sqrt(x))), int: false, batch: a!.batch };
+            break;
+          case "Reciprocal":
+            out = { v: a!.v.map((x) => Math.fround(1 / x)), int: false, batch: a!.batch };
+            break;
+          case "Div":
+            out = scalarBroadcast(a!, b!, (x, y) => x / y);
+            break;
+          case "Mul":
+            out = scalarBroadcast(a!, b!, (x, y) => x * y);
+            break;
+          case "Add":
+            out = scalarBroadcast(a!, b!, (x, y) => x + y);
+            break;
+          case "Sub":
+            out = scalarBroadcast(a!, b!, (x, y) => x - y);
+            break;
+          case "Pow":
+            out = scalarBroadcast(a!, b!, (x, y) => x ** y);
+            if (out) out.int = a!.int;
+            break;
+          case "Concat":
+            out = {
+              v: ins.flatMap((x) => x!.v),
+              int: ins.every((x) => x!.int),
+              batch: ins.flatMap((x) => x!.batch),
+            };
+            break;
+          case "Gather": {
+            const len = a!.v.length;
+            const pick = b!.v.map((i) => (i < 0 ? i + len : i));
+            out = pick.every((i) => i >= 0 && i < len)
+              ? { v: pick.map((i) => a!.v[i]), int: a!.int, batch: pick.map((i) => a!.batch[i]) }
+              : undefined;
+            break;
+          }
+          case "Slice": {
+            const len = a!.v.length;
+            const steps = ins[4]?.v ?? [1];
+            if ((ins[3] && ins[3].v.some((ax) => ax !== 0 && ax !== -1)) || steps[0] !== 1) {
+              out = undefined;
+              break;
+            }
+            const clamp = (x: number) => Math.min(Math.max(x < 0 ? x + len : x, 0), len);
+            const lo = clamp(b!.v[0]), hi = clamp(ins[2]!.v[0]);
+            out = { v: a!.v.slice(lo, hi), int: a!.int, batch: a!.batch.slice(lo, hi) };
+            break;
+          }
+          default:
+            out = undefined;
+        }
+      }
+    }
+    memo.set(name, out);
+    return out;
+  };
+  const r = walk(v, 0);
+  if (!r || r.batch.some(Boolean)) return undefined;
+  return r.v;
 }
 
 /** Nodes strictly after `from` up to the producer of `to` (data paths only). */
@@ -258,6 +449,7 @@ type Role =
   | { kind: "matmul" }
   | { kind: "softmax" }
   | { kind: "scale"; data: number; factor: number }
+  | { kind: "shapescale"; data: number; div: boolean; operand: string }
   | { kind: "add2" }
   | { kind: "addconst"; data: number }
   | { kind: "scorebias"; data: number }
@@ -338,6 +530,10 @@ class Classifier {
         const d = dataIn.indexOf(true);
         if (n.opType === "Div" && d !== 0) return undefined;
         const t = constTensor(this.g, this.idx, n.inputs[1 - d]);
+        if (!t && evalShapeChain(this.g, this.idx, this.data, n.inputs[1 - d])) {
+          // a scalar computed from static shapes (fused attention's √scale): valued at lowering
+          return { kind: "shapescale", data: d, div: n.opType === "Div", operand: n.inputs[1 - d] };
+        }
         if (!t || t.size !== 1) return undefined;
         const c = t.numbers()[0];
         if (!(c > 0) || !Number.isFinite(c)) return undefined;
@@ -347,7 +543,7 @@ class Classifier {
         if (nData === 2) return { kind: "add2" };
         const d = dataIn.indexOf(true);
         const other = n.inputs[1 - d];
-        if (this.feedsSoftmax(n.outputs[0], 0) && traceConstChain(this.g, this.idx, other)) {
+        if (this.feedsSoftmax(n.outputs[0], 0) && traceConstTerms(this.g, this.idx, other)) {
           return { kind: "scorebias", data: d };
         }
         const t = constTensor(this.g, this.idx, other);
@@ -656,6 +852,25 @@ class Lowering {
         case "scale": {
           const iv = this.get(n.inputs[role.data]);
           this.vals.set(n.outputs[0], { ...iv, scale: iv.scale.map((s) => s * role.factor) });
+          break;
+        }
+        case "shapescale": {
+          const c = evalShapeChain(
+            g,
+            this.cls.idx,
+            this.cls.data,
+            role.operand,
+            (v) => this.env.dims(v),
+          );
+          if (!c || c.length !== 1 || !(c[0] > 0) || !Number.isFinite(c[0])) {
+            throw new VitqError(
+              `${this.source}: I-ViT: ${n.opType} ${n.name}: its operand ${role.operand} is not a ` +
+                "positive scalar of the static shapes (or depends on the batch size)",
+            );
+          }
+          const factor = role.div ? 1 / c[0] : c[0];
+          const iv = this.get(n.inputs[role.data]);
+          this.vals.set(n.outputs[0], { ...iv, scale: iv.scale.map((s) => s * factor) });
           break;
         }
         case "add2":
@@ -1179,16 +1394,43 @@ class Lowering {
     }
     const s = x.scale[0];
     const other = n.inputs[1 - d];
-    const { base, chain } = this.traceConst(other);
-    const c = base.numbers();
-    const codes = Array.from(c, (v) => roundHalfEven(v / s));
-    let cLo = 0, cHi = 0;
-    for (const q of codes) {
-      if (!Number.isSafeInteger(q)) {
-        throw new VitqError(`${this.source}: I-ViT: constant ${other} of ${n.name} is not finite`);
+    const terms = traceConstTerms(this.g, this.cls.idx, other);
+    if (!terms) {
+      throw new VitqError(`${this.source}: I-ViT: cannot quantize the constant operand ${other}`);
+    }
+    // each term (bias; expanded mask) quantized at the scores' step and replayed; summed in int32
+    let cLo = 0, cHi = 0, cName = "";
+    for (const { base, chain, value } of terms) {
+      const c = base.numbers();
+      const codes = Array.from(c, (v) => roundHalfEven(v / s));
+      let tLo = 0, tHi = 0;
+      for (const q of codes) {
+        if (!Number.isSafeInteger(q)) {
+          throw new VitqError(
+            `${this.source}: I-ViT: constant ${other} of ${n.name} is not finite`,
+          );
+        }
+        if (q < tLo) tLo = q;
+        if (q > tHi) tHi = q;
       }
-      if (q < cLo) cLo = q;
-      if (q > cHi) cHi = q;
+      cLo += tLo;
+      cHi += tHi;
+      // a Constant node's tensor may have no name: record the value it defines
+      const named = base.name || value;
+      this.weightRecord(named, c, codes, [s], 32, "per-tensor at the scores' step, int32");
+      const term = this.replayChain(
+        this.init(int32Tensor(this.fresh(`${named}_q`), base.dims, codes)),
+        chain,
+        "int32",
+      );
+      if (cName === "") {
+        cName = term;
+      } else {
+        const sum = this.fresh(`${other}_q`);
+        this.push({ kind: "add", a: cName, b: term, out: sum, bits: 32, outType: "int32" });
+        this.prog.types.set(sum, "int32");
+        cName = sum;
+      }
     }
     const lo = x.lo + cLo, hi = x.hi + cHi;
     // ShiftExp forms about 1.4375·(x − rowmax) in int32
@@ -1197,12 +1439,6 @@ class Lowering {
         `${this.source}: I-ViT: scores plus ${other} of ${n.name} span ${hi - lo} steps (≥ 2^30)`,
       );
     }
-    this.weightRecord(base.name, c, codes, [s], 32, "per-tensor at the scores' step, int32");
-    const cName = this.replayChain(
-      this.init(int32Tensor(this.fresh(`${base.name}_q`), base.dims, codes)),
-      chain,
-      "int32",
-    );
     const out = this.fresh(n.outputs[0]);
     this.push({ kind: "add", a: x.name, b: cName, out, bits: 32, outType: "int32" });
     this.setVal(n.outputs[0], {
