@@ -8,8 +8,8 @@
  *
  * 1. the image is consumed only by `QuantizeLinear` (the input quantizer) and
  *    `Shape`/`Size`;
- * 2. every data value other than the image has type int8, uint8, int16 or
- *    int32, except the *output dequantizer*: data values from which no integer
+ * 2. every data value other than the image has type int8, uint8, int16, int32 or
+ *    uint32 (the operands of BitShift, defined on unsigned types only), except the *output dequantizer*: data values from which no integer
  *    data value can be reached (they only flow to graph outputs), which must
  *    start with a `Cast` of an integer value;
  * 3. values that are not data (constants and shape computations) may be
@@ -51,6 +51,7 @@ const SAME_AS_INPUT0 = new Set([
   "ReduceMin",
   "MatMul",
   "Pow",
+  "BitShift",
 ]);
 const BOOL_OUT = new Set([
   "Equal",
@@ -71,6 +72,7 @@ export const INTEGER_DATA_TYPES: ReadonlySet<number> = new Set([
   DataType.UINT8,
   DataType.INT16,
   DataType.INT32,
+  DataType.UINT32,
 ]);
 
 /** ONNX Runtime's JS name of an element type ("int32", "float32", ...). */
@@ -88,6 +90,8 @@ export function ortTypeName(t: number): string {
       return "int16";
     case DataType.INT32:
       return "int32";
+    case DataType.UINT32:
+      return "uint32";
     case DataType.INT64:
       return "int64";
     case DataType.BOOL:

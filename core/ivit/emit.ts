@@ -1,7 +1,7 @@
 /**
  * ONNX emission of an {@link IntProgram}: every integer kernel becomes ONNX
  * operators that ONNX Runtime's CPU provider runs on integers
- * (MatMulInteger, ConvInteger, MatMul on int32, Add/Sub/Mul/Div/Mod, Max/Min,
+ * (MatMulInteger, ConvInteger, MatMul on int32, Add/Sub/Mul/Div/Mod, Max/Min, BitShift on uint32,
  * Clip, ReduceSum/ReduceMax, Gather from small int32 tables, Cast between
  * integer types; copied data movement such as Slice/Concat/Pad on integer
  * codes). Division is ONNX integer Div, which truncates toward zero;
@@ -129,8 +129,8 @@ class Emitter {
     return zp ? this.op("Sub", [x32, this.i32(zp)]) : x32;
   }
 
-  cast(x: string, to: IntType | "float", out?: string): string {
-    const t = to === "float" ? DataType.FLOAT : onnxType(to);
+  cast(x: string, to: IntType | "uint32" | "float", out?: string): string {
+    const t = to === "float" ? DataType.FLOAT : to === "uint32" ? DataType.UINT32 : onnxType(to);
     return this.op("Cast", [x], [makeAttr("to", t)], out);
   }
 
@@ -172,9 +172,13 @@ class Emitter {
     const q = this.op("Div", [v, this.i32(x0)]);
     const r = this.op("Sub", [v, this.op("Mul", [q, this.i32(x0)])]);
     const num = this.op("Sub", [r, this.i32(2 * x0)]);
-    const table = Array.from({ length: n + 1 }, (_, i) => 2 ** i);
-    const pw = this.op("Gather", [this.i32(table, [n + 1]), q]);
-    return this.op("Div", [this.op("Mul", [num, this.i32(2 ** (n - 1))]), pw]);
+    // num·2^(n−1) > 0 and 0 ≤ q ≤ n < 32: the floor division by 2^q is a
+    // logical right shift (BitShift is defined on unsigned types only)
+    const shifted = this.op("BitShift", [
+      this.cast(this.op("Mul", [num, this.i32(2 ** (n - 1))]), "uint32"),
+      this.cast(q, "uint32"),
+    ], [makeAttr("direction", "RIGHT")]);
+    return this.cast(shifted, "int32");
   }
 
   /**
