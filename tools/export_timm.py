@@ -17,6 +17,10 @@ set HF_HUB_OFFLINE=1 to use the cache only.
 and has no Top-1. This is what tests, CI and anyone checking a graph without the
 checkpoint use.
 
+With --random-weights, initializers with identical values (timm's zero biases and
+all-ones LayerNorm γ/β) are kept apart, one per parameter as in a pretrained export; the
+exporter would otherwise merge them, so that several layers read one tensor.
+
 --depth N: a reduced-depth variant (timm's `depth` argument; for Swin, `depths` = N in
 every stage). --set key=value passes any other timm.create_model keyword (the value is
 read as JSON when it parses, e.g. --set embed_dim=96 --set "num_heads=[2,4,8,16]");
@@ -199,7 +203,7 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def export_onnx(torch, model, dummy, path, opset):
+def export_onnx(torch, model, dummy, path, opset, keep_duplicates=False):
     kwargs = dict(
         opset_version=opset,
         input_names=["input"],
@@ -212,8 +216,20 @@ def export_onnx(torch, model, dummy, path, opset):
     # tools are tested on the TorchScript exporter's graphs, so ask for it explicitly
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False
-    with torch.no_grad():
-        torch.onnx.export(model, dummy, path, **kwargs)
+    # The TorchScript exporter merges initializers with identical values. A trained
+    # checkpoint has none, but timm's random init has many (zero biases, all-ones
+    # LayerNorm γ), and a merged one makes several layers read one tensor, which a
+    # trained export never does; keep_duplicates skips that pass for such graphs.
+    C = torch._C
+    dedup = getattr(C, "_jit_pass_onnx_deduplicate_initializers", None)
+    if keep_duplicates and dedup is not None:
+        C._jit_pass_onnx_deduplicate_initializers = lambda graph, params, training: params
+    try:
+        with torch.no_grad():
+            torch.onnx.export(model, dummy, path, **kwargs)
+    finally:
+        if keep_duplicates and dedup is not None:
+            C._jit_pass_onnx_deduplicate_initializers = dedup
 
 
 def check_onnx(torch, model, path, size, classes):
@@ -351,7 +367,7 @@ def main():
         fail(f"{full_name}: cannot read the number of classes")
 
     dummy = torch.zeros(1, 3, h, w)
-    export_onnx(torch, model, dummy, onnx_path, args.opset)
+    export_onnx(torch, model, dummy, onnx_path, args.opset, keep_duplicates=args.random_weights)
     if args.check:
         check_onnx(torch, model, onnx_path, (h, w), classes)
 
@@ -388,7 +404,8 @@ def main():
     if args.random_weights:
         card["random_weights"] = {
             "seed": args.seed,
-            "init": "timm's own initialization after torch.manual_seed(seed); NOT a trained "
+            "init": "timm's own initialization after torch.manual_seed(seed), identical-valued "
+                    "initializers kept apart (one per parameter); NOT a trained "
                     "model: accuracy is chance level, use it for graph, op and speed checks only",
         }
     if overrides:
