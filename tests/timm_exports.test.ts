@@ -98,16 +98,16 @@ const only = Deno.env.get("VITQ_TIMM_METHODS")?.split(",");
 
 /**
  * Which methods run on which fixture (the test's time budget): the fast ones everywhere,
- * each slower one on two or three fixtures of different architectures or attention forms.
+ * each slower one on two fixtures (TSPTQ-ViT's also on Swin); the full matrix with VITQ_TIMM_ALL=1.
  * Set VITQ_TIMM_ALL=1 to run every method on every fixture.
  */
 const PLAN: Record<string, string[]> = {
-  vit_s_fused: ["ptq4vit", "adfq", "repq"],
+  vit_s_fused: ["ptq4vit", "adfq"],
   vit_s_explicit: ["baseptq", "repq", "mptq"],
   deit_t_fused_op14: ["tsptq", "ptq4vit", "mptq"],
   deit_s_dist_fused: ["baseptq", "adfq", "repq"],
   swin_t_fused: ["tsptq"],
-  swin_t_explicit_op13: ["baseptq", "mptq"],
+  swin_t_explicit_op13: [],
 };
 const FAST = ["minmax", "percentile", "ivit"];
 /** Known failures on these exports (reported, not hidden): ignored tests with the reason. */
