@@ -25,6 +25,36 @@ export interface ValueStats {
   percentile(p: number): number;
 }
 
+/**
+ * The `k` largest values of `a` (in no particular order), by quickselect
+ * (Hoare partition, median-of-three pivot); `a` is reordered in place.
+ */
+export function selectLargest(a: Float32Array, k: number): Float32Array {
+  let lo = 0, hi = a.length - 1;
+  const target = k - 1; // descending order: position k-1 holds the k-th largest
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    const x = a[lo], y = a[mid], z = a[hi];
+    const pivot = x > y ? (y > z ? y : x > z ? z : x) : (x > z ? x : y > z ? z : y);
+    let i = lo, j = hi;
+    while (i <= j) {
+      while (a[i] > pivot) i++;
+      while (a[j] < pivot) j--;
+      if (i <= j) {
+        const t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+        i++;
+        j--;
+      }
+    }
+    if (target <= j) hi = j;
+    else if (target >= i) lo = i;
+    else break;
+  }
+  return a.subarray(0, k);
+}
+
 class TopK {
   top = new Float32Array(0);
   count = 0;
@@ -44,11 +74,21 @@ class TopK {
     if (this.k === 0) {
       this.k = Math.min(total, total - Math.floor((this.minP / 100) * (total - 1)) + 1);
     }
-    const thr = this.top.length >= this.k ? this.top[this.k - 1] : -1;
-    const keep: number[] = [];
-    for (let i = 0; i < x.length; i++) {
-      const a = Math.abs(x[i]);
-      if (a > thr) keep.push(a);
+    let keep: ArrayLike<number>;
+    if (this.top.length >= this.k) {
+      const thr = this.top[this.k - 1];
+      const pass: number[] = [];
+      for (let i = 0; i < x.length; i++) {
+        const a = Math.abs(x[i]);
+        if (a > thr) pass.push(a);
+      }
+      keep = pass;
+    } else {
+      // top not full yet (the first batch): select this batch's k largest in O(n)
+      // instead of keeping and sorting every value (bounded memory, same result)
+      const abs = new Float32Array(x.length); // a plain loop: TypedArray.from(x, fn) is slow
+      for (let i = 0; i < x.length; i++) abs[i] = Math.abs(x[i]);
+      keep = abs.length > this.k ? selectLargest(abs, this.k) : abs;
     }
     if (keep.length === 0) return;
     const merged = new Float32Array(this.top.length + keep.length);

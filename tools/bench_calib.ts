@@ -1,0 +1,123 @@
+/**
+ * Calibration time and peak memory per method on one ONNX model (e.g. a random-weight
+ * timm export from tools/export_timm.py --random-weights), on seeded synthetic
+ * normalized images: wall seconds, process CPU seconds (ONNX Runtime threads
+ * included) and the peak resident set size sampled every 20 ms while the method runs
+ * (the process's RSS before it is printed too: the peak is not reset between methods).
+ *
+ *     deno run -A tools/bench_calib.ts --model /tmp/deit_t.onnx --images 32 \
+ *         [--methods minmax,percentile,baseptq,ptq4vit] [--bits 8] [--batch 32] \
+ *         [--threads 2] [--set ptq4vit.n=20]
+ *
+ * Each method runs in this process one after the other with its defaults (plus --set);
+ * run a method alone for a clean peak. Timings on a shared machine are under load.
+ *
+ * @module
+ */
+import process from "node:process";
+import { parseArgs } from "node:util";
+import { Graph } from "../core/onnx/graph.ts";
+import { findSites } from "../core/onnx/sites.ts";
+import { createRuntime, type ImageSource } from "../core/runtime/runtime.ts";
+import { sha256Hex } from "../core/hash.ts";
+import { runCli, VitqError } from "../core/errors.ts";
+import { METHODS } from "../methods/registry.ts";
+
+/** `n` seeded synthetic images of `shape` (smooth patterns plus noise, about unit scale). */
+function synthetic(n: number, shape: number[], seed: number): ImageSource {
+  const per = shape.reduce((a, b) => a * b, 1);
+  const [, h, w] = shape;
+  const data = new Float32Array(n * per);
+  let s = seed >>> 0;
+  for (let k = 0; k < data.length; k++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    const i = Math.floor(k / per), r = k % per, x = r % w, y = Math.floor(r / w) % h;
+    data[k] = 0.75 * ((s / 4294967296) * 2 - 1) + Math.sin((x + 7 * i) / 17) + Math.cos(y / 23 + i);
+  }
+  return { length: n, shape, slice: (a, b) => Promise.resolve(data.slice(a * per, b * per)) };
+}
+
+await runCli(async () => {
+  const { values } = parseArgs({
+    options: {
+      model: { type: "string" },
+      methods: { type: "string", default: "minmax,percentile,baseptq,ptq4vit" },
+      images: { type: "string", default: "32" },
+      bits: { type: "string", default: "8" },
+      batch: { type: "string", default: "32" },
+      threads: { type: "string", default: "2" },
+      set: { type: "string", multiple: true, default: [] },
+    },
+  });
+  if (!values.model) {
+    throw new VitqError("usage: deno run -A tools/bench_calib.ts --model FILE.onnx [...]");
+  }
+  const num = (k: string, v: string) => {
+    const x = Number(v);
+    if (!Number.isInteger(x) || x < 1) {
+      throw new VitqError(`--${k} ${v}: expected a positive integer`);
+    }
+    return x;
+  };
+  const n = num("images", values.images!), bits = num("bits", values.bits!);
+  const batch = num("batch", values.batch!), threads = num("threads", values.threads!);
+  const overrides: Record<string, Record<string, unknown>> = {};
+  for (const s of values.set as string[]) {
+    const m = /^([a-z0-9_]+)\.([A-Za-z0-9_]+)=(.*)$/.exec(s);
+    if (!m) throw new VitqError(`--set ${s}: expected method.option=value`);
+    let v: unknown = m[3];
+    try {
+      v = JSON.parse(m[3]);
+    } catch { /* a string */ }
+    (overrides[m[1]] ??= {})[m[2]] = v;
+  }
+  const graph = await Graph.load(values.model);
+  const sites = findSites(graph);
+  const dims = graph.inputs.find((v) => v.name === graph.inputNames[0])?.type?.tensorType?.shape
+    ?.dim?.slice(1).map((d: Record<string, unknown>) => Number(d.dimValue));
+  if (!dims || dims.length !== 3 || dims.some((d: number) => !(d > 0))) {
+    throw new VitqError(`${values.model}: input is not [batch, C, H, W] with static C, H, W`);
+  }
+  const runtime = await createRuntime("node", threads);
+  const calib = synthetic(n, dims, 1);
+  const modelHash = await sha256Hex(await Deno.readFile(values.model));
+  console.log(
+    `${values.model}: ${sites.length} sites, ${n} synthetic images ${dims.join("x")}, ` +
+      `W${bits}A${bits}, batch ${batch}, ${threads} threads`,
+  );
+  console.log("method      wall_s   cpu_s  rss_before_MiB  peak_rss_MiB");
+  for (const name of values.methods!.split(",")) {
+    const method = METHODS[name];
+    if (!method) throw new VitqError(`--methods: unknown method ${name}`);
+    const before = process.memoryUsage.rss();
+    let peak = before;
+    const timer = setInterval(() => {
+      peak = Math.max(peak, process.memoryUsage.rss());
+    }, 20);
+    const cpu0 = process.cpuUsage();
+    const t0 = performance.now();
+    await method.quantize({
+      graph,
+      sites,
+      calib,
+      bits: { w: bits, a: bits },
+      runtime,
+      options: { ...(method.defaults as Record<string, unknown>), ...overrides[name] },
+      batchSize: batch,
+      seed: 0,
+      modelHash,
+      calibHash: `synthetic ${n} seed 1`,
+      log: () => {},
+    });
+    const wall = (performance.now() - t0) / 1000;
+    const cpu = process.cpuUsage(cpu0);
+    clearInterval(timer);
+    peak = Math.max(peak, process.memoryUsage.rss());
+    const mib = (b: number) => (b / 2 ** 20).toFixed(0);
+    console.log(
+      `${name.padEnd(10)} ${wall.toFixed(1).padStart(7)} ${
+        ((cpu.user + cpu.system) / 1e6).toFixed(1).padStart(7)
+      } ${mib(before).padStart(15)} ${mib(peak).padStart(13)}`,
+    );
+  }
+});
