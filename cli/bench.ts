@@ -34,6 +34,12 @@ import { mergeShards } from "../bench/merge.ts";
 const USAGE =
   "usage: deno task bench <manifest.json> [--db results/vitq.duckdb] [--force] [--backend node|wasm] [--tables DIR] [--report DIR] [--quiet] [--shard i/n | --jobs k] [--timings FILE] [--threads N] [--save [--save-dir DIR]]";
 
+/** `7m33s` from milliseconds. */
+function elapsed(ms: number): string {
+  const s = Math.round(ms / 1000);
+  return s >= 60 ? `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s` : `${s}s`;
+}
+
 /** Largest `--jobs` and `--threads` accepted. */
 const MAX_PARALLEL = 1024;
 
@@ -63,6 +69,7 @@ async function readTimings(path: string | undefined): Promise<Timings | undefine
 }
 
 await runCli(async () => {
+  const started = performance.now();
   let parsed;
   try {
     parsed = parseArgs({
@@ -162,7 +169,9 @@ await runCli(async () => {
       );
     }
     console.log(
-      `cells: ${summary.ran} run, ${summary.skipped} already stored, ${summary.failed} failed; results in ${values.db}, tables in ${values.tables}/${manifest.name}/`,
+      `cells: ${summary.ran} run, ${summary.skipped} already stored, ${summary.failed} failed; results in ${values.db}, tables in ${values.tables}/${manifest.name}/; total ${
+        elapsed(performance.now() - started)
+      }`,
     );
     if (summary.failed > 0) Deno.exitCode = 1;
   } finally {
