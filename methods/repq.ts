@@ -35,7 +35,7 @@ import {
   type FedLog,
   type FedUniform,
 } from "../core/quant/fed.ts";
-import type { Graph } from "../core/onnx/graph.ts";
+import { ancestors, type Graph } from "../core/onnx/graph.ts";
 import type { Site } from "../core/onnx/sites.ts";
 import { VitqError } from "../core/errors.ts";
 import { type ActPlan, applyPlan, siteWeight, type WeightPlan } from "../core/quant/apply.ts";
@@ -186,23 +186,6 @@ const POST_LN_ROLE: Record<string, string> = {
   reduction: "merge",
 };
 
-/** Node indices that value `v` depends on. */
-function ancestorNodes(g: Graph, idx: ReturnType<Graph["index"]>, v: string): Set<number> {
-  const out = new Set<number>();
-  const stack = [v];
-  const seen = new Set<string>();
-  while (stack.length) {
-    const x = stack.pop()!;
-    if (seen.has(x)) continue;
-    seen.add(x);
-    const p = idx.producer.get(x);
-    if (p === undefined || out.has(p)) continue;
-    out.add(p);
-    for (const i of g.nodes[p].inputs) if (i) stack.push(i);
-  }
-  return out;
-}
-
 /** The activation quantizers of the reference, with their calibration stages. */
 function planActs(ctx: QuantContext, o: RepqOptions): RepqAct[] {
   const a = ctx.bits.a;
@@ -244,7 +227,7 @@ function planActs(ctx: QuantContext, o: RepqOptions): RepqAct[] {
   // stage: 1 + the latest stage of the quantizers in front of the nodes it depends on
   const idx = ctx.graph.index();
   const nodeIdx = new Map(ctx.graph.nodes.map((n, i) => [n.name, i]));
-  const anc = acts.map((q) => ancestorNodes(ctx.graph, idx, q.value));
+  const anc = acts.map((q) => ancestors(ctx.graph, idx, [q.value]));
   const order = acts.map((_, i) => i).sort((i, j) => anc[i].size - anc[j].size);
   for (const i of order) {
     let st = 0;
