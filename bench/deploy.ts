@@ -11,8 +11,8 @@
  */
 import type { Graph } from "../core/onnx/graph.ts";
 import type { Site } from "../core/onnx/sites.ts";
-import { captureGraph, type Runtime } from "../core/runtime/runtime.ts";
-import { coverageValues, integerCoverage } from "../core/quant/deploy.ts";
+import type { Runtime } from "../core/runtime/runtime.ts";
+import { coverageShapes, integerCoverage } from "../core/quant/deploy.ts";
 import type { ModelCard } from "../core/models.ts";
 import type { LabelledSource } from "../datasets/source.ts";
 import type { Bits, QuantizedModel } from "../methods/types.ts";
@@ -44,7 +44,7 @@ export interface CellSpeeds {
 /** Value shapes per FP model, keyed by the model's SHA-256 (shapes do not depend on anything else). */
 const shapeCache = new Map<string, Map<string, number[]>>();
 
-/** Shapes of the values the coverage needs, from one capture run of the FP graph (cached per model). */
+/** Shapes of the values the coverage needs (`coverageShapes`), cached per model. */
 async function coverageDims(
   runtime: Runtime,
   sha: string,
@@ -52,18 +52,9 @@ async function coverageDims(
   sites: Site[],
   src: LabelledSource,
 ): Promise<Map<string, number[]>> {
-  const hit = shapeCache.get(sha);
-  if (hit) return hit;
-  const s = await runtime.createSession(captureGraph(fp, coverageValues(fp, sites)), "capture");
-  try {
-    const x = await src.slice(0, 1);
-    const out = await s.run({ [s.inputNames[0]]: { data: x, dims: [1, ...src.shape] } });
-    const dims = new Map(Object.entries(out).map(([k, v]) => [k, v.dims]));
-    shapeCache.set(sha, dims);
-    return dims;
-  } finally {
-    await s.release();
-  }
+  let dims = shapeCache.get(sha);
+  if (!dims) shapeCache.set(sha, dims = await coverageShapes(runtime, fp, sites, src));
+  return dims;
 }
 
 /** Everything the deploy stage needs of a cell. */
@@ -78,10 +69,12 @@ export interface DeployInput {
   speed?: { batch: number; repetitions: number; warmup: number };
 }
 
-/** Evaluate, inspect and time the deployable graph of a cell. */
+/** Evaluate, inspect and time the deployable graph of a cell; `bytes` is its encoding. */
 export async function deployStage(
   inp: DeployInput,
-): Promise<{ fields: DeployFields; eval?: EvalResult; speeds?: CellSpeeds }> {
+): Promise<
+  { fields: DeployFields; eval?: EvalResult; speeds?: CellSpeeds; bytes?: Uint8Array }
+> {
   const fields: DeployFields = {
     deploy_top1: null,
     deploy_correct: null,
@@ -133,7 +126,7 @@ export async function deployStage(
       fields.deploy_lat_p90_ms = deploy.latP90Ms;
     }
   }
-  return { fields, eval: ev, speeds };
+  return { fields, eval: ev, speeds, bytes: depBytes };
 }
 
 /** What a saved model's card adds to the FP model's card. */

@@ -399,7 +399,7 @@ async function runCell(
   if (run.save) {
     const saved = await saveCellModel(
       `${run.save}/${manifest.name}`,
-      q.deployable ? q.deployable.graph.toBytes() : bytes,
+      dep.bytes ?? bytes,
       pm.model.card,
       {
         cell_id: cell.id,

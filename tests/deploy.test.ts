@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { DuckDBInstance } from "@duckdb/node-api";
 import { Graph, Tensor } from "../core/onnx/graph.ts";
 import { findSites, type Site } from "../core/onnx/sites.ts";
 import { upgradeOpset21 } from "../core/onnx/opset.ts";
@@ -17,15 +16,23 @@ import {
   symmetric,
   type UniformQuantizer,
 } from "../core/quant/uniform.ts";
-import { coverageValues, emitQdqActivation, integerCoverage } from "../core/quant/deploy.ts";
+import { coverageShapes, emitQdqActivation, integerCoverage } from "../core/quant/deploy.ts";
 import { emitFakeQuant } from "../core/quant/uniform.ts";
-import { captureGraph } from "../core/runtime/runtime.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { minmax } from "../methods/baselines.ts";
 import { ptq4vit } from "../methods/ptq4vit.ts";
 import type { QuantContext } from "../methods/types.ts";
-import { cli, contextKeys, randomData, ROOT, runtime, tmpDir, writeManifest } from "./helpers.ts";
+import {
+  cli,
+  contextKeys,
+  randomData,
+  readRows,
+  ROOT,
+  runtime,
+  tmpDir,
+  writeManifest,
+} from "./helpers.ts";
 import { fusedOps } from "../bench/speed.ts";
 
 function quantizers(): { name: string; q: UniformQuantizer }[] {
@@ -126,11 +133,9 @@ async function shippedTop1(n: number): Promise<(g: Graph) => Promise<number>> {
 
 /** Shapes of the values integer coverage needs, on one shipped image. */
 async function coverageDimsOf(g: Graph, sites: Site[]): Promise<Map<string, number[]>> {
-  const rt = await runtime();
-  const cap = await rt.createSession(captureGraph(g, coverageValues(g, sites)));
-  const out = await cap.run({ input: { data: await shippedImages(1), dims: [1, 1, 28, 28] } });
-  await cap.release();
-  return new Map(Object.entries(out).map(([k, v]) => [k, v.dims]));
+  const card = JSON.parse(await Deno.readTextFile(`${ROOT}models/vit_fmnist.json`));
+  const test = await loadFashionMnist(SHIPPED_FMNIST, "test");
+  return await coverageShapes(await runtime(), g, sites, makeSource(test, [0], card));
 }
 
 async function shippedCtx(
@@ -229,13 +234,10 @@ Deno.test({
         "--quiet",
       ]);
       assert.equal(r.code, 0, r.stderr);
-      const inst = await DuckDBInstance.create(`${dir}/d.duckdb`, { access_mode: "READ_ONLY" });
-      const conn = await inst.connect();
-      const row = (await conn.runAndReadAll(
+      const [row] = (await readRows(
+        `${dir}/d.duckdb`,
         "select top1, deploy_top1, deploy_ips, fp_ips, int_mac_share, fused_ops, saved_path, deploy_bytes from results",
-      )).getRowObjectsJS()[0] as Record<string, number> & { saved_path: string; fused_ops: string };
-      conn.closeSync();
-      inst.closeSync();
+      )) as (Record<string, number> & { saved_path: string; fused_ops: string })[];
       assert.equal(row.deploy_top1, row.top1);
       assert.ok(row.deploy_ips > 0 && row.fp_ips > 0);
       assert.ok(row.int_mac_share > 0.9, String(row.int_mac_share));

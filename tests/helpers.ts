@@ -6,6 +6,7 @@
 import { createRuntime, type Runtime } from "../core/runtime/runtime.ts";
 import type { Graph } from "../core/onnx/graph.ts";
 import { sha256Hex } from "../core/hash.ts";
+import { DuckDBInstance } from "@duckdb/node-api";
 
 /** Repository root. */
 export const ROOT = new URL("../", import.meta.url).pathname;
@@ -99,4 +100,16 @@ export function smallManifest(over: Record<string, unknown> = {}): Record<string
     speed: { repetitions: 2, warmup: 1 },
     ...over,
   };
+}
+
+/** Rows of a query on a result database opened read-only (as plain objects). */
+export async function readRows(db: string, sql: string): Promise<Record<string, unknown>[]> {
+  const inst = await DuckDBInstance.create(db, { access_mode: "READ_ONLY" });
+  const conn = await inst.connect();
+  try {
+    return (await conn.runAndReadAll(sql)).getRowObjectsJS() as Record<string, unknown>[];
+  } finally {
+    conn.closeSync();
+    inst.closeSync();
+  }
 }

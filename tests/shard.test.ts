@@ -3,6 +3,7 @@ import { parse as parseYaml } from "yaml";
 import { DuckDBInstance } from "@duckdb/node-api";
 import { assignShards, parseShard } from "../bench/shard.ts";
 import { mergeShards } from "../bench/merge.ts";
+import { readRows as rows } from "./helpers.ts";
 import type { Cell } from "../bench/runner.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -29,17 +30,6 @@ async function deno(args: string[], cwd: string) {
     out: new TextDecoder().decode(o.stdout),
     err: new TextDecoder().decode(o.stderr),
   };
-}
-
-async function rows(db: string, sql: string): Promise<Record<string, unknown>[]> {
-  const inst = await DuckDBInstance.create(db, { access_mode: "READ_ONLY" });
-  const conn = await inst.connect();
-  try {
-    return (await conn.runAndReadAll(sql)).getRowObjectsJS() as Record<string, unknown>[];
-  } finally {
-    conn.closeSync();
-    inst.closeSync();
-  }
 }
 
 /** What must be equal between a single-process run and a merged sharded one. */

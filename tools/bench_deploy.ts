@@ -23,9 +23,9 @@ import { envInfo } from "../bench/env.ts";
 import { fusedOps, integerKernels, measureInterleaved } from "../bench/speed.ts";
 import { resolveModel } from "../core/models.ts";
 import { Graph } from "../core/onnx/graph.ts";
-import { findSites, type Site } from "../core/onnx/sites.ts";
-import { captureGraph, createRuntime, type ImageSource } from "../core/runtime/runtime.ts";
-import { coverageValues, integerCoverage } from "../core/quant/deploy.ts";
+import { findSites } from "../core/onnx/sites.ts";
+import { createRuntime, type ImageSource } from "../core/runtime/runtime.ts";
+import { coverageShapes, integerCoverage } from "../core/quant/deploy.ts";
 import { sha256Hex } from "../core/hash.ts";
 import { Rng } from "../core/rng.ts";
 import { runCli, VitqError } from "../core/errors.ts";
@@ -33,7 +33,7 @@ import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { buildIntegerProgram } from "../core/ivit/build.ts";
 import { emitFloatWrapper } from "../core/ivit/emit.ts";
-import { buildVitGraph, VIT_S } from "../core/ivit/vits.ts";
+import { buildVitGraph, randomImages, VIT_S } from "../core/ivit/vits.ts";
 import { minmax } from "../methods/baselines.ts";
 import { ptq4vit } from "../methods/ptq4vit.ts";
 import type { Bits, QuantContext, QuantizedModel } from "../methods/types.ts";
@@ -80,16 +80,7 @@ async function main(): Promise<void> {
     let graph: Graph, calib: ImageSource;
     if (m === "vits") {
       graph = buildVitGraph(VIT_S, 0);
-      const shape = [VIT_S.channels, VIT_S.img, VIT_S.img];
-      const per = shape[0] * shape[1] * shape[2];
-      const n = Math.min(nCal, 8);
-      const rng = new Rng(1);
-      const data = Float32Array.from({ length: n * per }, () => (rng.next() * 2 - 1) * 2);
-      calib = {
-        length: n,
-        shape,
-        slice: (s, e) => Promise.resolve(data.subarray(s * per, e * per)),
-      };
+      calib = randomImages(VIT_S, Math.min(nCal, 8));
     } else {
       const model = await resolveModel(m, "--models");
       graph = await Graph.load(model.path);
@@ -127,7 +118,7 @@ async function main(): Promise<void> {
       )).program,
     );
     console.log(`${m}: quantized in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
-    const dims = await shapes(runtime, graph, sites, calib);
+    const dims = await coverageShapes(runtime, graph, sites, calib);
     const graphs: [string, Uint8Array, QuantizedModel?][] = [
       ["FP32", fpBytes],
       ["minmax W8A8 fake-quant", mm8.graph.toBytes()],
@@ -183,19 +174,6 @@ async function main(): Promise<void> {
         "\n",
     );
   }
-}
-
-async function shapes(
-  runtime: Awaited<ReturnType<typeof createRuntime>>,
-  graph: Graph,
-  sites: Site[],
-  calib: ImageSource,
-): Promise<Map<string, number[]>> {
-  const s = await runtime.createSession(captureGraph(graph, coverageValues(graph, sites)));
-  const x = await calib.slice(0, 1);
-  const o = await s.run({ [s.inputNames[0]]: { data: x, dims: [1, ...calib.shape] } });
-  await s.release();
-  return new Map(Object.entries(o).map(([k, v]) => [k, v.dims]));
 }
 
 if (import.meta.main) await runCli(main);

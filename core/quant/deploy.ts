@@ -25,7 +25,8 @@
  */
 import { DataType, type Graph, makeAttr, type Node, Tensor } from "../onnx/graph.ts";
 import type { Site } from "../onnx/sites.ts";
-import { qRange, quantCodes, type UniformQuantizer } from "./uniform.ts";
+import { captureGraph, type ImageSource, type Runtime } from "../runtime/runtime.ts";
+import { qRange, quantCodes, stepDims, type UniformQuantizer } from "./uniform.ts";
 
 /** What a deploy graph built by `applyPlan(..., { deploy: true })` computes and stores. */
 export const QDQ_KIND =
@@ -125,10 +126,7 @@ export function emitQdqActivation(
         g.constFloat(`${prefix}_hi`, hi[0]),
       ]);
     } else {
-      if (rank === undefined) {
-        throw new Error(`emitQdqActivation ${prefix}: per-channel needs the rank`);
-      }
-      const bd = Array.from({ length: rank }, (_, i) => (i === q.axis ? q.scale.length : 1));
+      const bd = stepDims(q, rank, `emitQdqActivation ${prefix}`);
       x = g.addNode("Max", [x, g.constFloat(`${prefix}_lo`, lo, bd)]);
       x = g.addNode("Min", [x, g.constFloat(`${prefix}_hi`, hi, bd)]);
     }
@@ -303,6 +301,26 @@ export function coverageValues(fp: Graph, sites: Site[]): string[] {
     if (!fp.initializers.has(n.inputs[1])) out.add(n.inputs[1]);
   }
   return [...out];
+}
+
+/**
+ * Shapes of {@link coverageValues} on the first image of `src`, from one capture run
+ * of the FP graph (what {@link integerCoverage} needs).
+ */
+export async function coverageShapes(
+  runtime: Runtime,
+  fp: Graph,
+  sites: Site[],
+  src: ImageSource,
+): Promise<Map<string, number[]>> {
+  const s = await runtime.createSession(captureGraph(fp, coverageValues(fp, sites)), "capture");
+  try {
+    const x = await src.slice(0, 1);
+    const out = await s.run({ [s.inputNames[0]]: { data: x, dims: [1, ...src.shape] } });
+    return new Map(Object.entries(out).map(([k, v]) => [k, v.dims]));
+  } finally {
+    await s.release();
+  }
 }
 
 /**

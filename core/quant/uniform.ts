@@ -129,6 +129,17 @@ export function quantCodes(x: Float32Array, dims: number[], q: UniformQuantizer)
 }
 
 /**
+ * Dims of a quantizer's step (and zero-point) constant broadcast against a value of
+ * rank `rank`: `[]` per tensor, `[1, .., C, .., 1]` with C on the quantizer's axis per
+ * channel (the rank is then required; `where` names the caller in the error).
+ */
+export function stepDims(q: UniformQuantizer, rank: number | undefined, where: string): number[] {
+  if (q.axis === undefined || q.scale.length === 1) return [];
+  if (rank === undefined) throw new Error(`${where}: per-channel needs the rank`);
+  return Array.from({ length: rank }, (_, i) => (i === q.axis ? q.scale.length : 1));
+}
+
+/**
  * Emit the fake-quant subgraph for value `input` into `g` and return the name of
  * its output. `rank` is the input's rank (needed for per-channel broadcasting).
  */
@@ -140,11 +151,7 @@ export function emitFakeQuant(
   rank?: number,
 ): string {
   const { qmin, qmax } = qRange(q.bits, q.signed);
-  let dims: number[] = [];
-  if (q.axis !== undefined && q.scale.length > 1) {
-    if (rank === undefined) throw new Error(`emitFakeQuant ${prefix}: per-channel needs the rank`);
-    dims = Array.from({ length: rank }, (_, i) => (i === q.axis ? q.scale.length : 1));
-  }
+  const dims = stepDims(q, rank, `emitFakeQuant ${prefix}`);
   const s = g.constFloat(`${prefix}_scale`, q.scale, dims);
   const hasZp = q.zeroPoint.some((z) => z !== 0);
   if (!hasZp) {
