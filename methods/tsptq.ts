@@ -31,7 +31,7 @@
  */
 import { type Captured, captureValues } from "../core/runtime/capture.ts";
 import { outputGradients } from "../core/autodiff/gradients.ts";
-import { Graph, Tensor } from "../core/onnx/graph.ts";
+import type { Graph } from "../core/onnx/graph.ts";
 import type { Site } from "../core/onnx/sites.ts";
 import { type ActPlan, applyPlan } from "../core/quant/apply.ts";
 import {
@@ -42,16 +42,25 @@ import {
 } from "../core/quant/scope.ts";
 import { type Metric, scoringGraph } from "../core/quant/search.ts";
 import {
-  emitO2sf,
   emitV2sf,
   emitV2sfWith,
   type FlagRule,
-  o2sfFlags,
-  o2sfSteps,
   type V2sfKind,
   v2sfSteps,
 } from "../core/quant/two_scaled.ts";
-import type { Runtime } from "../core/runtime/runtime.ts";
+import {
+  constOf,
+  type Feeds,
+  i64,
+  initStep,
+  lnInputName,
+  lnInputPlan,
+  lnInputStep,
+  runScoring,
+  searchLnInput,
+  searchTwoScaled,
+  smallStep,
+} from "../core/quant/ln_input.ts";
 import { ptq4vit, type Ptq4vitOptions } from "./ptq4vit.ts";
 import { CellCache } from "./cache.ts";
 import {
@@ -146,168 +155,10 @@ function ptqOptions(o: TsptqOptions): Ptq4vitOptions {
   return { ...(out as unknown as Ptq4vitOptions), twinSoftmax: false, twinGelu: false };
 }
 
-function argmin(xs: ArrayLike<number>): number {
-  let best = 0;
-  for (let i = 1; i < xs.length; i++) if (xs[i] < xs[best]) best = i;
-  return best;
-}
-
 function maxOf(x: Float32Array): number {
   let m = -Infinity;
   for (let i = 0; i < x.length; i++) if (x[i] > m) m = x[i];
   return m;
-}
-
-function absMax(x: Float32Array): number {
-  let m = 0;
-  for (let i = 0; i < x.length; i++) m = Math.max(m, Math.abs(x[i]));
-  return m;
-}
-
-/** PTQ4ViT's initial step: bound / (top + 0.5), top the largest code. */
-function initStep(bound: number, top: number): number {
-  const s = Math.fround(bound / (top + 0.5));
-  return s > 0 ? s : 1e-8;
-}
-
-/** A two-parameter quantizer searched in alternating rounds: exponent m and large step L. */
-interface TwoScaled {
-  m: number;
-  large: number;
-}
-
-/**
- * Alternating search of (m, L): per round, m over 1..mMax with L fixed, then L
- * over the grid L0·factors with m fixed. `score` scores a batch of candidates.
- * A round whose m search returns the previous round's m stops the search: its
- * L search would score the same candidates again (the result is the same as
- * running all rounds).
- */
-async function searchTwoScaled(
-  l0: number,
-  factors: number[],
-  mMax: number,
-  rounds: number,
-  score: (cands: TwoScaled[]) => Promise<number[]>,
-): Promise<TwoScaled & { score: number }> {
-  let cur: TwoScaled = { m: 1, large: l0 };
-  let best = Infinity;
-  for (let r = 0; r < rounds; r++) {
-    const ms = Array.from({ length: mMax }, (_, i) => ({ m: i + 1, large: cur.large }));
-    let s = await score(ms);
-    const m = ms[argmin(s)].m;
-    // same m as the last round: the L search would repeat it exactly (converged)
-    if (r > 0 && m === cur.m) break;
-    const ls = factors.map((f) => ({ m, large: Math.fround(l0 * f) }));
-    s = await score(ls);
-    const i = argmin(s);
-    cur = ls[i];
-    best = s[i];
-  }
-  return { ...cur, score: best };
-}
-
-/** The small step of a two-scaled candidate: L / 2^m as float32 (L is then S·2^m exactly). */
-function smallStep(c: TwoScaled): number {
-  const s = Math.fround(c.large / 2 ** c.m);
-  return s > 0 ? s : 1e-30;
-}
-
-function i64(g: Graph, prefix: string, values: number[]): string {
-  return g.setInitializer(Tensor.fromInt64(g.uniqueName(prefix), [values.length], values));
-}
-
-/** LayerNorm scoring graph: candidates' per-channel steps p [K, C] quantize x [M, C]. */
-function lnScoringGraph(
-  m: number,
-  c: number,
-  gamma: Float32Array,
-  beta: Float32Array,
-  eps: number,
-  bits: number,
-  metric: Metric,
-): Graph {
-  const g = Graph.create(17, "vitq-ln-score");
-  g.addInput("x", [m, c]);
-  g.addInput("p", ["K", c]);
-  g.addInput("o", [m, c]);
-  if (metric === "hessian") g.addInput("g", [m, c]);
-  const lim = 2 ** (bits - 1);
-  const shape = i64(g, "pshape", [-1, 1, c]);
-  const p = g.addNode("Reshape", ["p", shape]);
-  let q = g.addNode("Round", [g.addNode("Div", ["x", p])]);
-  q = g.addNode("Clip", [q, g.constFloat("qmin", -lim), g.constFloat("qmax", lim - 1)]);
-  q = g.addNode("Mul", [q, p]);
-  const y = g.addNode("LayerNormalization", [
-    q,
-    g.constFloat("gamma", gamma, [c]),
-    g.constFloat("beta", beta, [c]),
-  ], { attributes: [{ name: "axis", type: 2, i: -1 }, { name: "epsilon", type: 1, f: eps }] });
-  let score: string;
-  if (metric === "cosine") {
-    const last = i64(g, "last", [-1]);
-    const keep0 = [{ name: "keepdims", type: 2, i: 0 }];
-    const dot = g.addNode("ReduceSum", [g.addNode("Mul", [y, "o"]), last], { attributes: keep0 });
-    const ny = g.addNode("ReduceSum", [g.addNode("Mul", [y, y]), last], { attributes: keep0 });
-    const no = g.addNode("ReduceSum", [g.addNode("Mul", ["o", "o"]), last], { attributes: keep0 });
-    const den = g.addNode("Sqrt", [
-      g.addNode("Add", [g.addNode("Mul", [ny, no]), g.constFloat("eps", 1e-20)]),
-    ]);
-    const mean = g.addNode("ReduceMean", [g.addNode("Div", [dot, den])], {
-      attributes: [{ name: "axes", type: 7, ints: [1] }, ...keep0],
-    });
-    score = g.addNode("Neg", [mean]);
-  } else {
-    let d = g.addNode("Sub", [y, "o"]);
-    if (metric === "hessian") d = g.addNode("Mul", [d, "g"]);
-    score = g.addNode("ReduceSum", [g.addNode("Mul", [d, d]), i64(g, "axes", [1, 2])], {
-      attributes: [{ name: "keepdims", type: 2, i: 0 }],
-    });
-  }
-  g.outputs = [{ name: score, type: { tensorType: { elemType: 1 } } }];
-  return g;
-}
-
-/** A constant of the FP graph as float32 (γ, β, bias), or `fill` repeated when absent. */
-function constOf(g: Graph, name: string | undefined, n: number, fill: number): Float32Array {
-  if (!name) return new Float32Array(n).fill(fill);
-  const t = g.constant(name);
-  if (!t) throw new Error(`tsptq: constant ${name} not found`);
-  const v = t.float32();
-  return v.length === n ? v : new Float32Array(n).fill(v[0]);
-}
-
-/** Fixed feeds of a scoring graph. */
-type Feeds = Record<string, { data: Float32Array; dims: number[] }>;
-
-/**
- * Score candidates with a scoring graph whose input `p` holds one row of
- * `width` parameters per candidate; `perCand` bounds the bytes one candidate
- * occupies (chunks hold at most 256 MiB). Returns one score per candidate.
- */
-async function runScoring(
-  rt: Runtime,
-  graph: Graph,
-  fixed: Feeds,
-  rows: ArrayLike<number>[],
-  width: number,
-  perCand: number,
-): Promise<number[]> {
-  const s = await rt.createSession(graph, "two-scaled scoring graph");
-  const chunk = Math.max(1, Math.floor((256 * 2 ** 20) / perCand));
-  const out: number[] = [];
-  try {
-    for (let k0 = 0; k0 < rows.length; k0 += chunk) {
-      const kn = Math.min(chunk, rows.length - k0);
-      const p = new Float32Array(kn * width);
-      for (let i = 0; i < kn; i++) p.set(rows[k0 + i], i * width);
-      const res = Object.values(await s.run({ ...fixed, p: { data: p, dims: [kn, width] } }))[0];
-      for (let i = 0; i < kn; i++) out.push(res.data[i]);
-    }
-  } finally {
-    await s.release();
-  }
-  return out;
 }
 
 /**
@@ -519,66 +370,26 @@ async function quantizeTsptq(ctx: QuantContext<TsptqOptions>): Promise<Quantized
   for (const t of lnTargets) {
     ctx.log(`${t.site.id}: ${o.o2sf ? "O-2SF" : "uniform"} search`);
     const site = t.site;
-    const x = captured.get(t.value)!, y = captured.get(site.output)!;
-    const c = x.dims[x.dims.length - 1], m = x.data.length / c;
-    const lnGraph = lnScoringGraph(
-      m,
-      c,
-      constOf(ctx.graph, site.gamma, c, 1),
-      constOf(ctx.graph, site.beta, c, 0),
-      site.epsilon ?? 1e-5,
-      bits.a,
-      o.metric,
-    );
-    const feeds: Feeds = { x: { data: x.data, dims: [m, c] }, o: { data: y.data, dims: [m, c] } };
-    if (o.metric === "hessian") feeds.g = { data: grads!.get(site.output)!, dims: [m, c] };
-    const scoreLn = (rows: Float32Array[]) =>
-      runScoring(ctx.runtime, lnGraph, feeds, rows, c, 4 * m * c * 3);
-    const top = 2 ** (bits.a - 1) - 1;
-    const l0 = initStep(absMax(x.data), top);
-    const rank = x.dims.length;
-    if (o.o2sf) {
-      const flagsOf = (k: TwoScaled) => o2sfFlags(x.data, c, bits.a, smallStep(k), k.m, o.flagRule);
-      const best = await searchTwoScaled(l0, factors, o.mMax, o.rounds, (cands) =>
-        scoreLn(
-          cands.map((k) =>
-            o2sfSteps({ bits: bits.a, step: smallStep(k), m: k.m, flags: flagsOf(k) })
-          ),
-        ));
-      const q = { bits: bits.a, step: smallStep(best), m: best.m, flags: flagsOf(best) };
-      const outliers = q.flags.reduce((a, b) => a + b, 0);
-      acts.push({
-        value: t.value,
-        consumers: t.consumers,
-        prefix: `${site.id}_in`,
-        emit: (h, input, prefix) => emitO2sf(h, input, q, prefix, rank),
-      });
-      records.push(
-        record(
-          t,
-          bits.a,
-          q.step,
-          `O-2SF m=${q.m}, ${outliers}/${c} outlier channels`,
-          perImage(t.value),
-        ),
-      );
-    } else {
-      const cands = factors.map((f) => Math.fround(l0 * f));
-      const scores = await scoreLn(cands.map((st) => new Float32Array(c).fill(st)));
-      const step = cands[argmin(scores)];
-      acts.push({
-        value: t.value,
-        consumers: t.consumers,
-        prefix: `${site.id}_in`,
-        q: {
-          bits: bits.a,
-          signed: true,
-          scale: Float32Array.of(step),
-          zeroPoint: Float32Array.of(0),
-        },
-      });
-      records.push(record(t, bits.a, step, "per-tensor sym", perImage(t.value)));
-    }
+    const x = captured.get(t.value)!;
+    const c = x.dims[x.dims.length - 1];
+    const r = await searchLnInput(ctx.runtime, {
+      x,
+      y: captured.get(site.output)!.data,
+      grad: grads?.get(site.output),
+      gamma: constOf(ctx.graph, site.gamma, c, 1),
+      beta: constOf(ctx.graph, site.beta, c, 0),
+      epsilon: site.epsilon ?? 1e-5,
+    }, {
+      bits: bits.a,
+      metric: o.metric,
+      factors,
+      o2sf: o.o2sf,
+      mMax: o.mMax,
+      rounds: o.rounds,
+      flagRule: o.flagRule,
+    });
+    acts.push(lnInputPlan(t, r, x.dims.length));
+    records.push(record(t, bits.a, lnInputStep(r), lnInputName(r), perImage(t.value)));
   }
   const { graph } = applyPlan(g, [], acts, { inPlace: true });
   const replaced = new Set(v2Targets.map((t) => `${t.site.id}/${t.tensor}`));
