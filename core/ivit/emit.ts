@@ -19,15 +19,18 @@
  */
 import { DataType, Graph, makeAttr, Tensor } from "../onnx/graph.ts";
 import { INT31_MAX } from "./reference.ts";
-import { int32Tensor, int8Tensor, onnxType, uint8Tensor } from "./lower.ts";
-import type {
-  IntProgram,
-  IntType,
-  LayerNormStep,
-  RequantStep,
-  ShiftGeluStep,
-  ShiftmaxStep,
-  Step,
+import {
+  int32Tensor,
+  int8Tensor,
+  type IntProgram,
+  type IntType,
+  type LayerNormStep,
+  onnxType,
+  type RequantStep,
+  type ShiftGeluStep,
+  type ShiftmaxStep,
+  type Step,
+  uint8Tensor,
 } from "./program.ts";
 
 /** Options of {@link emitIntegerGraph}. */

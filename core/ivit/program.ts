@@ -11,7 +11,7 @@
  *
  * @module
  */
-import type { Node, Tensor } from "../onnx/graph.ts";
+import { DataType, type Node, Tensor } from "../onnx/graph.ts";
 import type { RequantPlan } from "./kernels.ts";
 
 /** Integer element types that data tensors of the integer graph may have. */
@@ -317,4 +317,33 @@ export interface IntProgram {
   records: QuantRecord[];
   /** Human-readable facts about the lowering (prescale shifts, split sums, ...). */
   facts: string[];
+}
+
+/** ONNX element type of an integer type. */
+export function onnxType(t: IntType): number {
+  return t === "int8"
+    ? DataType.INT8
+    : t === "uint8"
+    ? DataType.UINT8
+    : t === "int16"
+    ? DataType.INT16
+    : DataType.INT32;
+}
+
+/** An int8 initializer. */
+export function int8Tensor(name: string, dims: number[], values: ArrayLike<number>): Tensor {
+  const a = Int8Array.from(values);
+  return new Tensor(name, DataType.INT8, dims, new Uint8Array(a.buffer));
+}
+
+/** A uint8 initializer. */
+export function uint8Tensor(name: string, dims: number[], values: ArrayLike<number>): Tensor {
+  const a = Uint8Array.from(values);
+  return new Tensor(name, DataType.UINT8, dims, a);
+}
+
+/** An int32 initializer. */
+export function int32Tensor(name: string, dims: number[], values: ArrayLike<number>): Tensor {
+  const a = Int32Array.from(values);
+  return new Tensor(name, DataType.INT32, dims, new Uint8Array(a.buffer));
 }

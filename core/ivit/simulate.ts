@@ -14,9 +14,8 @@ import { VitqError } from "../errors.ts";
 import { shiftGelu, shiftmax } from "./reference.ts";
 import { roundHalfEven } from "../quant/uniform.ts";
 import { iLayerNormInt32, requantValue } from "./kernels.ts";
-import { onnxType } from "./lower.ts";
 import { binary, evalNode, fromTensor, type NDArray, sizeOf, stridesOf } from "./nd.ts";
-import type { IntProgram, IntType, Step } from "./program.ts";
+import { type IntProgram, type IntType, onnxType, type Step } from "./program.ts";
 
 function stepInputs(s: Step): string[] {
   switch (s.kind) {
