@@ -6,6 +6,7 @@
  * @module
  */
 import { DataType, type Graph, makeAttr, Tensor } from "../onnx/graph.ts";
+import { GraphEmitter } from "../onnx/emitter.ts";
 import { VitqError } from "../errors.ts";
 import { allNum, type Dim, dimEq, type Facts, isNum, type ValueFacts } from "./infer.ts";
 
@@ -33,7 +34,7 @@ export interface PaddedGrad {
 }
 
 /** Emits nodes into a graph under fresh names, with cached constants and shapes. */
-export class Emitter {
+export class Emitter extends GraphEmitter {
   /**
    * Gradients that are another value zero-padded along a single axis (from
    * Gather and Slice rules), so that contributions that exactly tile the axis
@@ -42,7 +43,6 @@ export class Emitter {
   readonly padded = new Map<string, PaddedGrad>();
   private used = new Set<string>();
   private n = 0;
-  private consts = new Map<string, string>();
   private shapes = new Map<string, string>();
 
   /**
@@ -51,7 +51,8 @@ export class Emitter {
    * @param g graph to emit into (opset 13 or newer)
    * @param facts static facts of its values; emitted values get facts when known
    */
-  constructor(readonly g: Graph, readonly facts: Facts) {
+  constructor(g: Graph, readonly facts: Facts) {
+    super(g);
     for (const node of g.nodes) {
       used(this.used, node.name);
       for (const v of [...node.inputs, ...node.outputs]) used(this.used, v);
@@ -77,7 +78,7 @@ export class Emitter {
   }
 
   /** A value or node name not used anywhere in the graph. */
-  fresh(prefix: string): string {
+  override fresh(prefix: string): string {
     let name: string;
     do name = `${prefix}__ad${this.n++}`; while (this.used.has(name));
     this.used.add(name);
@@ -98,14 +99,7 @@ export class Emitter {
   ): string[] {
     const prefix = opts.prefix ?? `grad/${type}`;
     const outputs = Array.from({ length: opts.nOut ?? 1 }, () => this.fresh(prefix));
-    this.g.nodes.push({
-      name: this.fresh(`${prefix}_node`),
-      opType: type,
-      domain: opts.domain ?? "",
-      inputs,
-      outputs,
-      attributes,
-    });
+    this.emitNode(type, inputs, outputs, attributes, this.fresh(`${prefix}_node`), opts.domain);
     if (opts.facts) this.facts.set(outputs[0], opts.facts);
     return outputs;
   }
@@ -118,46 +112,37 @@ export class Emitter {
   /** A cached int64 constant (1-D unless `dims` says otherwise). */
   i64(values: number[], dims?: number[]): string {
     const d = dims ?? [values.length];
-    const key = `i64:${d}:${values}`;
-    let name = this.consts.get(key);
-    if (!name) {
-      name = this.fresh("grad/const_i64");
-      this.g.setInitializer(Tensor.fromInt64(name, d, values));
-      this.facts.set(name, { type: DataType.INT64, dims: d, value: values });
-      this.consts.set(key, name);
-    }
-    return name;
+    return this.cachedConstant(
+      `i64:${d}:${values}`,
+      "grad/const_i64",
+      (name) => Tensor.fromInt64(name, d, values),
+      (name) => this.facts.set(name, { type: DataType.INT64, dims: d, value: values }),
+    );
   }
 
   /** A 1-D int64 constant that may hold INT64_MAX (for open Slice ends). */
   i64big(values: (number | bigint)[]): string {
-    const key = `i64b:${values}`;
-    let name = this.consts.get(key);
-    if (!name) {
-      name = this.fresh("grad/const_i64");
-      const arr = BigInt64Array.from(values.map((v) => BigInt(v)));
-      this.g.setInitializer(
-        new Tensor(name, DataType.INT64, [values.length], new Uint8Array(arr.buffer)),
-      );
-      this.facts.set(name, { type: DataType.INT64, dims: [values.length] });
-      this.consts.set(key, name);
-    }
-    return name;
+    return this.cachedConstant(
+      `i64b:${values}`,
+      "grad/const_i64",
+      (name) => {
+        const arr = BigInt64Array.from(values.map((v) => BigInt(v)));
+        return new Tensor(name, DataType.INT64, [values.length], new Uint8Array(arr.buffer));
+      },
+      (name) => this.facts.set(name, { type: DataType.INT64, dims: [values.length] }),
+    );
   }
 
   /** A cached float32 constant: a scalar for a number, else 1-D unless `dims` is given. */
   f32(values: number | number[], dims?: number[]): string {
     const arr = typeof values === "number" ? [values] : values;
     const d = dims ?? (typeof values === "number" ? [] : [arr.length]);
-    const key = `f32:${d}:${arr.map((v) => Math.fround(v))}`;
-    let name = this.consts.get(key);
-    if (!name) {
-      name = this.fresh("grad/const_f32");
-      this.g.setInitializer(Tensor.fromFloat32(name, d, arr));
-      this.facts.set(name, { type: DataType.FLOAT, dims: d });
-      this.consts.set(key, name);
-    }
-    return name;
+    return this.cachedConstant(
+      `f32:${d}:${arr.map((v) => Math.fround(v))}`,
+      "grad/const_f32",
+      (name) => Tensor.fromFloat32(name, d, arr),
+      (name) => this.facts.set(name, { type: DataType.FLOAT, dims: d }),
+    );
   }
 
   /** Static dims of a value, if its rank is known. */

@@ -18,6 +18,7 @@
  * @module
  */
 import { DataType, Graph, makeAttr, Tensor } from "../onnx/graph.ts";
+import { GraphEmitter } from "../onnx/emitter.ts";
 import { INT31_MAX } from "./reference.ts";
 import {
   int32Tensor,
@@ -41,16 +42,15 @@ export interface EmitOptions {
   extraOutputs?: string[];
 }
 
-class Emitter {
-  readonly g: Graph;
+class Emitter extends GraphEmitter {
   private n = 0;
-  private readonly cache = new Map<string, string>();
 
   constructor(readonly p: IntProgram) {
-    this.g = Graph.create(p.opset, "vitq_ivit");
+    super(Graph.create(p.opset, "vitq_ivit"));
   }
 
-  name(base: string): string {
+  /** A fresh name (the graph starts empty: a counter suffices). */
+  override fresh(base: string): string {
     return `ivit${this.n++}_${base}`;
   }
 
@@ -61,28 +61,19 @@ class Emitter {
     attributes: unknown[] = [],
     out?: string,
   ): string {
-    const o = out ?? this.name(opType.toLowerCase());
-    this.g.nodes.push({
-      name: this.name(opType),
-      opType,
-      domain: "",
-      inputs,
-      outputs: [o],
-      attributes: attributes as never[],
-    });
+    const o = out ?? this.fresh(opType.toLowerCase());
+    this.emitNode(opType, inputs, [o], attributes, this.fresh(opType));
     return o;
   }
 
   /** int32 constant: scalar (dims []) or a vector shaped `dims`. */
   i32(values: number[] | number, dims: number[] = []): string {
     const arr = typeof values === "number" ? [values] : values;
-    const key = `i32|${dims}|${arr.join(",")}`;
-    const hit = this.cache.get(key);
-    if (hit) return hit;
-    const name = this.name("c");
-    this.g.setInitializer(int32Tensor(name, dims, arr));
-    this.cache.set(key, name);
-    return name;
+    return this.cachedConstant(
+      `i32|${dims}|${arr.join(",")}`,
+      "c",
+      (n) => int32Tensor(n, dims, arr),
+    );
   }
 
   /** Per-channel int32 constant broadcasting along `axis` of a rank-`rank` tensor. */
@@ -91,14 +82,13 @@ class Emitter {
     return this.i32(values, [values.length, ...new Array(rank - 1 - axis).fill(1)]);
   }
 
+  /** 1-D int64 constant (axes). */
   i64(values: number[]): string {
-    const key = `i64|${values.join(",")}`;
-    const hit = this.cache.get(key);
-    if (hit) return hit;
-    const name = this.name("axes");
-    this.g.setInitializer(Tensor.fromInt64(name, [values.length], values));
-    this.cache.set(key, name);
-    return name;
+    return this.cachedConstant(
+      `i64|${values.join(",")}`,
+      "axes",
+      (n) => Tensor.fromInt64(n, [values.length], values),
+    );
   }
 
   /** A scalar zero-point initializer of an 8-bit type. */
@@ -106,24 +96,14 @@ class Emitter {
     return type === "int8" ? this.i8(v) : this.u8(v);
   }
 
+  /** Scalar uint8 constant. */
   u8(v: number): string {
-    const key = `u8|${v}`;
-    const hit = this.cache.get(key);
-    if (hit) return hit;
-    const name = this.name("u8");
-    this.g.setInitializer(uint8Tensor(name, [], [v]));
-    this.cache.set(key, name);
-    return name;
+    return this.cachedConstant(`u8|${v}`, "u8", (n) => uint8Tensor(n, [], [v]));
   }
 
+  /** Scalar int8 constant. */
   i8(v: number): string {
-    const key = `i8|${v}`;
-    const hit = this.cache.get(key);
-    if (hit) return hit;
-    const name = this.name("i8");
-    this.g.setInitializer(int8Tensor(name, [], [v]));
-    this.cache.set(key, name);
-    return name;
+    return this.cachedConstant(`i8|${v}`, "i8", (n) => int8Tensor(n, [], [v]));
   }
 
   /** x − zp as int32. */
@@ -348,7 +328,7 @@ class Emitter {
     const types = this.p.types;
     switch (s.kind) {
       case "quantize": {
-        const sc = this.name("scale");
+        const sc = this.fresh("scale");
         this.g.setInitializer(Tensor.fromFloat32(sc, [], [s.scale]));
         const zp = this.u8(s.zp);
         if (s.bits >= 8) this.op("QuantizeLinear", [s.x, sc, zp], [], s.out);
@@ -451,7 +431,7 @@ export function emitIntegerGraph(p: IntProgram, opts: EmitOptions = {}): Graph {
   if (opts.dequantize) {
     for (const o of p.outputs) {
       const f = e.cast(o.value, "float");
-      const sc = e.name("dq_scale");
+      const sc = e.fresh("dq_scale");
       g.setInitializer(
         o.scale.length === 1
           ? Tensor.fromFloat32(sc, [], [o.scale[0]])
