@@ -23,7 +23,7 @@
  *
  * @module
  */
-import { DataType, type Graph, makeAttr, type Node } from "../onnx/graph.ts";
+import { DataType, type Graph, makeAttr, type Node, walkBack } from "../onnx/graph.ts";
 import { VitqError } from "../errors.ts";
 import { Emitter } from "./emit.ts";
 import { FLOAT_TYPES, inferFacts, shapeProto } from "./infer.ts";
@@ -258,15 +258,7 @@ export function buildGradientGraph(g: Graph, spec: GradientSpec): GradientGraph 
   }
   // values the loss depends on
   const idx = G.index();
-  const live = new Set<string>();
-  const stack = [loss];
-  while (stack.length) {
-    const v = stack.pop()!;
-    if (live.has(v)) continue;
-    live.add(v);
-    const p = idx.producer.get(v);
-    if (p !== undefined) { for (const i of G.nodes[p].inputs) if (i) stack.push(i); }
-  }
+  const live = walkBack(G, idx, [loss]).values;
   const onPath = (v: string) => !!v && reach.has(v) && live.has(v);
   const pathNodes = G.nodes.filter((n) =>
     n.outputs.some(onPath) && n.inputs.some((v) => v && reach.has(v))

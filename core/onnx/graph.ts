@@ -261,21 +261,45 @@ export function dataValues(g: Graph): Set<string> {
   return data;
 }
 
-/** Node indices of every ancestor of `values` (their producers, transitively). */
-export function ancestors(g: Graph, idx: GraphIndex, values: Iterable<string>): Set<number> {
-  const out = new Set<number>();
+/** What a backward walk from some values reached (see {@link walkBack}). */
+export interface BackWalk {
+  /** Every value reached (the start values included, stop values excluded). */
+  values: Set<string>;
+  /** Node indices of their producers, in the order first reached. */
+  nodes: Set<number>;
+}
+
+/**
+ * Walk from `values` back through their producers, depth first: every value
+ * they depend on and the nodes that compute them. `stop` ends the walk at a
+ * value (not reached); `follow` decides per node input whether to go on
+ * through it (default: every non-empty input).
+ */
+export function walkBack(
+  g: Graph,
+  idx: GraphIndex,
+  values: Iterable<string>,
+  opts: { stop?: (v: string) => boolean; follow?: (n: Node, input: string) => boolean } = {},
+): BackWalk {
+  const nodes = new Set<number>();
   const stack = [...values];
   const seen = new Set<string>();
   while (stack.length) {
     const x = stack.pop()!;
-    if (seen.has(x)) continue;
+    if (seen.has(x) || opts.stop?.(x)) continue;
     seen.add(x);
     const p = idx.producer.get(x);
-    if (p === undefined || out.has(p)) continue;
-    out.add(p);
-    for (const i of g.nodes[p].inputs) if (i) stack.push(i);
+    if (p === undefined || nodes.has(p)) continue;
+    nodes.add(p);
+    const n = g.nodes[p];
+    for (const i of n.inputs) if (i && (!opts.follow || opts.follow(n, i))) stack.push(i);
   }
-  return out;
+  return { values: seen, nodes };
+}
+
+/** Node indices of every ancestor of `values` (their producers, transitively). */
+export function ancestors(g: Graph, idx: GraphIndex, values: Iterable<string>): Set<number> {
+  return walkBack(g, idx, values).nodes;
 }
 
 /** A mutable ONNX graph with the model-level fields it came with. */

@@ -11,7 +11,7 @@
  *
  * @module
  */
-import { dataValues, type Graph } from "../onnx/graph.ts";
+import { dataValues, type Graph, walkBack } from "../onnx/graph.ts";
 import type { Site } from "../onnx/sites.ts";
 import { VitqError } from "../errors.ts";
 
@@ -116,25 +116,17 @@ export function findUnits(g: Graph, sites: Site[]): Unit[] {
  * inputs of {@link cutUnit} (any values of the right shape do).
  */
 export function shapeSources(graph: Graph, inputs: string[], outputs: string[]): string[] {
-  const idx = graph.index();
   const stop = new Set(inputs);
   const data = dataValues(graph);
-  const walked = new Set<string>();
   const shaped = new Set<string>();
-  const stack = [...outputs];
-  while (stack.length) {
-    const v = stack.pop()!;
-    if (walked.has(v) || stop.has(v)) continue;
-    walked.add(v);
-    const p = idx.producer.get(v);
-    if (p === undefined) continue;
-    const n = graph.nodes[p];
-    for (const i of n.inputs) {
-      if (!i) continue;
-      if ((n.opType === "Shape" || n.opType === "Size") && data.has(i)) shaped.add(i);
-      else stack.push(i);
-    }
-  }
+  const walked = walkBack(graph, graph.index(), outputs, {
+    stop: (v) => stop.has(v),
+    follow: (n, i) => {
+      const shapeOnly = (n.opType === "Shape" || n.opType === "Size") && data.has(i);
+      if (shapeOnly) shaped.add(i);
+      return !shapeOnly;
+    },
+  }).values;
   return [...shaped].filter((v) => !walked.has(v) && !stop.has(v));
 }
 

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { Graph, GraphIndex, Node, Tensor } from "../../onnx/graph.ts";
+import { type Graph, type GraphIndex, type Node, type Tensor, walkBack } from "../../onnx/graph.ts";
 
 /** Data-movement ops: lowered as the same node on the integer codes. */
 export const STRUCT: ReadonlySet<string> = new Set([
@@ -97,19 +97,11 @@ export function between(
   from: string,
   to: string,
 ): Node[] {
-  const out = new Set<Node>();
-  const stack = [to];
-  const seen = new Set<string>();
-  while (stack.length) {
-    const v = stack.pop()!;
-    if (v === from || seen.has(v)) continue;
-    seen.add(v);
-    const p = idx.producer.get(v);
-    if (p === undefined) continue;
-    out.add(g.nodes[p]);
-    for (const i of g.nodes[p].inputs) if (data.has(i)) stack.push(i);
-  }
-  return [...out];
+  const { nodes } = walkBack(g, idx, [to], {
+    stop: (v) => v === from,
+    follow: (_n, i) => data.has(i),
+  });
+  return [...nodes].map((p) => g.nodes[p]);
 }
 
 /** A numeric attribute (float or int) of `n`, `dflt` when absent. */
