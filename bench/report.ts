@@ -29,6 +29,7 @@ import {
   type TableEntry,
 } from "./tables.ts";
 import { pairedBootstrap } from "./stats.ts";
+import type { Bits } from "../methods/types.ts";
 
 /** Where reports are written by default. */
 export const REPORT_DIR = "results/report";
@@ -40,7 +41,7 @@ export interface ReportOptions {
   /** Cell id (or unique prefix) whose layers the heat maps show; default: see {@link gatherReport}. */
   cell?: string;
   /** Bit setting of the significance matrix; default the lowest of the run. */
-  bits?: { w: number; a: number };
+  bits?: Bits;
 }
 
 /** One method x model x bits point of the accuracy chart. */

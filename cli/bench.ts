@@ -30,6 +30,7 @@ import { gatherTable, writeTables } from "../bench/tables.ts";
 import { REPORT_DIR, writeReport } from "../bench/report.ts";
 import { loadTimings, parseShard, selectShard, type Timings } from "../bench/shard.ts";
 import { mergeShards } from "../bench/merge.ts";
+import type { Backend } from "../core/runtime/runtime.ts";
 
 const USAGE =
   "usage: deno task bench <manifest.json> [--db results/vitq.duckdb] [--force] [--backend node|wasm] [--tables DIR] [--report DIR] [--quiet] [--shard i/n | --jobs k] [--timings FILE] [--threads N] [--save [--save-dir DIR]]";
@@ -115,7 +116,7 @@ await runCli(async () => {
   if (shard && jobs) throw new VitqError("--shard and --jobs: give one of them");
   // everything is validated and loaded before the database is opened
   const prepared = await prepareBench(path, {
-    backend: values.backend as "node" | "wasm" | undefined,
+    backend: values.backend as Backend | undefined,
     threads,
   });
   const { manifest, text } = prepared;
@@ -141,7 +142,7 @@ await runCli(async () => {
       manifestPath: path,
       manifestText: text,
       force: values.force,
-      backend: values.backend as "node" | "wasm" | undefined,
+      backend: values.backend as Backend | undefined,
       quiet: values.quiet,
       run,
       save: values.save ? values["save-dir"] : undefined,

@@ -22,7 +22,7 @@ import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { minmax } from "../methods/baselines.ts";
 import { ptq4vit } from "../methods/ptq4vit.ts";
-import type { QuantContext } from "../methods/types.ts";
+import type { Bits, QuantContext } from "../methods/types.ts";
 import {
   cli,
   contextKeys,
@@ -139,7 +139,7 @@ async function coverageDimsOf(g: Graph, sites: Site[]): Promise<Map<string, numb
 }
 
 async function shippedCtx(
-  bits: { w: number; a: number },
+  bits: Bits,
   options: Record<string, unknown> = { ...minmax.defaults },
 ): Promise<QuantContext> {
   const graph = await Graph.load(`${ROOT}models/vit_fmnist.onnx`);
