@@ -24,6 +24,7 @@ import {
   emitQdqActivation,
   emitQdqPart,
   emitQdqWeight,
+  foldConstantMuls,
   integerMatMuls,
   qdqable,
 } from "./deploy.ts";
@@ -245,7 +246,8 @@ function build(
   });
   if (sums.size) distributeParts(g, sums);
   if (perChannel.size) {
-    integerMatMuls(g, new Map([...perChannel].map(([k, v]) => [k, v.rank])));
+    const steps = integerMatMuls(g, new Map([...perChannel].map(([k, v]) => [k, v.rank])));
+    foldConstantMuls(g, steps);
     // a per-channel QDQ still read by any node: float fake-quant instead (ORT would fuse it
     // into an integer matmul that cannot take its steps)
     for (const [dq, p] of perChannel) {

@@ -283,9 +283,12 @@ export function emitTwinGeluWith(g: Graph, input: string, t: TwinGeluTensors): s
 export function twinSoftmaxParts(q: TwinSoftmaxQuantizer): DeployPart[] | undefined {
   if (q.variant !== "reference") return undefined;
   const { split, small, large } = twinSoftmaxSteps(q.bits, q.split);
+  // The input is a softmax output, in [0, 1]: the small branch's clip to [0, split] is the
+  // code range's own saturation (split / small = qmax), and the large branch's upper bound 1
+  // is never passed, so only `lo: split` needs a clip (one float pass fewer per part).
   return [
-    { q: symmetric(q.bits, small), lo: 0, hi: split },
-    { q: symmetric(q.bits, large), lo: split, hi: 1 },
+    { q: symmetric(q.bits, small) },
+    { q: symmetric(q.bits, large), lo: split },
   ];
 }
 
