@@ -8,11 +8,17 @@
  * (`methods.md` section 4). Every choice the sources leave open is a named
  * option marked "inferred" below, in the README and in every result row.
  *
- * What is quantized is PTQ4ViT's linear scope: weights and inputs of every
- * linear layer (the patch embedding's input, the image, stays FP) and both
- * operands of Q·Kᵀ and A·V; softmax, GELU, LayerNorm, biases and residuals stay
- * FP. (`scope: "full"`, the fully quantized scope of the paper's mixed-precision
- * results, is not supported yet.)
+ * What is quantized (`scope: "linear"`, the default) is PTQ4ViT's linear scope:
+ * weights and inputs of every linear layer (the patch embedding's input, the
+ * image, stays FP) and both operands of Q·Kᵀ and A·V; softmax, GELU, LayerNorm,
+ * biases and residuals stay FP. `scope: "full"` (fully quantized, the setting of
+ * the paper's mixed-precision results; `core/quant/scope.ts`) also quantizes every
+ * LayerNorm input (the residual stream, for all its readers by default:
+ * `lnConsumers`), with TSPTQ-ViT's O-2SF or a per-tensor step (`lnQuantizer`,
+ * inferred) searched by the LayerNorm output error (`core/quant/ln_input.ts`, the
+ * search TSPTQ-ViT uses); the softmax and GELU outputs are the A·V and fc2 inputs
+ * the linear scope already quantizes. LayerNorm inputs join the Greedy MP units
+ * (inferred).
  *
  * Calibration is PTQ4ViT's parallel Hessian-guided search: every layer on FP
  * inputs of the FP model, candidates scored by the squared output error weighted
@@ -42,21 +48,47 @@
  *    highest candidate; the unit whose next-lower candidate costs the smallest
  *    loss increase per saved size-weighted average bit is lowered, until the
  *    size-weighted average weight and activation bits reach the targets; then
- *    everything is recalibrated at the final assignment. Loss (`mpLoss:
- *    "hessian"`): the Hessian-weighted output error of the layer with only that
- *    unit quantized, which under PTQ4ViT's diagonal approximation adds up over
- *    layers. Caching: the error of every unit at every candidate is computed
- *    once, in one calibration pass per candidate bit-width, before the loop;
- *    because the loss is additive over units, lowering one unit does not change
- *    any other unit's cost, so each greedy step is a table lookup and no
- *    candidate is re-evaluated.
+ *    everything is recalibrated at the final assignment. Loss (`mpLoss`):
+ *    `hessian` (default), the Hessian-weighted output error of the layer with
+ *    only that unit quantized, which under PTQ4ViT's diagonal approximation adds
+ *    up over layers; or `kl`, the KL divergence from the FP logits to the
+ *    quantized model's on the first `mpImages` calibration images with the unit
+ *    lowered alone and every other unit at the highest candidate (one session per
+ *    lower candidate evaluates all units: every quantized tensor is emitted at
+ *    both bit-widths behind a `Where` on a per-unit selector input), the
+ *    increases summed over units as if additive (inferred). Caching: the table of
+ *    every unit at every candidate is computed once, before the loop (one
+ *    calibration pass per candidate); with an additive loss, lowering one unit
+ *    does not change any other unit's cost, so each greedy step is a table lookup
+ *    and no candidate is re-evaluated.
+ *
+ * The deploy graph (`deployable`) lowers the uniform quantizers to
+ * QuantizeLinear/DequantizeLinear and the twin softmax to integer products per
+ * part; V-2SF, O-2SF and explicit SQ-b stay float fake-quant in it.
  *
  * @module
  */
 import { type Captured, captureValues } from "../core/runtime/capture.ts";
 import type { Site } from "../core/onnx/sites.ts";
-import type { Graph } from "../core/onnx/graph.ts";
-import { type ActPlan, applyPlan, type WeightPlan } from "../core/quant/apply.ts";
+import { type Graph, Tensor } from "../core/onnx/graph.ts";
+import type { TensorData } from "../core/runtime/runtime.ts";
+import { type ActPlan, applyPlan, siteWeight, type WeightPlan } from "../core/quant/apply.ts";
+import { QDQ_KIND } from "../core/quant/deploy.ts";
+import {
+  activationTargets,
+  type ActTarget,
+  type LnConsumers,
+  type Scope,
+} from "../core/quant/scope.ts";
+import {
+  constOf,
+  lnInputName,
+  lnInputPlan,
+  type LnInputQuant,
+  lnInputStep,
+  searchLnInput,
+} from "../core/quant/ln_input.ts";
+import type { FlagRule } from "../core/quant/two_scaled.ts";
 import {
   absMax,
   emitFakeQuant,
@@ -64,7 +96,12 @@ import {
   symmetric,
   type UniformQuantizer,
 } from "../core/quant/uniform.ts";
-import { emitTwinSoftmax, twinSoftmax, type TwinVariant } from "../core/quant/twin.ts";
+import {
+  emitTwinSoftmax,
+  twinSoftmax,
+  twinSoftmaxParts,
+  type TwinVariant,
+} from "../core/quant/twin.ts";
 import { emitV2sf, v2sf, type V2sfQuantizer } from "../core/quant/two_scaled.ts";
 import { CandidateScorer } from "../core/quant/search.ts";
 import { foldBlocker, foldLayerNorm } from "../core/quant/reparam.ts";
@@ -118,12 +155,29 @@ export interface MptqOptions {
   beta: number;
   n: number;
   rounds: number;
-  /** Greedy MP loss: `hessian` (additive Hessian-weighted output error). */
-  mpLoss: "hessian";
+  /**
+   * Greedy MP loss: `hessian` (the Hessian-weighted output error of the unit's layer) or
+   * `kl` (KL divergence from the FP logits to the quantized model's on `mpImages`
+   * calibration images, each unit lowered alone; summed over units: inferred additivity).
+   */
+  mpLoss: "hessian" | "kl";
   /** Inferred: grid points of the per-candidate calibration that fills the sensitivity table (one round). */
   mpN: number;
-  /** Quantization scope; only PTQ4ViT's linear scope is supported. */
-  scope: "linear";
+  /** Inferred: calibration images (the first ones) on which the KL table is measured. */
+  mpImages: number;
+  /**
+   * `linear` (PTQ4ViT's scope) or `full` (fully quantized: also every LayerNorm input;
+   * softmax and GELU outputs are the A·V and fc2 inputs the linear scope already quantizes).
+   */
+  scope: Scope;
+  /** Inferred (full scope): LayerNorm-input quantizer, TSPTQ-ViT's O-2SF or a per-tensor step. */
+  lnQuantizer: "o2sf" | "uniform";
+  /** Inferred (full scope, O-2SF): largest ratio exponent m searched (1..lnMMax). */
+  lnMMax: number;
+  /** Inferred (full scope, O-2SF): how a channel is flagged for the large step. */
+  lnFlagRule: FlagRule;
+  /** Inferred (full scope): readers of a LayerNorm input that see it quantized. */
+  lnConsumers: LnConsumers;
 }
 
 const DEFAULTS: MptqOptions = {
@@ -145,7 +199,12 @@ const DEFAULTS: MptqOptions = {
   rounds: 2,
   mpLoss: "hessian",
   mpN: 16,
+  mpImages: 32,
   scope: "linear",
+  lnQuantizer: "o2sf",
+  lnMMax: 10,
+  lnFlagRule: "threshold",
+  lnConsumers: "all",
 };
 
 const inferred = (d: string) => `inferred: ${d}`;
@@ -211,18 +270,48 @@ const MPTQ_SCHEMA: OptionsSchema<MptqOptions> = {
     description: inferred("alternating search rounds (PTQ4ViT's reference: 3)"),
   },
   mpLoss: {
-    enum: ["hessian"],
+    enum: ["hessian", "kl"],
     description:
-      "Greedy MP loss: additive Hessian-weighted output error (KL to FP logits is not implemented)",
+      "Greedy MP loss: hessian (Hessian-weighted output error of the unit's layer, additive under PTQ4ViT's diagonal approximation) or kl (KL divergence from the FP logits on mpImages calibration images with the unit lowered alone, the others at the highest candidate; inferred: summed over units as if additive)",
   },
   mpN: {
     type: "integer",
     minimum: 1,
     description: inferred("grid points of the one-round passes that fill the sensitivity table"),
   },
+  mpImages: {
+    type: "integer",
+    minimum: 1,
+    description: inferred("calibration images (the first ones) on which the KL table is measured"),
+  },
   scope: {
-    enum: ["linear"],
-    description: "quantization scope: PTQ4ViT's linear scope (the full scope is not supported yet)",
+    enum: ["linear", "full"],
+    description:
+      "linear: PTQ4ViT's scope; full: fully quantized, also every LayerNorm input (the softmax and GELU outputs are the A·V and fc2 inputs); LayerNorm inputs join the mixed-precision units (inferred)",
+  },
+  lnQuantizer: {
+    enum: ["o2sf", "uniform"],
+    description: inferred(
+      "full scope: LayerNorm-input quantizer, TSPTQ-ViT's O-2SF (per-channel flag for S*2^m) or a per-tensor step, searched by the LayerNorm output error",
+    ),
+  },
+  lnMMax: {
+    type: "integer",
+    minimum: 1,
+    maximum: 20,
+    description: inferred("full scope, O-2SF: largest ratio exponent m searched (TSPTQ's 10)"),
+  },
+  lnFlagRule: {
+    enum: ["threshold", "error"],
+    description: inferred(
+      "full scope, O-2SF: a channel is flagged when it would clip at S (threshold) or when S*2^m gives the smaller error (error)",
+    ),
+  },
+  lnConsumers: {
+    enum: ["all", "ln"],
+    description: inferred(
+      "full scope: readers of a LayerNorm input that see it quantized: all (the residual stream too, as FQ-ViT) or ln (the LayerNorm only)",
+    ),
   },
 };
 
@@ -242,7 +331,12 @@ async function calibData(ctx: QuantContext, sites: Site[], o: MptqOptions): Prom
     ...new Set(sites.flatMap((s) => [s.input, ...(s.operands ?? []), s.output])),
   ].filter((v): v is string => !!v);
   const ids = (ctx.calib as { ids?: string[] }).ids ?? [];
-  const key = JSON.stringify([ids, o.metric === "hessian" ? o.gradient : "none", o.gradBatch]);
+  const key = JSON.stringify([
+    ids,
+    o.metric === "hessian" ? o.gradient : "none",
+    o.gradBatch,
+    sites.map((s) => s.id),
+  ]);
   const hit = cache.get(ctx.graph);
   if (hit && hit.key === key) return hit.data;
   const captured = await captureValues(ctx.runtime, ctx.graph, values, ctx.calib, ctx.batchSize);
@@ -281,11 +375,13 @@ function actPlan(site: Site, slot: number, q: ActQ, bits: number, variant: TwinV
   if (q.kind === "v2sf") {
     return { site, slot, emit: (g, input, prefix) => emitV2sf(g, input, v2sfQ(bits, q), prefix) };
   }
+  const tq = { bits, split: q.split, variant };
   return {
     site,
     slot,
-    emit: (g, input, prefix) =>
-      emitTwinSoftmax(g, input, { bits, split: q.split, variant }, prefix),
+    emit: (g, input, prefix) => emitTwinSoftmax(g, input, tq, prefix),
+    // integer products per part in the deploy graph
+    parts: twinSoftmaxParts(tq),
   };
 }
 
@@ -769,26 +865,40 @@ interface SiteResult {
   patchSteps?: Float32Array;
   matmul?: MatmulResult;
   smooth?: SmoothFactors;
+  /** Full scope: a LayerNorm input's target and quantizer (`score`: its LayerNorm-output error). */
+  ln?: { target: ActTarget; q: LnInputQuant };
 }
 
+/** SQ-b groups with their chosen factors. */
+type Groups = { group: SmoothGroup; f: SmoothFactors }[];
+
+/**
+ * One calibration pass at a bit assignment: SQ-b factors (chosen, or `fixed`),
+ * then every linear layer, attention matmul and (full scope) LayerNorm input
+ * searched on FP inputs.
+ */
 async function calibrate(
   ctx: QuantContext,
   data: CalibData,
   o: MptqOptions,
   assign: Assignment,
   pass: Pass,
-): Promise<{ results: SiteResult[]; groups: { group: SmoothGroup; f: SmoothFactors }[] }> {
+  lnTargets: ActTarget[],
+  fixed?: Groups,
+): Promise<{ results: SiteResult[]; groups: Groups }> {
   const linears = ctx.sites.filter((s) => s.kind === "linear");
   const problems = new Map<string, LinearProblem>();
   for (const s of linears) {
     if (s.role !== "patch_embed") problems.set(s.id, linearProblem(ctx, s, data));
   }
   const bitsOf = (s: Site) => ({ w: assign.w.get(s.id)!, a: assign.a.get(s.id)! });
-  const groups: { group: SmoothGroup; f: SmoothFactors }[] = [];
+  const groups: Groups = [];
   const smoothOf = new Map<string, SmoothFactors>();
   if (o.sqb) {
-    for (const group of smoothGroups(ctx.graph, ctx.sites, o.sqbScope, ctx.log)) {
-      const f = await chooseSmooth(ctx, group, problems, bitsOf, o);
+    const chosen: { group: SmoothGroup; f?: SmoothFactors }[] = fixed ??
+      smoothGroups(ctx.graph, ctx.sites, o.sqbScope, ctx.log).map((group) => ({ group }));
+    for (const { group, f: given } of chosen) {
+      const f = given ?? await chooseSmooth(ctx, group, problems, bitsOf, o);
       groups.push({ group, f });
       for (const s of group.members) {
         const p = problems.get(s.id)!;
@@ -819,6 +929,31 @@ async function calibrate(
       results.push({ site, ab, matmul: await searchMatmul(ctx, site, data, ab, o, pass) });
     }
   }
+  // full scope: LayerNorm inputs, scored on the FP LayerNorm's output; the Hessian-weighted
+  // error does not change under SQ-b's fold into γ, β (an affine map per channel whose
+  // inverse scales dL/dy), so the unfolded LayerNorm is used
+  for (const target of lnTargets) {
+    const site = target.site, ab = assign.a.get(site.id)!;
+    const x = data.values.get(target.value)!;
+    const c = x.dims[x.dims.length - 1];
+    const q = await searchLnInput(ctx.runtime, {
+      x,
+      y: data.values.get(site.output)!.data,
+      grad: data.grads?.get(site.output),
+      gamma: constOf(ctx.graph, site.gamma, c, 1),
+      beta: constOf(ctx.graph, site.beta, c, 0),
+      epsilon: site.epsilon ?? 1e-5,
+    }, {
+      bits: ab,
+      metric: o.metric,
+      factors: grid(o.alpha, o.beta, pass.n),
+      o2sf: o.lnQuantizer === "o2sf",
+      mMax: o.lnMMax,
+      rounds: pass.rounds,
+      flagRule: o.lnFlagRule,
+    });
+    results.push({ site, ab, ln: { target, q } });
+  }
   return { results, groups };
 }
 
@@ -826,7 +961,7 @@ async function calibrate(
 // Greedy MP
 
 /** One unit of the bit allocation. */
-interface Unit {
+export interface Unit {
   key: string;
   side: "w" | "a";
   site: Site;
@@ -836,18 +971,14 @@ interface Unit {
   err: number[];
 }
 
-/** Elements per image of a site's quantized activations (linear input, or both operands). */
-function actElements(site: Site, data: CalibData): number {
-  const vals = site.kind === "matmul" ? site.operands! : [site.input!];
-  return vals.reduce((t, v) => t + data.values.get(v)!.data.length / data.images, 0);
-}
-
 /**
  * Greedy allocation: start every unit at the highest candidate, repeatedly lower
  * the unit with the smallest loss increase per saved size-weighted average bit
  * (on a side whose average is still above its target) until both averages are
  * at or below their targets. Each step is a lookup in the precomputed table
- * (`unit.err`): the additive loss makes every unit's cost independent of the others.
+ * (`unit.err`): with a loss that adds up over units (the Hessian metric under
+ * PTQ4ViT's diagonal approximation; for KL an inferred assumption), every unit's
+ * cost is independent of the others.
  */
 export function greedyAllocate(
   units: { side: "w" | "a"; elements: number; err: number[] }[],
@@ -884,73 +1015,45 @@ export function greedyAllocate(
 }
 
 // ---------------------------------------------------------------------------
+// plans
 
-async function quantizeMptq(ctx: QuantContext): Promise<QuantizedModel> {
-  const o = ctx.options as unknown as MptqOptions;
-  const sites = ctx.sites.filter((s) => s.kind === "linear" || s.kind === "matmul");
-  const data = await calibData(ctx, sites, o);
-  const full: Pass = { n: o.n, rounds: o.rounds };
-  const uniform = (w: number, a: number): Assignment => ({
-    w: new Map(sites.filter((s) => s.kind === "linear").map((s) => [s.id, w])),
-    a: new Map(sites.filter((s) => s.role !== "patch_embed").map((s) => [s.id, a])),
-  });
-  let assign = uniform(ctx.bits.w, ctx.bits.a);
-  let mpNote = "";
-  const cands = ctx.bits.mixed ? [...ctx.bits.mixed].sort((x, y) => x - y) : undefined;
-  if (cands) {
-    // sensitivity table: one calibration pass per candidate (cached for the whole greedy loop)
-    const units = new Map<string, Unit>();
-    for (const [ci, b] of cands.entries()) {
-      ctx.log(`Greedy MP: sensitivity pass at ${b} bits`);
-      const { results } = await calibrate(ctx, data, o, uniform(b, b), { n: o.mpN, rounds: 1 });
-      for (const r of results) {
-        const add = (key: string, side: "w" | "a", elements: number, err: number) => {
-          let u = units.get(key);
-          if (!u) units.set(key, u = { key, side, site: r.site, elements, err: [] });
-          u.err[ci] = err;
-        };
-        if (r.linear) {
-          const p = ctx.graph.initializers.get(r.site.weight!)!;
-          add(`w:${r.site.id}`, "w", p.size, r.linear.errW);
-          add(`a:${r.site.id}`, "a", actElements(r.site, data), r.linear.errA);
-        } else if (r.matmul) add(`a:${r.site.id}`, "a", actElements(r.site, data), r.matmul.err);
-        else if (r.patchSteps) {
-          // the patch embedding's weight error is a weight-space error, not comparable with
-          // output errors: it counts in the average and is lowered only after every other unit
-          const p = ctx.graph.initializers.get(r.site.weight!)!;
-          add(`w:${r.site.id}`, "w", p.size, (cands.length - 1 - ci) * 1e30);
-        }
-      }
-    }
-    const list = [...units.values()];
-    const chosen = greedyAllocate(list, cands, ctx.bits);
-    assign = uniform(cands[cands.length - 1], cands[cands.length - 1]);
-    list.forEach((u, i) => (u.side === "w" ? assign.w : assign.a).set(u.site.id, chosen[i]));
-    const hist = (side: "w" | "a") =>
-      cands.map((b) => `${b}:${list.filter((u, i) => u.side === side && chosen[i] === b).length}`)
-        .join(" ");
-    mpNote = `; Greedy MP over {${
-      cands.join(",")
-    }} (loss ${o.mpLoss}, table of ${list.length} units x ${cands.length} candidates from ${o.mpN}-point one-round passes), units per bits W ${
-      hist("w")
-    }, A ${hist("a")}; patch-embed weight lowered last`;
-  }
-  // final calibration at the assignment
-  const { results, groups } = await calibrate(ctx, data, o, assign, full);
-  const { graph, explicit } = applySmooth(ctx.graph, groups);
-  if (groups.length) await checkFold(ctx, graph);
-  const weights: WeightPlan[] = [];
-  const acts: ActPlan[] = [];
-  const recorder = new LayerRecorder(ctx);
-  const pending: {
-    site: Site;
-    tensor: string;
-    value: string;
-    bits: number;
-    scale: number;
-    quantizer: string;
-    elements: number;
-  }[] = [];
+/** A layer record waiting for the graph (weights' SQNR). */
+export interface PendingRecord {
+  unit: string;
+  site: Site;
+  tensor: string;
+  value: string;
+  bits: number;
+  scale: number;
+  quantizer: string;
+  elements: number;
+}
+
+/** The quantizer plans of one calibration pass, each tagged with its Greedy MP unit. */
+export interface Plans {
+  weights: { unit: string; plan: WeightPlan }[];
+  acts: { unit: string; plan: ActPlan }[];
+  records: PendingRecord[];
+}
+
+const wUnit = (s: Site) => `w:${s.id}`;
+const aUnit = (s: Site) => `a:${s.id}`;
+
+/**
+ * The plans and records of a calibration pass's results on the SQ-b graph
+ * (`explicit`: the layers whose input needs an explicit smoothing in front of
+ * its quantizer). Units: each linear's weight, each linear's input, both
+ * operands of each attention matmul together, each LayerNorm input (full scope).
+ */
+function plansOf(
+  ctx: QuantContext,
+  results: SiteResult[],
+  explicit: Map<string, SmoothFactors>,
+  data: CalibData,
+  o: MptqOptions,
+): Plans {
+  const out: Plans = { weights: [], acts: [], records: [] };
+  const perImage = (v: string) => data.values.get(v)!.data.length / data.images;
   for (const r of results) {
     const s = r.site;
     if (r.patchSteps || r.linear) {
@@ -965,13 +1068,14 @@ async function quantizeMptq(ctx: QuantContext): Promise<QuantizedModel> {
           axis: s.weightOutAxis,
         }
         : symmetric(r.wb!, steps[0]);
-      weights.push({ site: s, q });
+      out.weights.push({ unit: wUnit(s), plan: { site: s, q } });
       const sm = r.smooth
         ? `, SQ-b α=${r.smooth.alpha ?? "shift only"}${
           explicit.has(s.id) ? " explicit" : " folded"
         }`
         : "";
-      pending.push({
+      out.records.push({
+        unit: wUnit(s),
         site: s,
         tensor: "weight",
         value: s.weight!,
@@ -984,45 +1088,393 @@ async function quantizeMptq(ctx: QuantContext): Promise<QuantizedModel> {
     if (r.linear?.act) {
       const plan = actPlan(s, 0, r.linear.act, r.ab!, o.softmaxVariant);
       const f = explicit.get(s.id);
-      if (f) {
-        const inner = plan;
-        acts.push({
-          site: s,
-          slot: 0,
-          emit: (g, input, prefix) => {
-            const x = emitSmoothInput(g, input, f, prefix);
-            return inner.emit ? inner.emit(g, x, prefix) : emitFakeQuant(g, x, inner.q!, prefix);
-          },
-        });
-      } else acts.push(plan);
-      pending.push({
+      const inner = plan;
+      out.acts.push({
+        unit: aUnit(s),
+        plan: f
+          ? {
+            site: s,
+            slot: 0,
+            emit: (g, input, prefix) => {
+              const x = emitSmoothInput(g, input, f, prefix);
+              return inner.emit ? inner.emit(g, x, prefix) : emitFakeQuant(g, x, inner.q!, prefix);
+            },
+          }
+          : plan,
+      });
+      out.records.push({
+        unit: aUnit(s),
         site: s,
         tensor: "input",
         value: s.input!,
         bits: r.ab!,
         scale: actScale(r.linear.act),
         quantizer: actName(r.linear.act) + (r.smooth ? " (SQ-b)" : ""),
-        elements: data.values.get(s.input!)!.data.length / data.images,
+        elements: perImage(s.input!),
       });
     }
     if (r.matmul) {
       for (const [slot, q] of [[0, r.matmul.a], [1, r.matmul.b]] as const) {
-        acts.push(actPlan(s, slot, q, r.ab!, o.softmaxVariant));
-        pending.push({
+        out.acts.push({ unit: aUnit(s), plan: actPlan(s, slot, q, r.ab!, o.softmaxVariant) });
+        out.records.push({
+          unit: aUnit(s),
           site: s,
           tensor: slot === 0 ? "a" : "b",
           value: s.operands![slot],
           bits: r.ab!,
           scale: actScale(q),
           quantizer: actName(q),
-          elements: data.values.get(s.operands![slot])!.data.length / data.images,
+          elements: perImage(s.operands![slot]),
         });
       }
     }
+    if (r.ln) {
+      const t = r.ln.target, x = data.values.get(t.value)!;
+      out.acts.push({ unit: aUnit(s), plan: lnInputPlan(t, r.ln.q, x.dims.length) });
+      out.records.push({
+        unit: aUnit(s),
+        site: s,
+        tensor: t.tensor,
+        value: t.value,
+        bits: r.ab!,
+        scale: lnInputStep(r.ln.q),
+        quantizer: lnInputName(r.ln.q),
+        elements: perImage(t.value),
+      });
+    }
   }
-  const { graph: out, weights: applied } = applyPlan(graph, weights, acts, { inPlace: true });
+  return out;
+}
+
+/** The Greedy MP units of a pass's plans (elements summed over a unit's records), losses unset. */
+function unitsOf(p: Plans): Unit[] {
+  const units = new Map<string, Unit>();
+  for (const r of p.records) {
+    const u = units.get(r.unit);
+    if (u) u.elements += r.elements;
+    else {
+      const side = r.tensor === "weight" ? "w" : "a";
+      units.set(r.unit, { key: r.unit, side, site: r.site, elements: r.elements, err: [] });
+    }
+  }
+  return [...units.values()];
+}
+
+// ---------------------------------------------------------------------------
+// sensitivity tables
+
+/** Builds the uniform assignment of a bit pair. */
+type Uniform = (w: number, a: number) => Assignment;
+
+/**
+ * Hessian table: one calibration pass per candidate; a unit's loss is the
+ * Hessian-weighted output error of its layer (LayerNorm inputs: of the
+ * LayerNorm) with only that unit quantized. The patch embedding's weight error
+ * is a weight-space error, not comparable with output errors: it counts in the
+ * average and is lowered only after every other unit.
+ */
+async function hessianTable(
+  ctx: QuantContext,
+  data: CalibData,
+  o: MptqOptions,
+  cands: number[],
+  lnTargets: ActTarget[],
+  uniform: Uniform,
+): Promise<Unit[]> {
+  let units: Map<string, Unit> | undefined;
+  for (const [ci, b] of cands.entries()) {
+    ctx.log(`Greedy MP: sensitivity pass at ${b} bits`);
+    const pass = { n: o.mpN, rounds: 1 };
+    const { results } = await calibrate(ctx, data, o, uniform(b, b), pass, lnTargets);
+    units ??= new Map(unitsOf(plansOf(ctx, results, new Map(), data, o)).map((u) => [u.key, u]));
+    for (const r of results) {
+      const s = r.site;
+      if (r.linear) {
+        units.get(wUnit(s))!.err[ci] = r.linear.errW;
+        units.get(aUnit(s))!.err[ci] = r.linear.errA;
+      } else if (r.matmul) units.get(aUnit(s))!.err[ci] = r.matmul.err;
+      else if (r.ln) units.get(aUnit(s))!.err[ci] = r.ln.q.score;
+      else if (r.patchSteps) units.get(wUnit(s))!.err[ci] = (cands.length - 1 - ci) * 1e30;
+    }
+  }
+  return [...units!.values()];
+}
+
+/** Graph input of the KL graph: one selector per unit (1: the unit at the lower candidate). */
+const SELECT = "mptq_mp_select";
+
+/**
+ * The SQ-b graph with every unit quantized twice, at the highest candidate
+ * (`hi`) and at a lower one (`lo`), and a `Where` per quantized tensor that
+ * picks the lower one where the unit's selector in input {@link SELECT} is 1:
+ * one session evaluates every unit lowered alone.
+ */
+export function switchGraph(base: Graph, hi: Plans, lo: Plans, units: string[]): Graph {
+  const g = base.clone();
+  g.addInput(SELECT, [units.length]);
+  const half = g.constFloat("mp_half", 0.5);
+  const conds = new Map<string, string>();
+  const cond = (unit: string) => {
+    let c = conds.get(unit);
+    if (!c) {
+      const i = units.indexOf(unit);
+      if (i < 0) throw new VitqError(`MPTQ-ViT: Greedy MP unit ${unit} has no selector`);
+      const idx = g.setInitializer(Tensor.fromInt64(g.uniqueName("mp_idx"), [1], [i]));
+      c = g.addNode("Greater", [g.addNode("Gather", [SELECT, idx]), half]);
+      conds.set(unit, c);
+    }
+    return c;
+  };
+  const pair = <T extends { unit: string }>(a: T[], b: T[]) => {
+    if (a.length !== b.length || a.some((x, i) => x.unit !== b[i].unit)) {
+      throw new VitqError("MPTQ-ViT: Greedy MP passes gave different plans");
+    }
+    return a.map((x, i) => [x, b[i]] as const);
+  };
+  const nodes = new Map(g.nodes.map((n) => [n.name, n]));
+  for (const [h, l] of pair(hi.weights, lo.weights)) {
+    const site = h.plan.site;
+    const { data, dims } = siteWeight(g, site);
+    const version = (q: UniformQuantizer, tag: string) =>
+      g.setInitializer(
+        Tensor.fromFloat32(g.uniqueName(`${site.weight}_${tag}`), dims, fakeQuant(data, dims, q)),
+      );
+    const hq = version(h.plan.q, "hi"), lq = version(l.plan.q, "lo");
+    nodes.get(site.node)!.inputs[1] = g.addNode("Where", [cond(h.unit), lq, hq]);
+  }
+  const emitOf = (p: ActPlan) =>
+    p.emit ??
+      ((gg: Graph, input: string, prefix: string) =>
+        emitFakeQuant(gg, input, p.q!, prefix, p.rank));
+  const acts = pair(hi.acts, lo.acts).map(([h, l]): ActPlan => {
+    const { q: _q, emit: _e, parts: _p, ...where } = h.plan;
+    return {
+      ...where,
+      emit: (gg, input, prefix) =>
+        gg.addNode("Where", [
+          cond(h.unit),
+          emitOf(l.plan)(gg, input, `${prefix}_lo`),
+          emitOf(h.plan)(gg, input, prefix),
+        ]),
+    };
+  });
+  applyPlan(g, [], acts, { inPlace: true });
+  g.prune(); // the FP weights the Where nodes replaced
+  return g;
+}
+
+/** Row-wise log-softmax of logits [rows, classes]. */
+function logSoftmax(x: Float32Array, rows: number): Float64Array {
+  const c = x.length / rows, out = new Float64Array(x.length);
+  for (let r = 0; r < rows; r++) {
+    let m = -Infinity;
+    for (let j = 0; j < c; j++) m = Math.max(m, x[r * c + j]);
+    let z = 0;
+    for (let j = 0; j < c; j++) z += Math.exp(x[r * c + j] - m);
+    const lse = m + Math.log(z);
+    for (let j = 0; j < c; j++) out[r * c + j] = x[r * c + j] - lse;
+  }
+  return out;
+}
+
+/** Mean over rows of KL(P || Q) from log-probabilities. */
+function klDivergence(logP: Float64Array, logQ: Float64Array, rows: number): number {
+  let t = 0;
+  for (let i = 0; i < logP.length; i++) t += Math.exp(logP[i]) * (logP[i] - logQ[i]);
+  return t / rows;
+}
+
+/**
+ * KL table: the calibration pass at the highest candidate fixes the SQ-b
+ * factors (inferred: every candidate's pass reuses them, so a unit's versions
+ * differ only in its own quantizer); then per lower candidate one pass and one
+ * session of {@link switchGraph}, in which each unit is lowered alone (the
+ * others at the highest candidate) and the KL divergence from the FP logits to
+ * the quantized logits is measured on the first `mpImages` calibration images.
+ * Entry [highest] is the KL of the all-highest model, the same for every unit.
+ * Greedy MP then treats the increases as additive over units (inferred).
+ */
+async function klTable(
+  ctx: QuantContext,
+  data: CalibData,
+  o: MptqOptions,
+  cands: number[],
+  lnTargets: ActTarget[],
+  uniform: Uniform,
+): Promise<{ units: Unit[]; images: number }> {
+  const pass = { n: o.mpN, rounds: 1 };
+  const top = cands[cands.length - 1];
+  ctx.log(`Greedy MP (KL): sensitivity pass at ${top} bits`);
+  const hi = await calibrate(ctx, data, o, uniform(top, top), pass, lnTargets);
+  const { graph: base, explicit } = applySmooth(ctx.graph, hi.groups);
+  const hiPlans = plansOf(ctx, hi.results, explicit, data, o);
+  const units = unitsOf(hiPlans);
+  const keys = units.map((u) => u.key);
+  const n = Math.min(o.mpImages, ctx.calib.length);
+  const x = await ctx.calib.slice(0, n);
+  const run = async (g: Graph) => {
+    const s = await ctx.runtime.createSession(g, "Greedy MP KL graph");
+    const logits = async (select?: Float32Array) => {
+      const parts: Float32Array[] = [];
+      for (let i = 0; i < n; i += ctx.batchSize) {
+        const b = Math.min(ctx.batchSize, n - i), per = x.length / n;
+        const feeds: Record<string, TensorData> = {
+          [g.inputNames[0]]: {
+            data: x.subarray(i * per, (i + b) * per),
+            dims: [b, ...ctx.calib.shape],
+          },
+        };
+        if (select) feeds[SELECT] = { data: select, dims: [select.length] };
+        parts.push((await s.run(feeds))[g.outputNames[0]].data);
+      }
+      const all = new Float32Array(parts.reduce((t, p) => t + p.length, 0));
+      let off = 0;
+      for (const p of parts) {
+        all.set(p, off);
+        off += p.length;
+      }
+      return logSoftmax(all, n);
+    };
+    return { s, logits };
+  };
+  const fp = await run(ctx.graph);
+  let fpLogP: Float64Array;
+  try {
+    fpLogP = await fp.logits();
+  } finally {
+    await fp.s.release();
+  }
+  let baseKl = NaN;
+  for (let ci = 0; ci < cands.length - 1; ci++) {
+    ctx.log(`Greedy MP (KL): pass at ${cands[ci]} bits and ${units.length} lowered models`);
+    const lo = await calibrate(
+      ctx,
+      data,
+      o,
+      uniform(cands[ci], cands[ci]),
+      pass,
+      lnTargets,
+      hi.groups,
+    );
+    const loPlans = plansOf(ctx, lo.results, explicit, data, o);
+    const q = await run(switchGraph(base, hiPlans, loPlans, keys));
+    try {
+      const sel = new Float32Array(units.length);
+      if (ci === 0) baseKl = klDivergence(fpLogP, await q.logits(sel), n);
+      for (const [i, u] of units.entries()) {
+        sel.fill(0);
+        sel[i] = 1;
+        u.err[ci] = klDivergence(fpLogP, await q.logits(sel), n);
+      }
+    } finally {
+      await q.s.release();
+    }
+  }
+  for (const u of units) u.err[cands.length - 1] = baseKl;
+  return { units, images: n };
+}
+
+// ---------------------------------------------------------------------------
+
+/**
+ * The LayerNorm-input targets of the full scope (none for the linear scope).
+ * The softmax and GELU outputs must be the A·V and fc2 inputs themselves (the
+ * linear scope's slots), as in every exporter vitq ships with.
+ */
+function lnTargetsOf(ctx: QuantContext, o: MptqOptions): ActTarget[] {
+  if (o.scope === "linear") return [];
+  const all = activationTargets(ctx.graph, ctx.sites, "full", { lnConsumers: o.lnConsumers });
+  const odd = all.find((t) => t.role !== "ln_in" && t.slot === undefined);
+  const slots = all.filter((t) => t.slot !== undefined).length;
+  if (odd || slots !== activationTargets(ctx.graph, ctx.sites, "linear").length) {
+    throw new VitqError(
+      `MPTQ-ViT: scope full: the ${odd?.role ?? "softmax or GELU"} output${
+        odd ? ` of ${odd.site.id}` : ""
+      } reaches its A·V or fc2 input through other nodes; only LayerNorm inputs are added`,
+    );
+  }
+  return all.filter((t) => t.role === "ln_in");
+}
+
+/** What every pass of a cell shares: options, targets, FP data, uniform assignments. */
+interface Setup {
+  o: MptqOptions;
+  lnTargets: ActTarget[];
+  data: CalibData;
+  uniform: Uniform;
+}
+
+async function setup(ctx: QuantContext): Promise<Setup> {
+  const o = ctx.options as unknown as MptqOptions;
+  const lnTargets = lnTargetsOf(ctx, o);
+  const sites = ctx.sites.filter((s) => s.kind === "linear" || s.kind === "matmul");
+  const data = await calibData(ctx, [...sites, ...lnTargets.map((t) => t.site)], o);
+  const uniform = (w: number, a: number): Assignment => ({
+    w: new Map(sites.filter((s) => s.kind === "linear").map((s) => [s.id, w])),
+    a: new Map([
+      ...sites.filter((s) => s.role !== "patch_embed").map((s) => [s.id, a] as const),
+      ...lnTargets.map((t) => [t.site.id, a] as const),
+    ]),
+  });
+  return { o, lnTargets, data, uniform };
+}
+
+/**
+ * The Greedy MP sensitivity table of a mixed-precision cell (`ctx.bits.mixed`):
+ * every unit with its loss at each candidate (ascending), by the cell's
+ * `mpLoss`; `images`: the calibration images the KL loss was measured on.
+ */
+export async function sensitivityTable(
+  ctx: QuantContext,
+  su?: Setup,
+): Promise<{ units: Unit[]; cands: number[]; images?: number }> {
+  if (!ctx.bits.mixed) throw new VitqError("MPTQ-ViT: a sensitivity table needs mixed candidates");
+  const { o, data, lnTargets, uniform } = su ?? await setup(ctx);
+  const cands = [...ctx.bits.mixed].sort((x, y) => x - y);
+  if (o.mpLoss === "kl") {
+    return { ...(await klTable(ctx, data, o, cands, lnTargets, uniform)), cands };
+  }
+  return { units: await hessianTable(ctx, data, o, cands, lnTargets, uniform), cands };
+}
+
+async function quantizeMptq(ctx: QuantContext): Promise<QuantizedModel> {
+  const su = await setup(ctx);
+  const { o, data, lnTargets, uniform } = su;
+  const full: Pass = { n: o.n, rounds: o.rounds };
+  let assign = uniform(ctx.bits.w, ctx.bits.a);
+  let mpNote = "";
+  if (ctx.bits.mixed) {
+    // the sensitivity table, computed once: each greedy step is a lookup
+    const { units: list, cands, images } = await sensitivityTable(ctx, su);
+    const chosen = greedyAllocate(list, cands, ctx.bits);
+    assign = uniform(cands[cands.length - 1], cands[cands.length - 1]);
+    list.forEach((u, i) => (u.side === "w" ? assign.w : assign.a).set(u.site.id, chosen[i]));
+    const hist = (side: "w" | "a") =>
+      cands.map((b) => `${b}:${list.filter((u, i) => u.side === side && chosen[i] === b).length}`)
+        .join(" ");
+    const how = images
+      ? `loss kl on ${images} calibration images, each unit lowered alone, increases summed as if additive (inferred)`
+      : "loss hessian";
+    mpNote = `; Greedy MP over {${
+      cands.join(",")
+    }} (${how}; table of ${list.length} units x ${cands.length} candidates from ${o.mpN}-point one-round passes), units per bits W ${
+      hist("w")
+    }, A ${hist("a")}${images ? "" : "; patch-embed weight lowered last"}`;
+  }
+  // final calibration at the assignment
+  const { results, groups } = await calibrate(ctx, data, o, assign, full, lnTargets);
+  const { graph, explicit } = applySmooth(ctx.graph, groups);
+  if (groups.length) await checkFold(ctx, graph);
+  const plans = plansOf(ctx, results, explicit, data, o);
+  const { graph: out, weights: applied, deploy } = applyPlan(
+    graph,
+    plans.weights.map((w) => w.plan),
+    plans.acts.map((a) => a.plan),
+    { inPlace: true, deploy: true },
+  );
   const sqnr = new Map(applied.map((a) => [a.site.id, a.sqnrDb]));
-  for (const p of pending) {
+  const recorder = new LayerRecorder(ctx);
+  for (const p of plans.records) {
     recorder.add(p.site, p.tensor, p.value, {
       bits: p.bits,
       scale: p.scale,
@@ -1036,14 +1488,17 @@ async function quantizeMptq(ctx: QuantContext): Promise<QuantizedModel> {
     (r.linear!.act as { m: number }).m
   );
   const alphas = groups.map((g) => g.f.alpha ?? "shift");
+  const ln = lnTargets.length
+    ? `; scope full (${lnTargets.length} LayerNorm inputs, ${o.lnQuantizer}, read by ${o.lnConsumers}; inferred)`
+    : "; scope linear";
   const notes = `MPTQ-ViT reconstruction (inferred choices marked in approximations); SQ-b ${
     o.sqb ? `${o.sqbScope} (α per group: ${alphas.join(",")})` : "off"
   }; OPT-m ${
     o.optm ? `on (m per fc2: ${ms.join(",")})` : "off"
   }; weights ${o.weightGranularity}; metric ${o.metric}${
     o.metric === "hessian" ? ` (gradient ${o.gradient})` : ""
-  }; grid ${o.alpha}..${o.beta} x ${o.n}, ${o.rounds} rounds${mpNote}`;
-  return { graph: out, layers, notes };
+  }; grid ${o.alpha}..${o.beta} x ${o.n}, ${o.rounds} rounds${ln}${mpNote}`;
+  return { graph: out, layers, notes, deployable: deploy && { graph: deploy, kind: QDQ_KIND } };
 }
 
 /** The folded FP graph must compute the FP function: compare logits on up to 8 calibration images. */
@@ -1071,7 +1526,7 @@ async function checkFold(ctx: QuantContext, folded: Graph): Promise<void> {
 }
 
 const APPROX =
-  "reconstruction: no code or full text of the paper was available; SQ-b (per-channel shift to the range centre and SmoothQuant scale, α searched by output error, folded into LayerNorm γ/β and the layer's bias), OPT-m (TSPTQ-ViT V-2SF two-region quantizer on the fc2 input with (step, 2^m) searched jointly by the Hessian-weighted fc2 output error) and Greedy MP (additive Hessian-weighted output-error loss per unit, smallest loss increase per saved average bit first, recalibration at the final assignment) follow the abstract; inferred options: n and rounds (50 points, 2 rounds: fewer than PTQ4ViT's 100 and 3, for cost), sqbAlphas, sqbScope, optmMaxM, optmN, weightGranularity (per-channel weights), twinSoftmax/softmaxVariant (PTQ4ViT's softmax quantizer), mpN, MP units (weight and input of each linear, both operands of each attention matmul together; patch-embed weight searched by weight MSE and lowered only after every other unit); PTQ4ViT's parallel Hessian-guided search with pseudo-label gradients; linear scope only (the paper's mixed-precision results are fully quantized); KL-to-logits MP loss not implemented";
+  "reconstruction: no code or full text of the paper was available; SQ-b (per-channel shift to the range centre and SmoothQuant scale, α searched by output error, folded into LayerNorm γ/β and the layer's bias), OPT-m (TSPTQ-ViT V-2SF two-region quantizer on the fc2 input with (step, 2^m) searched jointly by the Hessian-weighted fc2 output error) and Greedy MP (additive Hessian-weighted output-error loss per unit, smallest loss increase per saved average bit first, recalibration at the final assignment) follow the abstract; inferred options: n and rounds (50 points, 2 rounds: fewer than PTQ4ViT's 100 and 3, for cost), sqbAlphas, sqbScope, optmMaxM, optmN, weightGranularity (per-channel weights), twinSoftmax/softmaxVariant (PTQ4ViT's softmax quantizer), mpN, MP units (weight and input of each linear, both operands of each attention matmul together, each LayerNorm input in the full scope; with the hessian loss the patch-embed weight, searched by weight MSE, is lowered only after every other unit); mpLoss kl: each unit lowered alone from the highest candidate with the others at the highest, on the first mpImages calibration images, SQ-b factors of the highest candidate's pass for every candidate, increases summed over units as if additive (inferred); scope full: LayerNorm inputs with TSPTQ-ViT's O-2SF (lnQuantizer, lnMMax, lnFlagRule, lnConsumers: inferred) scored on the unfolded LayerNorm's output; PTQ4ViT's parallel Hessian-guided search with pseudo-label gradients";
 
 /** MPTQ-ViT: SQ-b, OPT-m and Greedy MP on PTQ4ViT's Hessian-guided search (reconstruction). */
 export const mptq: QuantMethod = {
