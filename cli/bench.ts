@@ -20,8 +20,8 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import { runCli, VitqError } from "../core/errors.ts";
+import { parseCli } from "./args.ts";
 import { loadManifest } from "../bench/manifest.ts";
 import { runPlan } from "../bench/runner.ts";
 import { checkDbPath, DEFAULT_DB, Store } from "../bench/store.ts";
@@ -71,36 +71,23 @@ async function readTimings(path: string | undefined): Promise<Timings | undefine
 
 await runCli(async () => {
   const started = performance.now();
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      allowPositionals: true,
-      options: {
-        db: { type: "string", default: DEFAULT_DB },
-        force: { type: "boolean", default: false },
-        backend: { type: "string" },
-        tables: { type: "string", default: "results/tables" },
-        report: { type: "string", default: REPORT_DIR },
-        quiet: { type: "boolean", default: false },
-        shard: { type: "string" },
-        jobs: { type: "string" },
-        timings: { type: "string" },
-        threads: { type: "string" },
-        "shard-dir": { type: "string" },
-        save: { type: "boolean", default: false },
-        "save-dir": { type: "string", default: "results/models" },
-        help: { type: "boolean", default: false },
-      },
-    });
-  } catch (e) {
-    throw new VitqError(`${(e as Error).message}; ${USAGE}`);
-  }
+  const parsed = parseCli(USAGE, {
+    db: { type: "string", default: DEFAULT_DB },
+    force: { type: "boolean", default: false },
+    backend: { type: "string" },
+    tables: { type: "string", default: "results/tables" },
+    report: { type: "string", default: REPORT_DIR },
+    quiet: { type: "boolean", default: false },
+    shard: { type: "string" },
+    jobs: { type: "string" },
+    timings: { type: "string" },
+    threads: { type: "string" },
+    "shard-dir": { type: "string" },
+    save: { type: "boolean", default: false },
+    "save-dir": { type: "string", default: "results/models" },
+  });
+  if (!parsed) return;
   const { values, positionals } = parsed;
-  if (values.help) {
-    console.log(USAGE);
-    return;
-  }
   if (positionals.length !== 1) throw new VitqError(USAGE);
   checkDbPath(values.db!);
   if (values.tables!.trim() === "") {

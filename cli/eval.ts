@@ -10,8 +10,8 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import { runCli, VitqError } from "../core/errors.ts";
+import { parseCli } from "./args.ts";
 import { createRuntime } from "../core/runtime/runtime.ts";
 import { checkCard } from "../bench/prepare.ts";
 import { normalizeManifest } from "../bench/manifest.ts";
@@ -25,29 +25,16 @@ const USAGE =
   "usage: deno task eval FILE.onnx [--dataset fashion-mnist|imagenet] [--path DIR] [--split test|val|train] [--first N] [--batch N] [--backend node|wasm]";
 
 await runCli(async () => {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      allowPositionals: true,
-      options: {
-        dataset: { type: "string" },
-        path: { type: "string" },
-        split: { type: "string" },
-        first: { type: "string" },
-        batch: { type: "string", default: "100" },
-        backend: { type: "string", default: "node" },
-        help: { type: "boolean", default: false },
-      },
-    });
-  } catch (e) {
-    throw new VitqError(`${(e as Error).message}; ${USAGE}`);
-  }
+  const parsed = parseCli(USAGE, {
+    dataset: { type: "string" },
+    path: { type: "string" },
+    split: { type: "string" },
+    first: { type: "string" },
+    batch: { type: "string", default: "100" },
+    backend: { type: "string", default: "node" },
+  });
+  if (!parsed) return;
   const { values, positionals } = parsed;
-  if (values.help) {
-    console.log(USAGE);
-    return;
-  }
   if (positionals.length !== 1 || !positionals[0].endsWith(".onnx")) throw new VitqError(USAGE);
   const file = positionals[0];
   const cardPath = file.replace(/\.onnx$/, ".json");

@@ -7,32 +7,20 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import { DuckDBInstance } from "@duckdb/node-api";
 import { runCli, VitqError } from "../core/errors.ts";
+import { parseCli } from "./args.ts";
 import { DEFAULT_DB } from "../bench/store.ts";
 
 const USAGE = "usage: deno task export-parquet [--db results/vitq.duckdb] [--out results/parquet]";
 
 await runCli(async () => {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      options: {
-        db: { type: "string", default: DEFAULT_DB },
-        out: { type: "string", default: "results/parquet" },
-        help: { type: "boolean", default: false },
-      },
-    });
-  } catch (e) {
-    throw new VitqError(`${(e as Error).message}; ${USAGE}`);
-  }
+  const parsed = parseCli(USAGE, {
+    db: { type: "string", default: DEFAULT_DB },
+    out: { type: "string", default: "results/parquet" },
+  }, { positionals: false });
+  if (!parsed) return;
   const { values } = parsed;
-  if (values.help) {
-    console.log(USAGE);
-    return;
-  }
   if (!values.db) throw new VitqError("--db: empty path");
   if (!values.out) throw new VitqError("--out: empty path");
   try {

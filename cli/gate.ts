@@ -8,12 +8,14 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import { runCli, VitqError } from "../core/errors.ts";
+import { parseCli } from "./args.ts";
 import { prepareBench } from "../bench/prepare.ts";
 import { runPlan } from "../bench/runner.ts";
 import { Store } from "../bench/store.ts";
 import { gatherTable, renderCsv } from "../bench/tables.ts";
+
+const USAGE = "usage: deno task gate [manifest.json] [--expected FILE] [--write] [--keep FILE]";
 
 /** Parse a top1.csv into rows keyed by bits, label and model. */
 export function parseTop1Csv(text: string): Map<string, { top1: number; n: number }> {
@@ -33,24 +35,11 @@ export function parseTop1Csv(text: string): Map<string, { top1: number; n: numbe
 }
 
 await runCli(async () => {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      allowPositionals: true,
-      options: {
-        expected: { type: "string" },
-        write: { type: "boolean", default: false },
-        keep: { type: "string" },
-      },
-    });
-  } catch (e) {
-    throw new VitqError(
-      `${
-        (e as Error).message
-      }; usage: deno task gate [manifest.json] [--expected FILE] [--write] [--keep FILE]`,
-    );
-  }
+  const parsed = parseCli(USAGE, {
+    expected: { type: "string" },
+    write: { type: "boolean", default: false },
+    keep: { type: "string" },
+  }, { help: false });
   const { values, positionals } = parsed;
   const path = positionals[0] ?? "experiments/ci.json";
   // the same checks as deno task bench, before anything runs

@@ -9,8 +9,8 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import { runCli, VitqError } from "../core/errors.ts";
+import { parseCli } from "./args.ts";
 import { mergeShards } from "../bench/merge.ts";
 import { Store } from "../bench/store.ts";
 import { gatherTable, writeTables } from "../bench/tables.ts";
@@ -19,26 +19,13 @@ const USAGE =
   "usage: deno task merge OUT.duckdb SHARD.duckdb... [--accept-mismatch] [--tables DIR] [--no-tables]";
 
 await runCli(async () => {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      allowPositionals: true,
-      options: {
-        "accept-mismatch": { type: "boolean", default: false },
-        tables: { type: "string", default: "results/tables" },
-        "no-tables": { type: "boolean", default: false },
-        help: { type: "boolean", default: false },
-      },
-    });
-  } catch (e) {
-    throw new VitqError(`${(e as Error).message}; ${USAGE}`);
-  }
+  const parsed = parseCli(USAGE, {
+    "accept-mismatch": { type: "boolean", default: false },
+    tables: { type: "string", default: "results/tables" },
+    "no-tables": { type: "boolean", default: false },
+  });
+  if (!parsed) return;
   const { values, positionals } = parsed;
-  if (values.help) {
-    console.log(USAGE);
-    return;
-  }
   if (positionals.length < 2) throw new VitqError(USAGE);
   if (!values.tables) throw new VitqError("--tables: empty path");
   const [out, ...shards] = positionals;

@@ -16,8 +16,8 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import { runCli, VitqError } from "../core/errors.ts";
+import { parseCli } from "./args.ts";
 import { Graph } from "../core/onnx/graph.ts";
 import { findSites } from "../core/onnx/sites.ts";
 import { siteOutlierStats } from "../core/onnx/outliers.ts";
@@ -53,29 +53,16 @@ function fmt(x: number, d: number): string {
 }
 
 await runCli(async () => {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      allowPositionals: true,
-      options: {
-        db: { type: "string", default: DEFAULT_DB },
-        "calib-size": { type: "string", default: "32" },
-        seed: { type: "string", default: "0" },
-        tau: { type: "string", default: String(ADFQ_DEFAULTS.outlierFc1) },
-        out: { type: "string", default: "results/tables/outliers" },
-        threads: { type: "string", default: "1" },
-        help: { type: "boolean", default: false },
-      },
-    });
-  } catch (e) {
-    throw new VitqError(`${(e as Error).message}; ${USAGE}`);
-  }
+  const parsed = parseCli(USAGE, {
+    db: { type: "string", default: DEFAULT_DB },
+    "calib-size": { type: "string", default: "32" },
+    seed: { type: "string", default: "0" },
+    tau: { type: "string", default: String(ADFQ_DEFAULTS.outlierFc1) },
+    out: { type: "string", default: "results/tables/outliers" },
+    threads: { type: "string", default: "1" },
+  });
+  if (!parsed) return;
   const { values, positionals } = parsed;
-  if (values.help) {
-    console.log(USAGE);
-    return;
-  }
   const size = num(
     values["calib-size"]!,
     "calib-size",

@@ -7,8 +7,8 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import { runCli, VitqError } from "../core/errors.ts";
+import { parseCli } from "./args.ts";
 import { DEFAULT_DB, Store } from "../bench/store.ts";
 import { REPORT_DIR, writeReport } from "../bench/report.ts";
 import type { Bits } from "../methods/types.ts";
@@ -17,27 +17,14 @@ const USAGE =
   "usage: deno task report [NAME ...] [--db results/vitq.duckdb] [--out results/report] [--cell ID] [--bits W/A]";
 
 await runCli(async () => {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      allowPositionals: true,
-      options: {
-        db: { type: "string", default: DEFAULT_DB },
-        out: { type: "string", default: REPORT_DIR },
-        cell: { type: "string" },
-        bits: { type: "string" },
-        help: { type: "boolean", default: false },
-      },
-    });
-  } catch (e) {
-    throw new VitqError(`${(e as Error).message}; ${USAGE}`);
-  }
+  const parsed = parseCli(USAGE, {
+    db: { type: "string", default: DEFAULT_DB },
+    out: { type: "string", default: REPORT_DIR },
+    cell: { type: "string" },
+    bits: { type: "string" },
+  });
+  if (!parsed) return;
   const { values, positionals } = parsed;
-  if (values.help) {
-    console.log(USAGE);
-    return;
-  }
   let bits: Bits | undefined;
   if (values.bits !== undefined) {
     const m = values.bits.match(/^W?(\d+)[A/](\d+)$/i);

@@ -8,8 +8,8 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import { runCli, VitqError } from "../core/errors.ts";
+import { parseCli } from "./args.ts";
 import { DEFAULT_DB, Store } from "../bench/store.ts";
 
 const USAGE = 'usage: deno task sql "select ..." [--db FILE] [--csv]';
@@ -42,19 +42,10 @@ async function out(text: string): Promise<boolean> {
 }
 
 await runCli(async () => {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      allowPositionals: true,
-      options: {
-        db: { type: "string", default: DEFAULT_DB },
-        csv: { type: "boolean", default: false },
-      },
-    });
-  } catch (e) {
-    throw new VitqError(`${(e as Error).message}; ${USAGE}`);
-  }
+  const parsed = parseCli(USAGE, {
+    db: { type: "string", default: DEFAULT_DB },
+    csv: { type: "boolean", default: false },
+  }, { help: false });
   const { values, positionals } = parsed;
   if (positionals.length !== 1 || positionals[0].trim() === "") throw new VitqError(USAGE);
   const store = await Store.open(values.db!, { readOnly: true });

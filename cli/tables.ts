@@ -9,30 +9,21 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import { runCli, VitqError } from "../core/errors.ts";
+import { parseCli } from "./args.ts";
 import { DEFAULT_DB, Store } from "../bench/store.ts";
 import { gatherTable, renderPairs, writeTables } from "../bench/tables.ts";
 
+const USAGE = "usage: deno task tables [name ...] [--db FILE] [--out DIR]";
+
 await runCli(async () => {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      allowPositionals: true,
-      options: {
-        db: { type: "string", default: DEFAULT_DB },
-        out: { type: "string", default: "results/tables" },
-        pairs: { type: "boolean", default: false },
-        bits: { type: "string" },
-        model: { type: "string" },
-      },
-    });
-  } catch (e) {
-    throw new VitqError(
-      `${(e as Error).message}; usage: deno task tables [name ...] [--db FILE] [--out DIR]`,
-    );
-  }
+  const parsed = parseCli(USAGE, {
+    db: { type: "string", default: DEFAULT_DB },
+    out: { type: "string", default: "results/tables" },
+    pairs: { type: "boolean", default: false },
+    bits: { type: "string" },
+    model: { type: "string" },
+  }, { help: false });
   const { values, positionals } = parsed;
   if (values.out!.trim() === "") {
     throw new VitqError("--out: empty path; name a folder such as results/tables");
