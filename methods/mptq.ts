@@ -1470,7 +1470,9 @@ async function quantizeMptq(ctx: QuantContext): Promise<QuantizedModel> {
     graph,
     plans.weights.map((w) => w.plan),
     plans.acts.map((a) => a.plan),
-    { inPlace: true, deploy: true },
+    // not in place: the weights SQ-b does not rewrite are the FP graph's own tensors
+    // (clones share initializers), which the runner's next cells read
+    { deploy: true },
   );
   const sqnr = new Map(applied.map((a) => [a.site.id, a.sqnrDb]));
   const recorder = new LayerRecorder(ctx);

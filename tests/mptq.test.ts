@@ -26,9 +26,10 @@ import { achievedBits } from "../bench/store.ts";
 import { fusedOps } from "../bench/speed.ts";
 import { normalizeManifest } from "../bench/manifest.ts";
 import {
-  contextKeys,
   FIXTURE_CARD as card,
+  fixtureContext,
   FIXTURES,
+  quantContext,
   randomData,
   ROOT,
   runtime,
@@ -172,24 +173,20 @@ async function ctx(
   bits: QuantContext["bits"],
   over: Record<string, unknown> = {},
 ): Promise<QuantContext> {
-  const graph = await Graph.load(`${FIXTURES}tiny_vit_op17.onnx`);
-  return {
-    graph,
-    sites: findSites(graph),
-    calib: await calibSource(8),
+  return await fixtureContext("tiny_vit_op17.onnx", {
+    calibSize: 8,
     bits,
-    runtime: await runtime(),
     options: { ...mptq.defaults, n: 12, rounds: 1, optmN: 4, optmMaxM: 3, mpN: 4, ...over },
     batchSize: 8,
-    ...(await contextKeys(graph, "train 0..7")),
-    seed: 0,
-    log: () => {},
-  };
+  });
 }
 
 Deno.test("MPTQ-ViT single precision: every tensor at its bits, OPT-m on the fc2 input, SQ-b folded", async () => {
   const c = await ctx({ w: 4, a: 4 });
+  const before = c.graph.toBytes();
   const q = await mptq.quantize(c);
+  // the FP graph the runner hands to the next cells is left as it was
+  assert.deepEqual(c.graph.toBytes(), before, "mptq must not change ctx.graph");
   assert.ok(q.layers.length > 0);
   assert.ok(q.layers.every((l) => l.bits === 4 && l.elements > 0));
   assert.deepEqual(achievedBits(q.layers), {
@@ -413,19 +410,16 @@ Deno.test({
     const vitCard = JSON.parse(await Deno.readTextFile(`${ROOT}models/vit_fmnist.json`));
     const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
     const rt = await runtime();
-    const c: QuantContext = {
+    const c = await quantContext({
       graph,
-      sites: findSites(graph),
       calib: makeSource(train, Array.from({ length: 16 }, (_, i) => i), vitCard),
+      calibLabel: "train 0..15",
       bits: { w: 8, a: 8 },
       runtime: rt,
       // a short search: the deploy lowering does not depend on the step values
       options: { ...mptq.defaults, n: 10, rounds: 1, optmN: 4, optmMaxM: 3 },
       batchSize: 16,
-      ...(await contextKeys(graph, "train 0..15")),
-      seed: 0,
-      log: () => {},
-    };
+    });
     const test = await loadFashionMnist(SHIPPED_FMNIST, "test");
     const n = 500;
     const images = await makeSource(test, Array.from({ length: n }, (_, i) => i), vitCard)
