@@ -18,6 +18,9 @@ import type { QuantContext } from "./types.ts";
 export class CellCache<T> {
   private entry?: { key: string; value: Promise<T> };
 
+  /** @param evict called with a value when a new key replaces it (e.g. to delete its files) */
+  constructor(private evict?: (value: T) => void) {}
+
   /**
    * The value for this cell: the cached one when the model hash, the
    * calibration hash, the number of calibration images and `depends` all
@@ -30,6 +33,7 @@ export class CellCache<T> {
   ): Promise<T> {
     const key = canonicalJson([ctx.modelHash, ctx.calibHash, ctx.calib.length, depends]);
     if (this.entry?.key === key) return this.entry.value;
+    this.clear();
     const value = compute();
     const entry = { key, value };
     this.entry = entry;
@@ -39,8 +43,10 @@ export class CellCache<T> {
     return value;
   }
 
-  /** Drop the cached value. */
+  /** Drop the cached value (passing it to `evict` once it has settled). */
   clear(): void {
+    const old = this.entry;
     this.entry = undefined;
+    if (old && this.evict) old.value.then(this.evict, () => {});
   }
 }

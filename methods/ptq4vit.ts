@@ -19,7 +19,7 @@
  *
  * @module
  */
-import { type Captured, captureValues } from "../core/runtime/capture.ts";
+import { type Captured, type CaptureStore, captureStore } from "../core/runtime/capture.ts";
 import type { Site } from "../core/onnx/sites.ts";
 import { QDQ_KIND } from "../core/quant/deploy.ts";
 import { type ActPlan, applyPlan, type WeightPlan } from "../core/quant/apply.ts";
@@ -42,7 +42,7 @@ import {
 } from "../core/quant/twin.ts";
 import { type CandidateQuantizer, CandidateScorer, type Metric } from "../core/quant/search.ts";
 import { attr } from "../core/onnx/graph.ts";
-import { outputGradients } from "../core/autodiff/gradients.ts";
+import { outputGradientStore } from "../core/autodiff/gradients.ts";
 import { CellCache } from "./cache.ts";
 import {
   defineMethod,
@@ -318,13 +318,40 @@ function actName(q: ActQ): string {
   return q.kind === "uniform" ? "per-tensor sym" : q.kind;
 }
 
-/** Calibration data shared by cells: FP values and output gradients per site. */
+/**
+ * Calibration data shared by cells: FP values and output gradients per site,
+ * in memory or, past the capture budget (`captureBudgetBytes`), spilled to
+ * files and loaded one block at a time.
+ */
 interface CalibData {
+  values: CaptureStore;
+  grads: CaptureStore | undefined;
+}
+
+/** The tensors of one block's sites, loaded from {@link CalibData}. */
+interface CalibView {
   values: Map<string, Captured>;
   grads: Map<string, Float32Array> | undefined;
 }
 
-const cache = new CellCache<CalibData>();
+const cache = new CellCache<CalibData>((d) => {
+  void d.values.release();
+  void d.grads?.release();
+});
+
+/** Load the captured tensors the given sites read. */
+async function loadView(data: CalibData, sites: Site[]): Promise<CalibView> {
+  const values = await data.values.load(
+    sites.flatMap((s) => [s.input, ...(s.operands ?? []), s.output]).filter((v): v is string =>
+      !!v
+    ),
+  );
+  const grads = data.grads &&
+    new Map(
+      [...await data.grads.load(sites.map((s) => s.output))].map(([k, c]) => [k, c.data]),
+    );
+  return { values, grads };
+}
 
 async function calibData(ctx: QuantContext, sites: Site[], o: Ptq4vitOptions): Promise<CalibData> {
   const outputs = sites.map((s) => s.output);
@@ -337,21 +364,26 @@ async function calibData(ctx: QuantContext, sites: Site[], o: Ptq4vitOptions): P
   ];
   const depends = [o.metric === "hessian" ? o.gradient : "none", o.gradBatch];
   return await cache.get(ctx, depends, async () => {
-    const captured = await captureValues(ctx.runtime, ctx.graph, values, ctx.calib, ctx.batchSize);
-    const grads = o.metric === "hessian"
-      ? await outputGradients(ctx.runtime, ctx.graph, outputs, ctx.calib, {
-        mode: o.gradient,
-        subBatch: o.gradBatch,
-      })
-      : undefined;
-    return { values: captured, grads };
+    const captured = await captureStore(ctx.runtime, ctx.graph, values, ctx.calib, ctx.batchSize);
+    try {
+      const grads = o.metric === "hessian"
+        ? await outputGradientStore(ctx.runtime, ctx.graph, outputs, ctx.calib, {
+          mode: o.gradient,
+          subBatch: o.gradBatch,
+        }, captured.spilled)
+        : undefined;
+      return { values: captured, grads };
+    } catch (e) {
+      await captured.release();
+      throw e;
+    }
   });
 }
 
 function linearProblem(
   ctx: QuantContext,
   site: Site,
-  data: CalibData,
+  data: CalibView,
   perChannelPatch: boolean,
 ): LinearProblem {
   const wt = ctx.graph.initializers.get(site.weight!)!;
@@ -597,7 +629,7 @@ function argminColumns(scores: Float64Array[]): number[] {
 async function searchMatmul(
   ctx: QuantContext,
   site: Site,
-  data: CalibData,
+  data: CalibView,
   o: Ptq4vitOptions,
 ): Promise<MatmulSteps> {
   const ab = ctx.bits.a;
@@ -693,24 +725,32 @@ async function searchSites(
 ): Promise<{ results: SiteResult[]; data: CalibData }> {
   const all = ctx.sites.filter((s) => s.kind === "linear" || s.kind === "matmul");
   const data = await calibData(ctx, all, o);
-  const results: SiteResult[] = [];
-  for (const site of all.filter(only)) {
-    (ctx.step ?? ctx.log)(`${site.id}: searching`);
-    if (site.kind === "linear") {
-      const p = linearProblem(ctx, site, data, o.patchPerChannel);
-      const res = await searchLinear(ctx, site, p, o);
-      results.push({
-        site,
-        kind: "linear",
-        groups: p.groups.length,
-        colSteps: res.colSteps,
-        act: res.act,
-      });
-    } else {
-      results.push({ site, kind: "matmul", steps: await searchMatmul(ctx, site, data, o) });
+  const chosen = all.filter(only);
+  // one block's tensors loaded at a time (all of them at once when they are in memory)
+  const byBlock = new Map<number, Site[]>();
+  for (const s of chosen) byBlock.set(s.block, [...(byBlock.get(s.block) ?? []), s]);
+  const groups = data.values.spilled ? [...byBlock.values()] : [chosen];
+  const found = new Map<Site, SiteResult>();
+  for (const group of groups) {
+    const view = await loadView(data, group);
+    for (const site of group) {
+      (ctx.step ?? ctx.log)(`${site.id}: searching`);
+      if (site.kind === "linear") {
+        const p = linearProblem(ctx, site, view, o.patchPerChannel);
+        const res = await searchLinear(ctx, site, p, o);
+        found.set(site, {
+          site,
+          kind: "linear",
+          groups: p.groups.length,
+          colSteps: res.colSteps,
+          act: res.act,
+        });
+      } else {
+        found.set(site, { site, kind: "matmul", steps: await searchMatmul(ctx, site, view, o) });
+      }
     }
   }
-  return { results, data };
+  return { results: chosen.map((s) => found.get(s)!), data };
 }
 
 /** One searched parameter set of a site: a weight's, an input's or a matmul operand's steps. */
@@ -778,8 +818,8 @@ async function quantizePtq4vit(ctx: QuantContext<Ptq4vitOptions>): Promise<Quant
       : tensor === "input"
       ? s.input!
       : s.operands![tensor[0] === "a" ? 0 : 1];
-    const cap = data.values.get(value);
-    const elements = cap ? cap.data.length / ctx.calib.length / parts : undefined;
+    const dims = data.values.dims(value);
+    const elements = dims ? dims.reduce((x, y) => x * y, 1) / ctx.calib.length / parts : undefined;
     recorded.push({ site: s, tensor, value, q: { bits: b, scale, quantizer, elements } });
   };
   for (const res of results) {

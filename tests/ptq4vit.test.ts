@@ -1,11 +1,8 @@
 import assert from "node:assert/strict";
-import { Graph } from "../core/onnx/graph.ts";
-import { findSites } from "../core/onnx/sites.ts";
-import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
-import { makeSource } from "../datasets/source.ts";
+import type { Graph } from "../core/onnx/graph.ts";
 import { optionsError } from "../bench/manifest.ts";
 import { baseptq, ptq4vit } from "../methods/ptq4vit.ts";
-import { contextKeys, FIXTURE_CARD as card, FIXTURES, randomData, runtime } from "./helpers.ts";
+import { fixtureContext, randomData, runtime } from "./helpers.ts";
 import { CandidateScorer, type Metric } from "../core/quant/search.ts";
 import { fakeQuant } from "../core/quant/uniform.ts";
 import { captureValues } from "../core/runtime/capture.ts";
@@ -16,20 +13,7 @@ async function ctx(
   options: Record<string, unknown>,
   bits = { w: 8, a: 8 },
 ): Promise<QuantContext> {
-  const graph = await Graph.load(`${FIXTURES}${fixture}`);
-  const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
-  return {
-    graph,
-    sites: findSites(graph),
-    calib: makeSource(train, Array.from({ length: 8 }, (_, i) => i), card),
-    bits,
-    runtime: await runtime(),
-    options,
-    batchSize: 8,
-    ...(await contextKeys(graph, "train 0..7")),
-    seed: 0,
-    log: () => {},
-  };
+  return await fixtureContext(fixture, { calibSize: 8, bits, options, batchSize: 8 });
 }
 
 async function maxLogitError(fp: Graph, q: Graph, c: QuantContext): Promise<number> {
@@ -245,4 +229,33 @@ Deno.test("per-head matmul steps: one record per head, emitted per head (bit-exa
     optionsError(baseptq, { ...baseptq.defaults, matmulGranularity: "row" })!,
     /matmulGranularity/,
   );
+});
+
+Deno.test({
+  name:
+    "PTQ4ViT calibration past the capture budget spills to files, loads one block at a time and chooses the same steps",
+  sanitizeResources: false,
+  fn: async () => {
+    const opts = { ...ptq4vit.defaults, n: 10, rounds: 1 };
+    const inMemory = await ptq4vit.quantize(await ctx("tiny_vit_op17.onnx", opts));
+    const spilledCtx = { ...(await ctx("tiny_vit_op17.onnx", opts)), calibHash: "spill-test" };
+    const before = [...Deno.readDirSync(Deno.env.get("TMPDIR") ?? "/tmp")]
+      .filter((e) => e.name.startsWith("vitq-capture-")).length;
+    const previous = Deno.env.get("VITQ_CAPTURE_BUDGET_MIB");
+    Deno.env.set("VITQ_CAPTURE_BUDGET_MIB", "0.01");
+    const blocks: string[] = [];
+    let spilled;
+    try {
+      spilled = await ptq4vit.quantize({ ...spilledCtx, log: (m: string) => blocks.push(m) });
+      const during = [...Deno.readDirSync(Deno.env.get("TMPDIR") ?? "/tmp")]
+        .filter((e) => e.name.startsWith("vitq-capture-")).length;
+      assert.ok(during > before, "the capture was spilled to a temporary directory");
+    } finally {
+      if (previous === undefined) Deno.env.delete("VITQ_CAPTURE_BUDGET_MIB");
+      else Deno.env.set("VITQ_CAPTURE_BUDGET_MIB", previous);
+    }
+    assert.ok(blocks.some((m) => /searching/.test(m)));
+    assert.deepEqual(spilled.layers, inMemory.layers);
+    assert.deepEqual(spilled.graph.toBytes(), inMemory.graph.toBytes());
+  },
 });

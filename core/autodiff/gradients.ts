@@ -17,7 +17,12 @@
  */
 import type { Graph } from "../onnx/graph.ts";
 import { buildGradientGraph } from "./backward.ts";
-import { BatchCollector } from "../runtime/capture.ts";
+import {
+  BatchCollector,
+  type CaptureStore,
+  memoryStore,
+  SpillCollector,
+} from "../runtime/capture.ts";
 import type { ImageSource, Runtime } from "../runtime/runtime.ts";
 
 /** Options of {@link outputGradients}. */
@@ -38,6 +43,46 @@ export async function outputGradients(
   calib: ImageSource,
   opts: GradientOptions,
 ): Promise<Map<string, Float32Array>> {
+  const parts = new BatchCollector(calib.length);
+  await gradientsInto(parts, runtime, graph, values, calib, opts);
+  return new Map([...parts.finish()].map(([v, c]) => [v, c.data]));
+}
+
+/**
+ * {@link outputGradients} into a {@link CaptureStore}: in memory, or, with
+ * `spill`, appended to files one sub-batch at a time (the same values).
+ */
+export async function outputGradientStore(
+  runtime: Runtime,
+  graph: Graph,
+  values: string[],
+  calib: ImageSource,
+  opts: GradientOptions,
+  spill: boolean,
+): Promise<CaptureStore> {
+  if (!spill) {
+    const parts = new BatchCollector(calib.length);
+    await gradientsInto(parts, runtime, graph, values, calib, opts);
+    return memoryStore(parts.finish());
+  }
+  const parts = await SpillCollector.create(calib.length);
+  try {
+    await gradientsInto(parts, runtime, graph, values, calib, opts);
+  } catch (e) {
+    await parts.discard();
+    throw e;
+  }
+  return parts.finish();
+}
+
+async function gradientsInto(
+  parts: Pick<BatchCollector, "push">,
+  runtime: Runtime,
+  graph: Graph,
+  values: string[],
+  calib: ImageSource,
+  opts: GradientOptions,
+): Promise<void> {
   const uniq = [...new Set(values)];
   const input = graph.inputNames[0];
   const logitsName = graph.outputNames[0];
@@ -69,7 +114,6 @@ export async function outputGradients(
   });
   // no memory pattern: it would double the peak of a graph holding the activations
   const session = await runtime.createSession(gg.graph, "gradient graph", { memPattern: false });
-  const parts = new BatchCollector(calib.length);
   const per = calib.shape.reduce((a, b) => a * b, 1);
   try {
     for (let s = 0; s < calib.length; s += opts.subBatch) {
@@ -86,5 +130,4 @@ export async function outputGradients(
   } finally {
     await session.release();
   }
-  return new Map([...parts.finish()].map(([v, c]) => [v, c.data]));
 }

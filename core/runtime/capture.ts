@@ -192,6 +192,186 @@ export class BatchCollector {
 }
 
 /**
+ * Captured tensors by name, held in memory or spilled to files and loaded on
+ * demand (a method then holds one block's tensors at a time).
+ */
+export interface CaptureStore {
+  /** Whether the tensors live in files (loaded afresh by each {@link CaptureStore.load}). */
+  readonly spilled: boolean;
+  /** Dims of `name` (all calibration images along the first axis), or undefined if absent. */
+  dims(name: string): number[] | undefined;
+  /** The tensors named (in memory: the held arrays; spilled: read from their files). */
+  load(names: Iterable<string>): Promise<Map<string, Captured>>;
+  /** Delete the spill files (a no-op in memory). */
+  release(): Promise<void>;
+}
+
+/** A store over tensors already in memory. */
+export function memoryStore(m: Map<string, Captured>): CaptureStore {
+  return {
+    spilled: false,
+    dims: (name) => m.get(name)?.dims,
+    load: (names) => {
+      const out = new Map<string, Captured>();
+      for (const n of names) {
+        const c = m.get(n);
+        if (c) out.set(n, c);
+      }
+      return Promise.resolve(out);
+    },
+    release: () => Promise.resolve(),
+  };
+}
+
+/** Spill directories not yet released, removed when the process exits. */
+const liveSpills = new Set<string>();
+globalThis.addEventListener?.("unload", () => {
+  for (const d of liveSpills) {
+    try {
+      Deno.removeSync(d, { recursive: true });
+    } catch { /* already gone */ }
+  }
+});
+
+/**
+ * Like {@link BatchCollector}, but every batch is appended to one file per name
+ * in a fresh temporary directory instead of memory: a capture then holds one
+ * batch at a time, and a reader loads only the tensors it needs.
+ */
+export class SpillCollector {
+  private files = new Map<
+    string,
+    { path: string; dims: number[]; filled: number; total: number }
+  >();
+  private constructor(private dir: string, private images: number) {}
+
+  /** A collector for `images` images, writing under a new temporary directory. */
+  static async create(images: number): Promise<SpillCollector> {
+    const dir = await Deno.makeTempDir({ prefix: "vitq-capture-" });
+    liveSpills.add(dir);
+    return new SpillCollector(dir, images);
+  }
+
+  /** Append one batch of `name` holding `n` images. */
+  push(name: string, data: Float32Array, dims: number[], n: number): void {
+    let f = this.files.get(name);
+    if (!f) {
+      f = {
+        path: `${this.dir}/${this.files.size}.f32`,
+        dims: [(dims[0] / n) * this.images, ...dims.slice(1)],
+        filled: 0,
+        total: (data.length / n) * this.images,
+      };
+      this.files.set(name, f);
+    }
+    if (f.filled + data.length > f.total) {
+      throw new Error(`SpillCollector: ${name} exceeds the ${this.images} images it was sized for`);
+    }
+    Deno.writeFileSync(f.path, new Uint8Array(data.buffer, data.byteOffset, data.byteLength), {
+      append: true,
+    });
+    f.filled += data.length;
+  }
+
+  /** Delete what was written (a capture that failed). */
+  async discard(): Promise<void> {
+    liveSpills.delete(this.dir);
+    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+  }
+
+  /** The spilled tensors as a store (all `images` must have been pushed). */
+  finish(): CaptureStore {
+    for (const [v, f] of this.files) {
+      if (f.filled !== f.total) {
+        throw new Error(`SpillCollector: ${v} holds ${f.filled} of ${f.total} values`);
+      }
+    }
+    const files = this.files, dir = this.dir;
+    return {
+      spilled: true,
+      dims: (name) => files.get(name)?.dims,
+      load: async (names) => {
+        const out = new Map<string, Captured>();
+        for (const n of names) {
+          const f = files.get(n);
+          if (!f) continue;
+          const bytes = await Deno.readFile(f.path);
+          out.set(n, {
+            data: new Float32Array(bytes.buffer, bytes.byteOffset, f.total),
+            dims: f.dims,
+          });
+        }
+        return out;
+      },
+      release: async () => {
+        liveSpills.delete(dir);
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      },
+    };
+  }
+}
+
+/**
+ * Bytes a capture may hold in memory before {@link captureStore} spills it to
+ * files: `VITQ_CAPTURE_BUDGET_MIB` (default 2048). Spilling changes no value
+ * (the same capture graph, run in smaller batches: ONNX Runtime's results per
+ * image do not depend on the batch size, checked on the timm fixtures), only
+ * memory and a little time.
+ */
+export function captureBudgetBytes(): number {
+  const env = Deno.env.get("VITQ_CAPTURE_BUDGET_MIB");
+  const mib = env === undefined ? 2048 : Number(env);
+  if (!(mib > 0)) {
+    throw new Error(`VITQ_CAPTURE_BUDGET_MIB: expected a positive number, got ${env}`);
+  }
+  return mib * 2 ** 20;
+}
+
+/**
+ * {@link captureValues} into a {@link CaptureStore}: in memory, exactly as
+ * `captureValues`, when all values of all images fit `budgetBytes` (measured
+ * on a one-image probe run); otherwise spilled to files, capturing in batches
+ * of at most a quarter of the budget.
+ */
+export async function captureStore(
+  runtime: Runtime,
+  graph: Graph,
+  values: string[],
+  calib: ImageSource,
+  batchSize: number,
+  budgetBytes = captureBudgetBytes(),
+): Promise<CaptureStore> {
+  const uniq = [...new Set(values)];
+  const session = await runtime.createSession(captureGraph(graph, uniq), "capture graph");
+  try {
+    const probe = await session.run({
+      [session.inputNames[0]]: { data: await calib.slice(0, 1), dims: [1, ...calib.shape] },
+    });
+    const perImage = uniq.reduce((a, v) => a + 4 * probe[v].data.length, 0);
+    if (perImage * calib.length <= budgetBytes) {
+      const parts = new BatchCollector(calib.length);
+      await runBatches(session, calib, batchSize, (out, _start, n) => {
+        for (const v of uniq) parts.push(v, out[v].data, out[v].dims, n);
+      });
+      return memoryStore(parts.finish());
+    }
+    const spill = await SpillCollector.create(calib.length);
+    const batch = Math.max(1, Math.min(batchSize, Math.floor(budgetBytes / 4 / perImage)));
+    try {
+      await runBatches(session, calib, batch, (out, _start, n) => {
+        for (const v of uniq) spill.push(v, out[v].data, out[v].dims, n);
+      });
+    } catch (e) {
+      await spill.discard();
+      throw e;
+    }
+    return spill.finish();
+  } finally {
+    await session.release();
+  }
+}
+
+/**
  * Capture the full FP values of `values` over the calibration images,
  * concatenated along the first axis (images, or windows for Swin).
  */
