@@ -9,7 +9,6 @@ import { captureValues } from "../core/runtime/capture.ts";
 import { evaluate } from "../bench/evaluate.ts";
 import { resolveModel } from "../core/models.ts";
 import { Graph } from "../core/onnx/graph.ts";
-import { findSites } from "../core/onnx/sites.ts";
 import { addFloatInput, buildGradientGraph } from "../core/autodiff/backward.ts";
 import { initPerPatch } from "../core/quant/outlier.ts";
 import {
@@ -34,7 +33,13 @@ import { makeSource } from "../datasets/source.ts";
 import { optionsError } from "../bench/manifest.ts";
 import { adfq, runAdfq } from "../methods/adfq.ts";
 import type { QuantContext } from "../methods/types.ts";
-import { contextKeys, FIXTURE_CARD as card, FIXTURES, randomData, runtime } from "./helpers.ts";
+import {
+  FIXTURE_CARD as card,
+  fixtureContext,
+  quantContext,
+  randomData,
+  runtime,
+} from "./helpers.ts";
 
 async function ctx(
   fixture: string,
@@ -42,20 +47,12 @@ async function ctx(
   nCalib: number,
   bits = { w: 4, a: 4 },
 ): Promise<QuantContext> {
-  const graph = await Graph.load(`${FIXTURES}${fixture}`);
-  const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
-  return {
-    graph,
-    sites: findSites(graph),
-    calib: makeSource(train, Array.from({ length: nCalib }, (_, i) => i), card),
+  return await fixtureContext(fixture, {
+    calibSize: nCalib,
     bits,
-    runtime: await runtime(),
     options: { ...adfq.defaults, ...options },
     batchSize: 32,
-    ...(await contextKeys(graph, `train 0..${nCalib - 1}`)),
-    seed: 0,
-    log: () => {},
-  };
+  });
 }
 
 /** Run a small graph and return the requested outputs. */
@@ -370,18 +367,14 @@ for (const name of ["vit_fmnist", "deit_fmnist", "swin_fmnist"]) {
     const graph = await Graph.load(model.path);
     const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
     const iters = 200; // as experiments/adfq.json
-    const c: QuantContext = {
+    const c = await quantContext({
       graph,
-      sites: findSites(graph),
       calib: makeSource(train, Array.from({ length: 16 }, (_, i) => i), model.card),
+      calibLabel: "train 0..15",
       bits: { w: 6, a: 6 },
-      runtime: await runtime(),
       options: { ...adfq.defaults, iters },
       batchSize: 32,
-      ...(await contextKeys(graph, "train 0..15")),
-      seed: 0,
-      log: () => {},
-    };
+    });
     const t0 = performance.now();
     const { model: q, report } = await runAdfq(c);
     const blocks = new Set(c.sites.filter((s) => s.block >= 0).map((s) => s.block)).size;

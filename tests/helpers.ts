@@ -1,11 +1,16 @@
 /**
- * Shared test helpers: fixture paths, a runtime, and running the CLI as a user would.
+ * Shared test helpers: fixture paths, a runtime, hand-built quantization
+ * contexts, and running the CLI as a user would.
  *
  * @module
  */
-import { createRuntime, type Runtime } from "../core/runtime/runtime.ts";
-import type { Graph } from "../core/onnx/graph.ts";
+import { createRuntime, type ImageSource, type Runtime } from "../core/runtime/runtime.ts";
+import { Graph } from "../core/onnx/graph.ts";
+import { findSites, type Site } from "../core/onnx/sites.ts";
 import { sha256Hex } from "../core/hash.ts";
+import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
+import { makeSource } from "../datasets/source.ts";
+import type { Bits, QuantContext } from "../methods/types.ts";
 import { DuckDBInstance } from "@duckdb/node-api";
 
 /** Repository root. */
@@ -77,6 +82,67 @@ export async function contextKeys(
   calib: string,
 ): Promise<{ modelHash: string; calibHash: string }> {
   return { modelHash: await sha256Hex(graph.toBytes()), calibHash: await sha256Hex(calib) };
+}
+
+/** What a test sets in a hand-built {@link QuantContext}; {@link quantContext} fills the rest. */
+export interface ContextFields<O extends object> {
+  /** The FP32 graph. */
+  graph: Graph;
+  /** Calibration images. */
+  calib: ImageSource;
+  /** Names the calibration images; hashed into `calibHash`. */
+  calibLabel: string;
+  /** Bit-widths. */
+  bits: Bits;
+  /** Method options. */
+  options: O;
+  /** Calibration batch size. */
+  batchSize: number;
+  /** Sites (default: found on `graph`). */
+  sites?: Site[];
+  /** Runtime (default: the shared {@link runtime}). */
+  runtime?: Runtime;
+  /** Seed (default 0). */
+  seed?: number;
+}
+
+/**
+ * A hand-built QuantContext: the sites found on the graph, the shared
+ * runtime, seed 0, a silent log, and the explicit cache keys of
+ * {@link contextKeys} (the model's bytes and `calibLabel`).
+ */
+export async function quantContext<O extends object>(
+  f: ContextFields<O>,
+): Promise<QuantContext<O>> {
+  const { calibLabel, ...given } = f;
+  return {
+    ...given,
+    sites: f.sites ?? findSites(f.graph),
+    runtime: f.runtime ?? await runtime(),
+    seed: f.seed ?? 0,
+    ...(await contextKeys(f.graph, calibLabel)),
+    log: () => {},
+  };
+}
+
+/**
+ * The context of a test fixture (`tests/fixtures/<fixture>`) calibrated on the
+ * first `calibSize` shipped Fashion-MNIST training images.
+ */
+export async function fixtureContext<O extends object>(
+  fixture: string,
+  f: { calibSize: number; bits: Bits; options: O; batchSize: number },
+): Promise<QuantContext<O>> {
+  const graph = await Graph.load(`${FIXTURES}${fixture}`);
+  const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
+  return await quantContext({
+    graph,
+    calib: makeSource(train, Array.from({ length: f.calibSize }, (_, i) => i), FIXTURE_CARD),
+    calibLabel: `train 0..${f.calibSize - 1}`,
+    bits: f.bits,
+    options: f.options,
+    batchSize: f.batchSize,
+  });
 }
 
 /** Write a small manifest to a temp file and return its path. */

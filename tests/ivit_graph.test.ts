@@ -39,7 +39,7 @@ import {
 } from "../core/ivit/mod.ts";
 import { optionsError } from "../bench/manifest.ts";
 import { ivit, type IvitQuantizedModel, quantizeIvit } from "../methods/ivit.ts";
-import { contextKeys, FIXTURE_CARD, FIXTURES, randomData, runtime } from "./helpers.ts";
+import { FIXTURE_CARD, FIXTURES, quantContext, randomData, runtime } from "./helpers.ts";
 import { checkLowerable } from "../core/ivit/lower.ts";
 
 // ------------------------------------------------------------------ helpers
@@ -88,18 +88,16 @@ function shippedModel() {
     const testSplit = await loadFashionMnist(SHIPPED_FMNIST, "test");
     const calib = makeSource(train, Array.from({ length: 64 }, (_, i) => i), model.card);
     const test = makeSource(testSplit, Array.from({ length: 64 }, (_, i) => i * 150), model.card);
-    const q = await quantizeIvit({
-      graph,
-      sites: findSites(graph),
-      calib,
-      bits: { w: 8, a: 8 },
-      runtime: await runtime(),
-      options: { ...ivit.defaults },
-      batchSize: 32,
-      ...(await contextKeys(graph, "train 0..63")),
-      seed: 0,
-      log: () => {},
-    });
+    const q = await quantizeIvit(
+      await quantContext({
+        graph,
+        calib,
+        calibLabel: "train 0..63",
+        bits: { w: 8, a: 8 },
+        options: { ...ivit.defaults },
+        batchSize: 32,
+      }),
+    );
     return { q, calib, test };
   })();
   return shipped;
@@ -399,18 +397,16 @@ function swinModel(file: string, variant = "reference") {
           Array.from({ length: 64 }, (_, i) => i * 150),
           FIXTURE_CARD,
         );
-        const q = await quantizeIvit({
-          graph: g,
-          sites: findSites(g),
-          calib,
-          bits: { w: 8, a: 8 },
-          runtime: await runtime(),
-          options: { variant },
-          batchSize: 16,
-          ...(await contextKeys(g, "train 0..63 (fixture)")),
-          seed: 0,
-          log: () => {},
-        });
+        const q = await quantizeIvit(
+          await quantContext({
+            graph: g,
+            calib,
+            calibLabel: "train 0..63 (fixture)",
+            bits: { w: 8, a: 8 },
+            options: { variant },
+            batchSize: 16,
+          }),
+        );
         return { g, q, calib, test };
       })(),
     );
@@ -626,18 +622,16 @@ Deno.test("ivit: paper variant, negative LayerNorm γ and a DeiT head stay bit-e
     slice: (a: number, b: number) => Promise.resolve(data.subarray(a * 784, b * 784)),
   };
   for (const variant of ["paper", "reference"]) {
-    const q = await quantizeIvit({
-      graph: g,
-      sites: findSites(g),
-      calib,
-      bits: { w: 8, a: 8 },
-      runtime: await runtime(),
-      options: { variant },
-      batchSize: 4,
-      ...(await contextKeys(g, "random images")),
-      seed: 0,
-      log: () => {},
-    });
+    const q = await quantizeIvit(
+      await quantContext({
+        graph: g,
+        calib,
+        calibLabel: "random images",
+        bits: { w: 8, a: 8 },
+        options: { variant },
+        batchSize: 4,
+      }),
+    );
     assert.ok(q.program.steps.some((s) => s.kind === "layernorm" && s.sign !== null));
     assert.deepEqual(integerOnlyViolations(q.graph), []);
     const s = await createRawSession(q.integerGraph, 1);
@@ -668,21 +662,17 @@ Deno.test("ivit: an op with no integer lowering fails before any evaluation, nam
     },
   };
   const data = randomData(784, 1);
-  const keys = await contextKeys(g, "one random image");
+  const c = await quantContext({
+    graph: g,
+    calib: { length: 1, shape: [1, 28, 28], slice: () => Promise.resolve(data) },
+    calibLabel: "one random image",
+    bits: { w: 8, a: 8 },
+    runtime: noRuns,
+    options: { ...ivit.defaults },
+    batchSize: 1,
+  });
   await assert.rejects(
-    () =>
-      ivit.quantize({
-        graph: g,
-        sites: findSites(g),
-        calib: { length: 1, shape: [1, 28, 28], slice: () => Promise.resolve(data) },
-        bits: { w: 8, a: 8 },
-        runtime: noRuns,
-        options: { ...ivit.defaults },
-        batchSize: 1,
-        ...keys,
-        seed: 0,
-        log: () => {},
-      }),
+    () => ivit.quantize(c),
     (e: unknown) =>
       e instanceof VitqError && /op Sigmoid/.test(e.message) && /node odd_sigmoid/.test(e.message),
   );

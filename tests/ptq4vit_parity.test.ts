@@ -11,13 +11,12 @@
  */
 import assert from "node:assert/strict";
 import { Graph } from "../core/onnx/graph.ts";
-import { findSites } from "../core/onnx/sites.ts";
 import { resolveModel } from "../core/models.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { drawCalibration } from "../datasets/subset.ts";
 import { baseptq, ptq4vit, searchSteps, type StepRecord } from "../methods/ptq4vit.ts";
-import { contextKeys, FIXTURES, runtime } from "./helpers.ts";
+import { FIXTURES, quantContext } from "./helpers.ts";
 
 const fixture = JSON.parse(
   await Deno.readTextFile(`${FIXTURES}ptq4vit_steps_vit_w4a4.json`),
@@ -32,18 +31,15 @@ async function recompute(
   const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
   const indices = drawCalibration(train.ids.map((_, i) => i), 32, 0);
   assert.deepEqual(indices.map((i) => train.ids[i]), fixture.calibIds, "calibration images");
-  return await searchSteps({
+  const c = await quantContext({
     graph,
-    sites: findSites(graph),
     calib: makeSource(train, indices, model.card),
+    calibLabel: fixture.calibIds.join("\n"),
     bits: { w: 4, a: 4 },
-    runtime: await runtime(),
     options: { ...method.defaults },
     batchSize: 100,
-    seed: 0,
-    log: () => {},
-    ...(await contextKeys(graph, fixture.calibIds.join("\n"))),
-  }, (s) => sites.includes(s.id));
+  });
+  return await searchSteps(c, (s) => sites.includes(s.id));
 }
 
 function compare(method: string, got: StepRecord[], sites: string[]): void {
