@@ -16,7 +16,7 @@ import { resolveModel } from "../core/models.ts";
 import { VitqError } from "../core/errors.ts";
 import { iLayerNorm, INT31_MAX, shiftGelu, shiftmax } from "../core/ivit/reference.ts";
 import { Rng } from "../core/rng.ts";
-import type { Runtime } from "../core/runtime/runtime.ts";
+import type { ImageSource, Runtime } from "../core/runtime/runtime.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { type LabelledSource, makeSource } from "../datasets/source.ts";
 import {
@@ -77,6 +77,25 @@ async function runBoth(p: IntProgram, input: Int32Array | Float32Array, dims: nu
   }
 }
 
+/** I-ViT of `graph` at W8A8 with `options`, calibrated on `calib` (named `calibLabel`). */
+async function ivitW8A8(
+  graph: Graph,
+  calib: ImageSource,
+  calibLabel: string,
+  options: Record<string, unknown>,
+  batchSize: number,
+): Promise<IvitQuantizedModel> {
+  const c = await quantContext({
+    graph,
+    calib,
+    calibLabel,
+    bits: { w: 8, a: 8 },
+    options,
+    batchSize,
+  });
+  return await quantizeIvit(c);
+}
+
 let shipped: Promise<{ q: IvitQuantizedModel; calib: LabelledSource; test: LabelledSource }>;
 
 /** I-ViT (reference variant) of the shipped model, calibrated on 64 shipped calibration images. */
@@ -88,16 +107,7 @@ function shippedModel() {
     const testSplit = await loadFashionMnist(SHIPPED_FMNIST, "test");
     const calib = makeSource(train, Array.from({ length: 64 }, (_, i) => i), model.card);
     const test = makeSource(testSplit, Array.from({ length: 64 }, (_, i) => i * 150), model.card);
-    const q = await quantizeIvit(
-      await quantContext({
-        graph,
-        calib,
-        calibLabel: "train 0..63",
-        bits: { w: 8, a: 8 },
-        options: { ...ivit.defaults },
-        batchSize: 32,
-      }),
-    );
+    const q = await ivitW8A8(graph, calib, "train 0..63", { ...ivit.defaults }, 32);
     return { q, calib, test };
   })();
   return shipped;
@@ -397,16 +407,7 @@ function swinModel(file: string, variant = "reference") {
           Array.from({ length: 64 }, (_, i) => i * 150),
           FIXTURE_CARD,
         );
-        const q = await quantizeIvit(
-          await quantContext({
-            graph: g,
-            calib,
-            calibLabel: "train 0..63 (fixture)",
-            bits: { w: 8, a: 8 },
-            options: { variant },
-            batchSize: 16,
-          }),
-        );
+        const q = await ivitW8A8(g, calib, "train 0..63 (fixture)", { variant }, 16);
         return { g, q, calib, test };
       })(),
     );
@@ -622,16 +623,7 @@ Deno.test("ivit: paper variant, negative LayerNorm γ and a DeiT head stay bit-e
     slice: (a: number, b: number) => Promise.resolve(data.subarray(a * 784, b * 784)),
   };
   for (const variant of ["paper", "reference"]) {
-    const q = await quantizeIvit(
-      await quantContext({
-        graph: g,
-        calib,
-        calibLabel: "random images",
-        bits: { w: 8, a: 8 },
-        options: { variant },
-        batchSize: 4,
-      }),
-    );
+    const q = await ivitW8A8(g, calib, "random images", { variant }, 4);
     assert.ok(q.program.steps.some((s) => s.kind === "layernorm" && s.sign !== null));
     assert.deepEqual(integerOnlyViolations(q.graph), []);
     const s = await createRawSession(q.integerGraph, 1);
