@@ -14,52 +14,22 @@
  *
  * @module
  */
-import { parseArgs } from "node:util";
-import { Graph } from "../core/onnx/graph.ts";
-import { findSites } from "../core/onnx/sites.ts";
-import { createRuntime } from "../core/runtime/runtime.ts";
-import { resolveModel } from "../core/models.ts";
-import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
-import { makeSource } from "../datasets/source.ts";
-import { drawCalibration, hashIds } from "../datasets/subset.ts";
-import { sha256Hex } from "../core/hash.ts";
-import { searchSteps } from "../methods/ptq4vit.ts";
-import { baseptq, ptq4vit } from "../methods/ptq4vit.ts";
+import { baseptq, ptq4vit, searchSteps } from "../methods/ptq4vit.ts";
+import { fixtureOut, paritySetting, writeFixture } from "./parity_fixture.ts";
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: { out: { type: "string", default: "tests/fixtures/ptq4vit_steps_vit_w4a4.json" } },
-});
-
-const model = await resolveModel("vit_fmnist", "model");
-const graph = await Graph.load(model.path);
-const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
-const indices = drawCalibration(train.ids.map((_, i) => i), 32, 0);
-const rt = await createRuntime("node", 2);
-const out: Record<string, unknown> = {
-  _comment:
-    "Steps chosen by vitq (default options) on vit_fmnist, W4A4, calibration seed 0 (32 train-sample images); written by tools/make_ptq4vit_steps.ts, checked by tests/ptq4vit_parity.test.ts.",
-  model: "vit_fmnist",
-  bits: { w: 4, a: 4 },
-  calibIds: indices.map((i) => train.ids[i]),
-};
+const path = fixtureOut("tests/fixtures/ptq4vit_steps_vit_w4a4.json");
+const setting = await paritySetting();
+const chosen: Record<string, unknown> = {};
 for (const m of [ptq4vit, baseptq]) {
   const t0 = performance.now();
-  const steps = await searchSteps({
-    graph,
-    sites: findSites(graph),
-    calib: makeSource(train, indices, model.card),
-    bits: { w: 4, a: 4 },
-    runtime: rt,
-    options: { ...m.defaults },
-    batchSize: 100,
-    seed: 0,
-    modelHash: await sha256Hex(await Deno.readFile(model.path)),
-    calibHash: await hashIds(out.calibIds as string[]),
-    log: (msg) => console.log(`${m.name} ${((performance.now() - t0) / 1000).toFixed(1)} s ${msg}`),
-  });
+  const log = (msg: string) =>
+    console.log(`${m.name} ${((performance.now() - t0) / 1000).toFixed(1)} s ${msg}`);
+  chosen[m.name] = await searchSteps(await setting.context({ ...m.defaults }, log));
   console.log(`${m.name}: ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  out[m.name] = steps;
 }
-await Deno.writeTextFile(values.out, JSON.stringify(out, null, 1) + "\n");
-console.log(`wrote ${values.out}`);
+await writeFixture(
+  path,
+  "Steps chosen by vitq (default options) on vit_fmnist, W4A4, calibration seed 0 (32 train-sample images); written by tools/make_ptq4vit_steps.ts, checked by tests/ptq4vit_parity.test.ts.",
+  setting,
+  chosen,
+);
