@@ -210,12 +210,16 @@ export class CandidateScorer {
   ) {}
 
   /**
-   * @param maxBytes bound on the size of the stacked K x output tensor per run
+   * @param maxBytes bound on the size of the stacked K x output tensor per run.
+   * Small chunks keep each run's intermediates in cache: 8 MiB (usually one
+   * candidate per run on ViT-sized layers) scored DeiT-T-sized layers 1.6-2.3x
+   * faster than 256 MiB chunks, with bit-identical scores (each candidate's score
+   * is computed on its own slice of the batched graph).
    */
   static async create(
     rt: Runtime,
     p: ScoreProblem,
-    maxBytes = 256 * 2 ** 20,
+    maxBytes = 8 * 2 ** 20,
   ): Promise<CandidateScorer> {
     const session = await rt.createSession(scoringGraph(p), "scoring graph");
     const perCand = 4 * Math.max(
