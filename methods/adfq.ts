@@ -28,10 +28,12 @@
  * @module
  */
 import type { Captured } from "../core/runtime/capture.ts";
-import type { Graph } from "../core/onnx/graph.ts";
+import { type Graph, Tensor } from "../core/onnx/graph.ts";
 import type { Site } from "../core/onnx/sites.ts";
 import type { Runtime } from "../core/runtime/runtime.ts";
-import { fakeQuant, sqnrDb } from "../core/quant/uniform.ts";
+import { fakeQuant, sqnrDb, type UniformQuantizer } from "../core/quant/uniform.ts";
+import { type ActPlan, applyPlan, type WeightPlan } from "../core/quant/apply.ts";
+import { QDQ_KIND, qdqFits } from "../core/quant/deploy.ts";
 import { initPerPatch } from "../core/quant/outlier.ts";
 import { findUnits, type Unit } from "../core/recon/units.ts";
 import { firstImages, reconstructUnits, runRows } from "../core/recon/driver.ts";
@@ -48,6 +50,7 @@ import {
   actScale,
   type ActState,
   describeAct,
+  emitExactAct,
   quantizeGraph,
   type WeightState,
 } from "../core/recon/quantizers.ts";
@@ -402,6 +405,59 @@ async function initActs(
   }
 }
 
+/** A weight's per-output-channel asymmetric quantizer (what AdaRound's codes are codes of). */
+function weightQuantizer(w: WeightState): UniformQuantizer {
+  return { bits: w.bits, signed: false, scale: w.scale, zeroPoint: w.zeroPoint, axis: w.axis };
+}
+
+/**
+ * ADFQ-ViT's deploy graph: the hard-rounded AdaRound weights as uint8 codes (their
+ * per-channel quantizer's codes reproduce them bit for bit) with DequantizeLinear, the
+ * per-tensor uniform activation quantizers (proj, head, patch-embed and reduction inputs,
+ * q, kᵀ and V) as QuantizeLinear/DequantizeLinear; the per-patch outlier quantizers (qkv and
+ * fc1 inputs: FP outliers), Shift-Log2 (fc2 input) and log-√2 (softmax) stay float
+ * fake-quant, as does any quantizer whose zero point does not fit its 8-bit container.
+ * The weight of a layer whose input stays float stays float too (its hard-rounded values):
+ * ONNX Runtime fuses a float MatMul reading an 8-bit DequantizeLinear weight into
+ * MatMulNBits, which at its default accuracy level computes with the input quantized on
+ * the fly (measured on the shipped ViT: qkv outputs off by up to 0.4% of their range,
+ * Top-1 0.4 points off), so the deploy graph would no longer compute the fake-quant values.
+ */
+function adfqDeploy(
+  fp: Graph,
+  weights: WeightState[],
+  hard: { data: Float32Array }[],
+  acts: ActState[],
+): Graph {
+  const integerInput = new Set<Site>();
+  const aPlans = acts.filter((a) => a.p).flatMap((a) =>
+    a.targets.map((t): ActPlan => {
+      if (a.p!.kind === "uniform") {
+        const q: UniformQuantizer = {
+          bits: a.bits,
+          signed: false,
+          scale: Float32Array.of(a.p!.q.scale),
+          zeroPoint: Float32Array.of(a.p!.q.zeroPoint),
+        };
+        if (qdqFits(q)) {
+          if (t.slot === 0) integerInput.add(t.site);
+          return { site: t.site, slot: t.slot, q };
+        }
+      }
+      return { site: t.site, slot: t.slot, emit: (g, x, prefix) => emitExactAct(g, x, a, prefix) };
+    })
+  );
+  const base = fp.clone();
+  const wPlans: WeightPlan[] = [];
+  weights.forEach((w, i) => {
+    // the hard-rounded weight under the FP weight's name: what a float layer reads
+    base.setInitializer(Tensor.fromFloat32(w.site.weight!, w.dims, hard[i].data));
+    const q = weightQuantizer(w);
+    if (integerInput.has(w.site) && qdqFits(q)) wPlans.push({ site: w.site, q });
+  });
+  return applyPlan(base, wPlans, aPlans, { deploy: true }).deploy!;
+}
+
 /** Everything {@link runAdfq} measured, besides the model. */
 export interface AdfqReport {
   /** Per-unit reports, in network order. */
@@ -482,7 +538,9 @@ export async function runAdfq(
   const setup = (performance.now() - t00) / 1000 - train;
   const weights = states.flatMap((s) => s.weights);
   const hard = weights.map((w) => ({ site: w.site, data: hardWeight(w), dims: w.dims }));
-  const graph = quantizeGraph(ctx.graph, hard, states.flatMap((s) => s.acts));
+  const allActs = states.flatMap((s) => s.acts);
+  const graph = quantizeGraph(ctx.graph, hard, allActs);
+  const deploy = adfqDeploy(ctx.graph, weights, hard, allActs);
   const rec = new LayerRecorder(ctx);
   weights.forEach((w, i) => {
     rec.add(w.site, "weight", w.site.weight!, {
@@ -531,7 +589,16 @@ export async function runAdfq(
       : "no optimization steps (initialization only)",
   ].join("; ");
   return {
-    model: { graph, layers, notes },
+    model: {
+      graph,
+      layers,
+      notes,
+      deployable: {
+        graph: deploy,
+        kind:
+          `${QDQ_KIND}; ADFQ-ViT's per-patch outlier (qkv, fc1 inputs), Shift-Log2 (fc2 input) and log-sqrt2 (softmax) quantizers float`,
+      },
+    },
     report: { units: reports, setupSeconds: setup, trainSeconds: train },
   };
 }

@@ -25,6 +25,17 @@
  * more, which only re-initializes the folded layers' weight quantizers (the
  * activation quantizers keep their steps); so does vitq.
  *
+ * A LayerNorm whose output reaches its linear layers through a zero Pad (timm 1.x
+ * Swin's window padding) is folded through it ({@link postLnFoldCheck},
+ * {@link foldPostLn}); one that cannot be folded exactly (another consumer, a
+ * non-zero Pad, ...) keeps its per-channel quantizers, said in its layer records
+ * and the notes.
+ *
+ * Deploy graph ({@link RepqResult.deploy}): weights and uniform activation
+ * quantizers as QDQ integer codes, the reparameterized post-LayerNorm ones with z̄
+ * rounded (the reference's fractional mean has no integer form); the log-√2
+ * softmax operand of A·V stays float.
+ *
  * @module
  */
 import { BatchCollector, captureValues } from "../core/runtime/capture.ts";
@@ -35,13 +46,21 @@ import {
   type FedLog,
   type FedUniform,
 } from "../core/quant/fed.ts";
-import { ancestors, type Graph } from "../core/onnx/graph.ts";
+import {
+  ancestors,
+  attr,
+  type Graph,
+  type GraphIndex,
+  type Node,
+  Tensor,
+} from "../core/onnx/graph.ts";
 import type { Site } from "../core/onnx/sites.ts";
 import { VitqError } from "../core/errors.ts";
 import { type ActPlan, applyPlan, siteWeight, type WeightPlan } from "../core/quant/apply.ts";
+import { QDQ_KIND, qdqFits } from "../core/quant/deploy.ts";
 import { emitLogSqrt2Quant } from "../core/quant/log.ts";
 import { emitLog2SplitMatMul } from "../core/quant/log2_reparam.ts";
-import type { UniformQuantizer } from "../core/quant/uniform.ts";
+import { emitFakeQuant, fakeQuant, type UniformQuantizer } from "../core/quant/uniform.ts";
 import {
   foldBlocker,
   foldLayerNorm,
@@ -144,6 +163,11 @@ export interface RepqAct {
   rank?: number;
   /** Per-channel calibration before reparameterization (postLn: reparam). */
   perChannel?: UniformQuantizer;
+  /**
+   * postLn "reparam" only: why this post-LayerNorm quantizer's LayerNorm could not be
+   * folded; the quantizer then stays per channel at inference.
+   */
+  unfolded?: string;
 }
 
 /** One weight quantizer of the plan. */
@@ -162,6 +186,8 @@ export interface RepqFold {
   ln: Site;
   linears: Site[];
   params: ScaleReparam;
+  /** Zero Pads between the LayerNorm and the linear layers, folded through (`foldPostLn`). */
+  pads: string[];
 }
 
 /** Everything {@link runRepq} decided, for tests and fixtures. */
@@ -173,6 +199,13 @@ export interface RepqResult {
   folded: Graph;
   /** The fake-quant graph. */
   graph: Graph;
+  /**
+   * The deploy graph (`repqDeploy`): uniform quantizers as QDQ integer codes, the log-√2
+   * softmax quantizer (and any quantizer without a QDQ form) as float fake-quant.
+   */
+  deploy: Graph;
+  /** Reparameterized quantizers whose fractional zero point the deploy graph rounds. */
+  deployRounded: number;
   /** Calibration passes run. */
   passes: number;
 }
@@ -314,6 +347,94 @@ function foldGroups(ctx: QuantContext, acts: RepqAct[]): { ln: Site; acts: RepqA
   }));
 }
 
+/** A constant-mode Pad whose padding value is 0 (Swin's window padding). */
+function zeroPad(g: Graph, idx: GraphIndex, n: Node): boolean {
+  if (n.opType !== "Pad") return false;
+  const mode = attr(n, "mode");
+  if (mode !== undefined && mode !== "constant") return false;
+  if (!n.inputs[2]) return true;
+  const v = g.constant(n.inputs[2], idx);
+  return v !== undefined && v.float32().every((x) => x === 0);
+}
+
+/**
+ * Can the LayerNorm `ln` be folded into `linears`? `foldBlocker`'s conditions (layout
+ * ops only between them), except that constant Pads with value 0 may sit on the way
+ * (timm 1.x Swin pads norm1's output to the window size: a Pad whose pads come from
+ * the shapes). A plain fold through such a Pad is not exact: a padded position holds
+ * 0, not an LN output, and the folded linear layer (weights W·r, bias + W·r·b) reads
+ * 0 as `x/r - b = 0`, i.e. an original value of `r·b`, changing its output there
+ * (the padded tokens are keys and values of their window). `foldPostLn` therefore
+ * pads `y + b` and subtracts `b` after the Pad: the padded positions then hold `-b`,
+ * what the folded layer needs to compute the original `W·0 + bias`, and the others
+ * are unchanged (exact up to float32 rounding; the FP function of the graph is kept).
+ * The per-tensor quantizer reads `-b_c = (z_c - z̄)·Δ̄` there, which it maps to code
+ * `z_c` and back to `-b_c` when z̄ is an integer: the per-channel quantizer's exact zero
+ * (with the reference's fractional z̄, the same approximation as at every position).
+ * Returns the reason it cannot, or the Pad nodes on the way.
+ */
+export function postLnFoldCheck(
+  g: Graph,
+  ln: Site,
+  linears: Site[],
+): { why: string; pads?: undefined } | { why?: undefined; pads: string[] } {
+  const idx = g.index();
+  const view = g.clone();
+  for (const n of view.nodes) {
+    if (!zeroPad(g, idx, n)) continue;
+    n.opType = "Identity";
+    n.inputs = [n.inputs[0]];
+    n.attributes = [];
+  }
+  const why = foldBlocker(view, ln, linears);
+  if (why) return { why };
+  // the paths from the LayerNorm to the linear layers are layout ops and zero Pads only
+  const targets = new Set(linears.map((s) => s.node));
+  const pads = new Set<string>();
+  const seen = new Set<string>([ln.output]);
+  const queue = [ln.output];
+  while (queue.length) {
+    for (const u of idx.consumers.get(queue.shift()!) ?? []) {
+      const n = g.nodes[u.node];
+      if (targets.has(n.name) || n.opType === "Shape" || n.opType === "Size") continue;
+      if (n.opType === "Pad") pads.add(n.name);
+      for (const o of n.outputs) {
+        if (!seen.has(o)) {
+          seen.add(o);
+          queue.push(o);
+        }
+      }
+    }
+  }
+  return { pads: [...pads] };
+}
+
+/**
+ * `foldLayerNorm`, and through each zero Pad in `pads` (see {@link postLnFoldCheck}):
+ * `Pad(y + b) - b`, so that padded positions hold `-b` (exact in FP up to float32
+ * rounding). Edits `g`; keeps it topologically sorted.
+ */
+export function foldPostLn(
+  g: Graph,
+  ln: Site,
+  linears: Site[],
+  p: ScaleReparam,
+  pads: string[],
+): void {
+  foldLayerNorm(g, ln, linears, p);
+  if (pads.length === 0) return;
+  const b = g.constFloat(`${ln.id}_pad_b`, p.b);
+  for (const name of pads) {
+    const n = g.nodes.find((x) => x.name === name);
+    if (!n) throw new VitqError(`repq: Pad ${name} after ${ln.id} not found`);
+    n.inputs[0] = g.addNode("Add", [n.inputs[0], b]);
+    const out = n.outputs[0];
+    n.outputs[0] = g.uniqueName(`${out}_shifted`);
+    g.addNode("Sub", [n.outputs[0], b], { outputs: [out] });
+  }
+  g.topoSort();
+}
+
 /** Input channels of a linear site (from its weight). */
 function inChannels(g: Graph, site: Site): number {
   const t = g.initializers.get(site.weight!)!;
@@ -431,11 +552,13 @@ export async function runRepq(ctx: QuantContext): Promise<RepqResult> {
     reinit: false,
   }));
   const acts = planActs(ctx, o);
-  const groups = o.postLn === "reparam" ? foldGroups(ctx, acts) : [];
-  for (const gr of groups) {
-    const why = foldBlocker(ctx.graph, gr.ln, gr.acts.map((q) => q.site));
-    if (why) throw new VitqError(`repq: cannot reparameterize: ${why}`);
-  }
+  // a LayerNorm that cannot be folded keeps its per-channel quantizers (recorded, noted)
+  const groups = (o.postLn === "reparam" ? foldGroups(ctx, acts) : []).flatMap((gr) => {
+    const check = postLnFoldCheck(ctx.graph, gr.ln, gr.acts.map((q) => q.site));
+    if (check.why === undefined) return [{ ...gr, pads: check.pads }];
+    for (const q of gr.acts) q.unfolded = check.why;
+    return [];
+  });
 
   // calibration: weights quantized throughout; activations stage by stage
   const wPlans: WeightPlan[] = weights.map((w) => ({ site: w.site, q: w.q }));
@@ -450,8 +573,8 @@ export async function runRepq(ctx: QuantContext): Promise<RepqResult> {
     const first = gr.acts[0];
     const pc = first.q!;
     const params = reparamParams(pc.scale, pc.zeroPoint, o.roundZeroPoint);
-    foldLayerNorm(folded, gr.ln, gr.acts.map((q) => q.site), params);
-    folds.push({ ln: gr.ln, linears: gr.acts.map((q) => q.site), params });
+    foldPostLn(folded, gr.ln, gr.acts.map((q) => q.site), params, gr.pads);
+    folds.push({ ln: gr.ln, linears: gr.acts.map((q) => q.site), params, pads: gr.pads });
     for (const q of gr.acts) {
       q.perChannel = q.q;
       q.q = {
@@ -471,18 +594,88 @@ export async function runRepq(ctx: QuantContext): Promise<RepqResult> {
     weights.map((w) => ({ site: w.site, q: w.q })),
     acts.filter((q) => !split.includes(q)).map(actPlan),
   );
-  for (const q of split) {
-    emitLog2SplitMatMul(
-      graph,
-      q.site.node,
-      { bits: q.bits, scale: q.logScale! },
-      `${q.site.id}_l2`,
-    );
-  }
-  if (split.length) graph.topoSort();
+  splitSoftmax(graph, split);
   const sq = new Map(applied.map((a) => [a.site, a.sqnrDb]));
   for (const w of weights) w.sqnrDb = sq.get(w.site);
-  return { acts, weights, folds, folded, graph, passes };
+  const dep = repqDeploy(folded, weights, acts, split);
+  return {
+    acts,
+    weights,
+    folds,
+    folded,
+    graph,
+    deploy: dep.graph,
+    deployRounded: dep.rounded,
+    passes,
+  };
+}
+
+/** softmaxGraph "log2-split": the A·V matmuls of `split` in the paper's log2 form. */
+function splitSoftmax(g: Graph, split: RepqAct[]): void {
+  for (const q of split) {
+    emitLog2SplitMatMul(g, q.site.node, { bits: q.bits, scale: q.logScale! }, `${q.site.id}_l2`);
+  }
+  if (split.length) g.topoSort();
+}
+
+/**
+ * The uniform quantizer the deploy graph uses for `q`: `q` itself, or, when its zero
+ * point is fractional (a reparameterized post-LayerNorm quantizer's z̄, the mean of
+ * integers, as the reference keeps it), the same step with z̄ rounded. A fractional z̄
+ * has no integer form (its grid `{k·Δ̄} ∪ {-z̄·Δ̄, (2^k-1-z̄)·Δ̄}` holds 2^k + 1 levels);
+ * rounded, the values are the same except where the quantizer saturates, where they
+ * differ by less than one step.
+ */
+function integerZeroPoint(q: UniformQuantizer): UniformQuantizer {
+  if (q.zeroPoint.every((z) => Number.isInteger(z))) return q;
+  return { ...q, zeroPoint: q.zeroPoint.map((z) => Math.round(z)) };
+}
+
+/**
+ * RepQ-ViT's deploy graph, from the folded FP graph: weights (per output channel,
+ * asymmetric) as uint8 codes, uniform activation quantizers (the reparameterized
+ * post-LayerNorm ones per tensor, with z̄ rounded: {@link integerZeroPoint}) as
+ * QuantizeLinear/DequantizeLinear; the log-√2 softmax quantizer, per-channel
+ * quantizers of LayerNorms that were not folded, and any quantizer whose zero point
+ * does not fit its 8-bit container stay float fake-quant, and so does the weight of a
+ * layer whose input stays float. Returns the graph and how many quantizers had their
+ * zero point rounded.
+ */
+function repqDeploy(
+  folded: Graph,
+  weights: RepqWeight[],
+  acts: RepqAct[],
+  split: RepqAct[],
+): { graph: Graph; rounded: number } {
+  let rounded = 0;
+  const integerInput = new Set<Site>();
+  const aPlans = acts.filter((q) => !split.includes(q)).map((q): ActPlan => {
+    if (q.kind === "log-sqrt2") return actPlan(q);
+    const qi = integerZeroPoint(q.q!);
+    if (!qdqFits(qi)) {
+      const fq = q.q!, rank = q.rank;
+      return { site: q.site, slot: q.slot, emit: (g, x, p) => emitFakeQuant(g, x, fq, p, rank) };
+    }
+    if (qi !== q.q) rounded++;
+    // per-channel steps on a linear input (an unfolded LayerNorm) stay float (`applyPlan`)
+    if (q.slot === 0 && qi.scale.length === 1) integerInput.add(q.site);
+    return { site: q.site, slot: q.slot, q: qi, rank: q.rank };
+  });
+  const base = folded.clone();
+  const wPlans: WeightPlan[] = [];
+  for (const w of weights) {
+    if (integerInput.has(w.site) && qdqFits(w.q)) wPlans.push({ site: w.site, q: w.q });
+    else {
+      // the dequantized weight, as in the fake-quant graph: an integer weight beside a float
+      // input would be fused by ONNX Runtime into MatMulNBits, which quantizes the input on
+      // the fly (see `methods/adfq.ts` adfqDeploy)
+      const { data, dims } = siteWeight(base, w.site);
+      base.setInitializer(Tensor.fromFloat32(w.site.weight!, dims, fakeQuant(data, dims, w.q)));
+    }
+  }
+  const graph = applyPlan(base, wPlans, aPlans, { deploy: true }).deploy!;
+  splitSoftmax(graph, split);
+  return { graph, rounded };
 }
 
 /** One quantizer's parameters as plain numbers (float32 values, exactly representable in JSON). */
@@ -520,6 +713,7 @@ export function repqSteps(
 function describe(q: RepqAct, o: RepqOptions): string {
   if (q.kind === "log-sqrt2") return "per-tensor log-sqrt2";
   if (q.kind === "per-channel") {
+    if (q.unfolded) return `per-channel asym (not reparameterized: ${q.unfolded})`;
     return o.postLn === "reparam"
       ? "per-tensor asym (reparameterized per-channel)"
       : "per-channel asym";
@@ -557,10 +751,23 @@ export const repq: QuantMethod = {
       });
     }
     const layers = await rec.records();
-    return {
-      graph: r.graph,
-      layers,
-      notes: `${r.passes} calibration passes; ${r.folds.length} LayerNorms reparameterized`,
-    };
+    const pads = r.folds.reduce((n, f) => n + f.pads.length, 0);
+    const unfolded = [...new Set(r.acts.filter((q) => q.unfolded).map((q) => q.unfolded))];
+    const notes = [
+      `${r.passes} calibration passes`,
+      `${r.folds.length} LayerNorms reparameterized${
+        pads ? ` (${pads} through a zero Pad: padded positions shifted by -b)` : ""
+      }`,
+      ...unfolded.map((why) => `kept per channel (not reparameterized): ${why}`),
+      ...(r.deployRounded
+        ? [
+          `deploy graph: ${r.deployRounded} reparameterized zero points rounded to integers (differs from the fake-quant graph only where those quantizers saturate)`,
+        ]
+        : []),
+    ].join("; ");
+    const kind = r.deployRounded
+      ? `${QDQ_KIND}; RepQ-ViT's reparameterized post-LayerNorm quantizers with their fractional zero point z̄ rounded (values differ from the fake-quant graph only where they saturate, by less than one step); log-√2 softmax quantizer float`
+      : `${QDQ_KIND}; log-√2 softmax quantizer float`;
+    return { graph: r.graph, layers, notes, deployable: { graph: r.deploy, kind } };
   },
 };

@@ -31,9 +31,10 @@
  */
 import { type Captured, captureValues } from "../core/runtime/capture.ts";
 import { outputGradients } from "../core/autodiff/gradients.ts";
-import type { Graph } from "../core/onnx/graph.ts";
+import type { Graph, Node } from "../core/onnx/graph.ts";
 import type { Site } from "../core/onnx/sites.ts";
 import { type ActPlan, applyPlan } from "../core/quant/apply.ts";
+import { distributeParts, integerMatMuls, QDQ_KIND } from "../core/quant/deploy.ts";
 import {
   activationTargets,
   type ActTarget,
@@ -43,9 +44,11 @@ import {
 import { type Metric, scoringGraph } from "../core/quant/search.ts";
 import {
   emitV2sf,
+  emitV2sfParts,
   emitV2sfWith,
   type FlagRule,
   type V2sfKind,
+  type V2sfQuantizer,
   v2sfSteps,
 } from "../core/quant/two_scaled.ts";
 import {
@@ -272,6 +275,87 @@ function unquantizeSlot(g: Graph, site: Site, slot: number, raw: string): void {
   n.inputs[slot] = raw;
 }
 
+/** One V-2SF quantizer of the plan: the node input it replaces PTQ4ViT's quantizer on. */
+interface V2sfSite {
+  site: Site;
+  slot: number;
+  value: string;
+  q: V2sfQuantizer;
+}
+
+/**
+ * Undo PTQ4ViT's deploy rewrite of the matmul `site` (`integerMatMuls`: MatMulInteger of the
+ * operands' codes, Cast, Mul by the steps, under the site node's name) back to a MatMul of
+ * DequantizeLinear operands, so that one operand can be quantized anew. A node that is
+ * not so rewritten is left. Returns the DequantizeLinear values (per-channel ones need
+ * their rank for `integerMatMuls` again).
+ */
+function undoIntegerMatMul(g: Graph, site: Site): string[] {
+  const producer = new Map<string, Node>();
+  for (const n of g.nodes) for (const o of n.outputs) producer.set(o, n);
+  const n = g.nodes.find((x) => x.name === site.node);
+  if (!n) throw new Error(`tsptq: node ${site.node} of ${site.id} not in the deploy graph`);
+  if (n.opType !== "Mul") return [];
+  const mmi = producer.get(producer.get(n.inputs[0])?.inputs[0] ?? "");
+  if (mmi?.opType !== "MatMulInteger") {
+    throw new Error(`tsptq: ${site.id} is a Mul but not an integer matmul in the deploy graph`);
+  }
+  const dq = [0, 1].map((k) => {
+    const q = producer.get(mmi.inputs[k]);
+    if (q?.opType !== "QuantizeLinear") {
+      throw new Error(`tsptq: ${site.id}: operand ${k} of its integer matmul is not quantized`);
+    }
+    return g.addNode("DequantizeLinear", [mmi.inputs[k], q.inputs[1], q.inputs[2]], {
+      attributes: q.attributes,
+    });
+  });
+  n.opType = "MatMul";
+  n.inputs = dq;
+  n.attributes = [];
+  return dq;
+}
+
+/**
+ * TSPTQ-ViT's deploy graph, from PTQ4ViT's: each V-2SF operand replaces PTQ4ViT's
+ * quantizer on its slot as two int8 operands (`emitV2sfParts`: small-step and large-step
+ * codes), and the consuming A·V matmul or fc2 layer is split into one integer product per
+ * part, the products added (`distributeParts`; per-head V as MatMulInteger with the steps
+ * after it, `integerMatMuls`). The LayerNorm-input plans (`lnPlans`: O-2SF, per-channel
+ * steps feeding LayerNorm and the residual adds, no integer kernel) stay float fake-quant.
+ * `rankOf` gives the rank of a captured value.
+ */
+function tsptqDeploy(
+  ptqDeploy: Graph,
+  v2: V2sfSite[],
+  lnPlans: ActPlan[],
+  rankOf: (value: string) => number,
+): Graph {
+  const g = ptqDeploy.clone();
+  const ranks = new Map<string, number>();
+  for (const v of v2) {
+    const dq = undoIntegerMatMul(g, v.site);
+    dq.forEach((d, k) => ranks.set(d, rankOf(v.site.operands![k])));
+    unquantizeSlot(g, v.site, v.slot, v.value);
+  }
+  const sums = new Map<string, string[]>();
+  const plans: ActPlan[] = v2.map((v) => ({
+    site: v.site,
+    slot: v.slot,
+    emit: (h, input, prefix) => {
+      if (v.q.bits > 8) return emitV2sf(h, input, v.q, prefix);
+      const { sum, parts } = emitV2sfParts(h, input, v.q, prefix);
+      sums.set(sum, parts);
+      return sum;
+    },
+  }));
+  const out = applyPlan(g, [], [...plans, ...lnPlans], { inPlace: true }).graph;
+  distributeParts(out, sums);
+  integerMatMuls(out, ranks);
+  out.prune();
+  out.topoSort();
+  return out;
+}
+
 async function quantizeTsptq(ctx: QuantContext<TsptqOptions>): Promise<QuantizedModel> {
   const o = ctx.options;
   const { bits } = ctx;
@@ -300,6 +384,7 @@ async function quantizeTsptq(ctx: QuantContext<TsptqOptions>): Promise<Quantized
   const factors = Array.from({ length: o.n }, (_, i) => o.alpha + (i * (o.beta - o.alpha)) / o.n);
   const perImage = (v: string) => captured.get(v)!.data.length / ctx.calib.length;
   const acts: ActPlan[] = [];
+  const v2: V2sfSite[] = [];
   const records: LayerRecord[] = [];
   const g = base.graph;
   // 3. V-2SF on the softmax operand of A·V and the fc2 input
@@ -364,6 +449,7 @@ async function quantizeTsptq(ctx: QuantContext<TsptqOptions>): Promise<Quantized
     const q = { bits: bits.a, step: smallStep(best), m: best.m, kind };
     unquantizeSlot(g, site, t.slot!, t.value);
     acts.push({ site, slot: t.slot, emit: (h, input, prefix) => emitV2sf(h, input, q, prefix) });
+    v2.push({ site, slot: t.slot!, value: t.value, q });
     records.push(record(t, bits.a, q.step, `V-2SF ${kind}, m=${q.m}`, perImage(t.value)));
   }
   // 4. LayerNorm inputs: O-2SF (or a searched per-tensor step)
@@ -391,6 +477,10 @@ async function quantizeTsptq(ctx: QuantContext<TsptqOptions>): Promise<Quantized
     acts.push(lnInputPlan(t, r, x.dims.length));
     records.push(record(t, bits.a, lnInputStep(r), lnInputName(r), perImage(t.value)));
   }
+  // the deploy graph first: PTQ4ViT's deploy graph with the same edits
+  const lnPlans = acts.slice(v2.length);
+  const deploy = base.deployable &&
+    tsptqDeploy(base.deployable.graph, v2, lnPlans, (v) => captured.get(v)!.dims.length);
   const { graph } = applyPlan(g, [], acts, { inPlace: true });
   const replaced = new Set(v2Targets.map((t) => `${t.site.id}/${t.tensor}`));
   // PTQ4ViT records a per-head operand as tensors a[h0], a[h1], ...
@@ -405,7 +495,16 @@ async function quantizeTsptq(ctx: QuantContext<TsptqOptions>): Promise<Quantized
   }; m in 1..${o.mMax} (inferred); LayerNorm input read quantized by ${
     o.lnConsumers === "all" ? "all its readers (inferred)" : "the LayerNorm only (inferred)"
   }; PTQ4ViT search: ${base.notes ?? ""}`;
-  return { graph, layers, notes };
+  return {
+    graph,
+    layers,
+    notes,
+    deployable: deploy && {
+      graph: deploy,
+      kind:
+        `${QDQ_KIND}; TSPTQ-ViT's V-2SF operands as two int8 operands (small- and large-step codes) whose integer products are added; O-2SF LayerNorm inputs float`,
+    },
+  };
 }
 
 const APPROX =

@@ -22,6 +22,10 @@ import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { minmax } from "../methods/baselines.ts";
 import { ptq4vit } from "../methods/ptq4vit.ts";
+import { repq } from "../methods/repq.ts";
+import { tsptq } from "../methods/tsptq.ts";
+import { adfq } from "../methods/adfq.ts";
+import type { QuantMethod } from "../methods/types.ts";
 import type { Bits, QuantContext } from "../methods/types.ts";
 import {
   cli,
@@ -349,6 +353,74 @@ Deno.test({
     );
   },
 });
+
+/**
+ * RepQ-ViT, TSPTQ-ViT and ADFQ-ViT deploy graphs on the shipped ViT at W8A8 (short
+ * settings: the lowering does not depend on the step values): Top-1 within 0.1 points of
+ * the fake-quant graph, and the sites each leaves float (its non-uniform quantizers).
+ */
+const DEPLOY_CASES: {
+  method: QuantMethod;
+  options: Record<string, unknown>;
+  /** Site roles whose linear/matmul stays float in the deploy graph. */
+  float: string[];
+}[] = [
+  // log-√2 softmax operand of A·V; the reparameterized post-LN inputs are integer (z̄ rounded)
+  { method: repq, options: {}, float: ["av"] },
+  // V-2SF operands as two int8 operands: every linear and matmul integer but the patch
+  // embedding (PTQ4ViT keeps the image FP)
+  { method: tsptq, options: { n: 10, rounds: 1, mMax: 4 }, float: ["patch_embed"] },
+  // per-patch outlier (qkv, fc1 inputs), Shift-Log2 (fc2 input), log-√2 (softmax) float
+  {
+    method: adfq,
+    options: { iters: 2, batch: 4, initSamples: 8 },
+    float: ["qkv", "q", "k", "v", "fc1", "fc2", "av"],
+  },
+];
+
+for (const { method, options, float } of DEPLOY_CASES) {
+  Deno.test({
+    name:
+      `deploy: ${method.name} on the shipped ViT at W8A8: deploy Top-1 equals fake-quant within 0.1, integer kernels where its quantizers are uniform`,
+    sanitizeResources: false,
+    fn: async () => {
+      const top1 = await shippedTop1(1000);
+      const c = await shippedCtx({ w: 8, a: 8 }, {
+        ...(method.defaults as Record<string, unknown>),
+        ...options,
+      });
+      const q = await method.quantize(c);
+      assert.ok(q.deployable, `${method.name} returns a deployable graph`);
+      const [fake, dep] = [await top1(q.graph), await top1(q.deployable.graph)];
+      const cov = integerCoverage(
+        c.graph,
+        q.deployable.graph,
+        c.sites,
+        await coverageDimsOf(c.graph, c.sites),
+      );
+      const share = cov.integerMacs / cov.totalMacs;
+      console.log(
+        `${method.name} W8A8: fake-quant ${fake.toFixed(1)}, deploy ${
+          dep.toFixed(1)
+        }; integer ${cov.integerSites.length} sites, ${(100 * share).toFixed(1)}% of MACs; float: ${
+          cov.floatSites.join(" ")
+        }`,
+      );
+      assert.ok(Math.abs(fake - dep) <= 0.1, `${fake} vs ${dep}`);
+      const byId = new Map(c.sites.map((s) => [s.id, s]));
+      const expected = c.sites.filter((s) =>
+        (s.kind === "linear" || s.kind === "matmul") && float.includes(s.role)
+      ).map((s) => s.id);
+      assert.deepEqual(cov.floatSites, expected, `float sites: ${cov.floatSites}`);
+      assert.ok(cov.integerSites.every((id) => !float.includes(byId.get(id)!.role)));
+      const fused = await fusedOps(await runtime(), q.deployable.graph.toBytes());
+      assert.ok(
+        Object.keys(fused).some((op) => /Integer|QLinear|QGemm/.test(op)),
+        JSON.stringify(fused),
+      );
+    },
+  });
+}
 
 Deno.test("deploy: raising a graph to opset 21 (Reduce axes as inputs) keeps its logits", async () => {
   const rt = await runtime();

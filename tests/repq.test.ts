@@ -5,8 +5,8 @@
  * the parity fixture of the steps chosen on the shipped ViT (W4A4, seed 0).
  */
 import assert from "node:assert/strict";
-import { Graph } from "../core/onnx/graph.ts";
-import { findSites } from "../core/onnx/sites.ts";
+import { Graph, makeAttr, Tensor } from "../core/onnx/graph.ts";
+import { findSites, type Site } from "../core/onnx/sites.ts";
 import { addFloatInput } from "../core/autodiff/backward.ts";
 import { emitFakeQuant, fakeQuant, type UniformQuantizer } from "../core/quant/uniform.ts";
 import { emitLogSqrt2Quant } from "../core/quant/log.ts";
@@ -19,7 +19,15 @@ import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { drawCalibration, hashIds } from "../datasets/subset.ts";
 import type { TensorData } from "../core/runtime/runtime.ts";
-import { postLnFolds, repq, repqSteps, runRepq, type StepEntry } from "../methods/repq.ts";
+import {
+  foldPostLn,
+  postLnFoldCheck,
+  postLnFolds,
+  repq,
+  repqSteps,
+  runRepq,
+  type StepEntry,
+} from "../methods/repq.ts";
 import type { QuantContext } from "../methods/types.ts";
 import { FIXTURE_CARD, FIXTURES, randomData, runtime } from "./helpers.ts";
 
@@ -178,6 +186,97 @@ Deno.test("RepQ fold refuses a LayerNorm whose output also feeds something else"
   const g = graph.clone();
   g.addOutput(g.addNode("Relu", [f.ln.output], { name: "extra_relu" }));
   assert.match(foldBlocker(g, f.ln, f.linears) ?? "", /consumed by Relu extra_relu/);
+});
+
+/**
+ * LayerNorm -> Reshape [B, H, W, C] -> Pad (H and W, value `padValue`) -> Reshape -> MatMul + bias:
+ * the window padding of timm 1.x Swin, here with real padding.
+ */
+function padGraph(padValue?: number): { g: Graph; ln: Site; lin: Site } {
+  const [B, H, W, C, O] = [2, 2, 3, 8, 5];
+  const g = Graph.create(17);
+  g.addInput("x", [B, H * W, C]);
+  g.setInitializer(Tensor.fromFloat32("gamma", [C], randomData(C, 31, 0.5).map((v) => 1 + v)));
+  g.setInitializer(Tensor.fromFloat32("beta", [C], randomData(C, 32, 0.3)));
+  g.setInitializer(Tensor.fromFloat32("w", [C, O], randomData(C * O, 33, 0.4)));
+  g.setInitializer(Tensor.fromFloat32("bias", [O], randomData(O, 34, 0.2)));
+  const i64 = (name: string, v: number[]) =>
+    g.setInitializer(Tensor.fromInt64(name, [v.length], v));
+  g.addNode("LayerNormalization", ["x", "gamma", "beta"], {
+    name: "ln",
+    outputs: ["y"],
+    attributes: [makeAttr("axis", -1), makeAttr("epsilon", 1e-5, "float")],
+  });
+  const r = g.addNode("Reshape", ["y", i64("s4", [B, H, W, C])]);
+  // H padded by one row at the end, W by one column at the start
+  const pads = [i64("pads", [0, 0, 1, 0, 0, 1, 0, 0])];
+  if (padValue !== undefined) pads.push(g.constFloat("pad_value", padValue));
+  const p = g.addNode("Pad", [r, ...pads], {
+    name: "pad",
+    attributes: [makeAttr("mode", "constant")],
+  });
+  const t = g.addNode("Reshape", [p, i64("s3", [B, -1, C])]);
+  g.addNode("MatMul", [t, "w"], { name: "mm", outputs: ["mm_out"] });
+  g.addNode("Add", ["mm_out", "bias"], { outputs: ["out"] });
+  g.addOutput("out");
+  const ln = {
+    id: "b0.norm1",
+    kind: "ln",
+    role: "norm1",
+    block: 0,
+    node: "ln",
+    input: "x",
+    output: "y",
+    gamma: "gamma",
+    beta: "beta",
+  } as Site;
+  const lin = {
+    id: "b0.qkv",
+    kind: "linear",
+    role: "qkv",
+    block: 0,
+    node: "mm",
+    input: t,
+    output: "mm_out",
+    weight: "w",
+    bias: "bias",
+    weightOutAxis: 1,
+  } as Site;
+  return { g, ln, lin };
+}
+
+Deno.test("RepQ fold through a zero Pad (Swin window padding) keeps the FP outputs at padded positions too; a plain fold does not; a non-zero Pad is refused", async () => {
+  const { g, ln, lin } = padGraph();
+  assert.match(foldBlocker(g, ln, [lin]) ?? "", /consumed by Pad pad/);
+  const check = postLnFoldCheck(g, ln, [lin]);
+  assert.deepEqual(check, { pads: ["pad"] });
+  const pc = syntheticPerChannel(8, 35, 8);
+  const params = reparamParams(pc.scale, pc.zeroPoint);
+  const folded = g.clone();
+  foldPostLn(folded, ln, [lin], params, check.pads!);
+  const plain = g.clone();
+  foldLayerNorm(plain, ln, [lin], params);
+  const x = randomData(2 * 6 * 8, 36, 2);
+  const feeds = { x: { data: x, dims: [2, 6, 8] } };
+  const [ref, got, bad] = [
+    (await run(g, feeds)).out,
+    (await run(folded, feeds)).out,
+    (
+      await run(plain, feeds)
+    ).out,
+  ];
+  assert.equal(ref.length, 2 * 12 * 5);
+  let worst = 0, plainWorst = 0;
+  for (let i = 0; i < ref.length; i++) {
+    worst = Math.max(worst, Math.abs(got[i] - ref[i]) / (1 + Math.abs(ref[i])));
+    plainWorst = Math.max(plainWorst, Math.abs(bad[i] - ref[i]));
+  }
+  assert.ok(worst <= 1e-5, `fold through the Pad: ${worst}`);
+  assert.ok(plainWorst > 1e-2, `a plain fold changes the padded positions: ${plainWorst}`);
+  // padding with another value than 0: no exact fold, RepQ keeps that LayerNorm per channel
+  const nz = padGraph(1);
+  assert.match(postLnFoldCheck(nz.g, nz.ln, [nz.lin]).why ?? "", /consumed by Pad pad/);
+  assert.deepEqual(postLnFoldCheck(padGraph(0).g, ln, [lin]), { pads: ["pad"] });
 });
 
 async function tinyCtx(

@@ -47,6 +47,13 @@ const TINY: Record<string, Record<string, unknown>> = {
  */
 const UNIFORM = new Set(["minmax", "percentile", "baseptq", "ptq4vit"]);
 
+/**
+ * Methods whose deploy graph is checked here against their fake-quant graph (logit cosine
+ * >= 0.999: the same quantizers, integer kernels; RepQ-ViT's rounds its reparameterized
+ * zero points, which only moves saturated values).
+ */
+const DEPLOY_CHECKED = new Set(["repq", "tsptq", "adfq"]);
+
 const N = 4;
 const SHAPE = [3, 224, 224];
 
@@ -98,7 +105,8 @@ const only = Deno.env.get("VITQ_TIMM_METHODS")?.split(",");
 
 /**
  * Which methods run on which fixture (the test's time budget): the fast ones everywhere,
- * each slower one on two fixtures (TSPTQ-ViT's also on Swin); the full matrix with VITQ_TIMM_ALL=1.
+ * each slower one on two fixtures (TSPTQ-ViT's also on Swin; RepQ-ViT's also on both Swin
+ * exports, for its fold through the window Pad); the full matrix with VITQ_TIMM_ALL=1.
  * Set VITQ_TIMM_ALL=1 to run every method on every fixture.
  */
 const PLAN: Record<string, string[]> = {
@@ -106,16 +114,12 @@ const PLAN: Record<string, string[]> = {
   vit_s_explicit: ["baseptq", "repq", "mptq"],
   deit_t_fused_op14: ["tsptq", "ptq4vit", "mptq"],
   deit_s_dist_fused: ["baseptq", "adfq", "repq"],
-  swin_t_fused: ["tsptq"],
-  swin_t_explicit_op13: [],
+  swin_t_fused: ["tsptq", "repq"],
+  swin_t_explicit_op13: ["repq"],
 };
 const FAST = ["minmax", "percentile", "ivit"];
 /** Known failures on these exports (reported, not hidden): ignored tests with the reason. */
-const KNOWN: Record<string, string> = {
-  "swin_t_fused repq": "timm 1.x Swin pads norm1's output to the window size (a Pad whose " +
-    "pads come from the shapes, all zero at 224): RepQ-ViT's fold refuses a Pad after LayerNorm",
-  "swin_t_explicit_op13 repq": "as swin_t_fused",
-};
+const KNOWN: Record<string, string> = {};
 const all = Deno.env.get("VITQ_TIMM_ALL") === "1";
 
 for (const fixture of TIMM_FIXTURES) {
@@ -145,8 +149,19 @@ for (const fixture of TIMM_FIXTURES) {
           log: () => {},
         };
         const q = await method.quantize(ctx);
-        const cos = cosine(fp, await logits(q.graph, evalSet));
+        const fake = await logits(q.graph, evalSet);
+        const cos = cosine(fp, fake);
+        if (DEPLOY_CHECKED.has(name)) {
+          assert.ok(q.deployable, `${fixture} ${name}: no deploy graph`);
+          const dep = cosine(fake, await logits(q.deployable.graph, evalSet));
+          assert.ok(dep >= 0.999, `${fixture} ${name}: deploy vs fake-quant cosine ${dep}`);
+        }
         assert.ok(q.layers.length > 0, `${fixture} ${name}: no layer records`);
+        if (name === "repq") {
+          // every post-LayerNorm quantizer reparameterized (Swin: through the window Pad)
+          assert.doesNotMatch(q.notes ?? "", /not reparameterized/);
+          assert.ok(q.layers.every((l) => !/not reparameterized/.test(l.quantizer)));
+        }
         const floor = UNIFORM.has(name) ? 0.99 : 0.95;
         assert.ok(cos >= floor, `${fixture} ${name}: cosine ${cos} < ${floor}`);
       },

@@ -2,6 +2,9 @@ import assert from "node:assert/strict";
 import { Graph } from "../core/onnx/graph.ts";
 import { findSites } from "../core/onnx/sites.ts";
 import { applyPlan } from "../core/quant/apply.ts";
+import { distributeParts } from "../core/quant/deploy.ts";
+import { fusedOps } from "../bench/speed.ts";
+import { Tensor } from "../core/onnx/graph.ts";
 import { activationTargets } from "../core/quant/scope.ts";
 import { symmetric } from "../core/quant/uniform.ts";
 import { optionsError } from "../bench/manifest.ts";
@@ -9,6 +12,7 @@ import { standardActSlots } from "../methods/baselines.ts";
 import {
   emitO2sf,
   emitV2sf,
+  emitV2sfParts,
   o2sf,
   o2sfDecodeInt,
   o2sfEncode,
@@ -196,6 +200,61 @@ Deno.test("two-scaled quantizers: TypeScript reference equals the ONNX emission 
       assert.deepEqual(bitsOf(dec), bitsOf(ref.map((v) => v + 0)), `O-2SF decode ${rule} ${bits}`);
       // the outlier channel's step is the base step times 2^m exactly
       assert.equal(o2sfSteps(q)[3], step * 2 ** m);
+    }
+  }
+});
+
+Deno.test("V-2SF deploy parts: small-step plus large-step int8 operands sum to the V-2SF value exactly; a MatMul split per part runs integer kernels and equals the fake-quant product", async () => {
+  const rt = await runtime();
+  for (const kind of ["unsigned", "signed"] as const) {
+    const x = testValues(kind).subarray(0, 2 * 50 * 16);
+    for (const [bits, step, m] of [[8, 0.001, 5], [4, 0.07, 2], [6, 0.013, 3]]) {
+      const q: V2sfQuantizer = { bits, step, m, kind };
+      const ref = v2sf(x, q);
+      const sum = await viaOrt(x, [x.length], (g, v) => emitV2sfParts(g, v, q, "t").sum);
+      // equal values (a QuantizeLinear gives +0 where the fake-quant graph gives -0)
+      assert.deepEqual(
+        bitsOf(sum.map((v) => v + 0)),
+        bitsOf(ref.map((v) => v + 0)),
+        `${kind} ${bits}`,
+      );
+      // A·W with A V-2SF-quantized: one integer product per part, added
+      // the fake-quant graph reads the dequantized weight as float (as vitq's do: a
+      // DequantizeLinear weight beside a float input would become ONNX Runtime's MatMulNBits)
+      const codes = Int8Array.from(randomData(16 * 7, 5, 100));
+      const fake = Graph.create(17, "t");
+      fake.addInput("x", [2, 50, 16]);
+      fake.setInitializer(
+        Tensor.fromFloat32("w", [16, 7], Float32Array.from(codes, (c) => Math.fround(c * 0.004))),
+      );
+      fake.addNode("MatMul", [emitV2sf(fake, "x", q, "f"), "w"], { outputs: ["y"] });
+      fake.addOutput("y");
+      const g = Graph.create(17, "t");
+      g.addInput("x", [2, 50, 16]);
+      g.setInitializer(new Tensor("wc", 3, [16, 7], new Uint8Array(codes.buffer)));
+      const wq = g.addNode("DequantizeLinear", ["wc", g.constFloat("ws", 0.004)]);
+      const p = emitV2sfParts(g, "x", q, "t");
+      g.addNode("MatMul", [p.sum, wq], { outputs: ["y"] });
+      g.addOutput("y");
+      assert.equal(distributeParts(g, new Map([[p.sum, p.parts]])), 1);
+      g.prune();
+      g.topoSort();
+      assert.equal(g.nodes.filter((n) => n.opType === "MatMul").length, 2, "one product per part");
+      const run = async (h: Graph) => {
+        const s = await rt.createSession(h);
+        const o = await s.run({ x: { data: x, dims: [2, 50, 16] } });
+        await s.release();
+        return o.y.data;
+      };
+      const [a, b] = [await run(fake), await run(g)];
+      for (let i = 0; i < a.length; i++) {
+        assert.ok(
+          Math.abs(a[i] - b[i]) <= 1e-5 * (1 + Math.abs(a[i])),
+          `${kind} ${bits} [${i}] ${a[i]} ${b[i]}`,
+        );
+      }
+      const fused = await fusedOps(rt, g.toBytes());
+      assert.ok(Object.keys(fused).some((op) => /Integer|QLinear/.test(op)), JSON.stringify(fused));
     }
   }
 });

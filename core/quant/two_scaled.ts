@@ -22,11 +22,20 @@
  * emitter built from standard ops (bit-exact with the reference under ONNX
  * Runtime; tests assert it) and an integer form (codes, and a decoder that only
  * shifts and multiplies by `S`).
+ * For deploy graphs, V-2SF also comes as two int8 operands, small-step and
+ * large-step codes, whose integer products are added ({@link emitV2sfParts}).
  *
  * @module
  */
 import type { Graph } from "../onnx/graph.ts";
-import { emitFakeQuant, fakeQuant, roundHalfEven, type UniformQuantizer } from "./uniform.ts";
+import {
+  emitFakeQuant,
+  fakeQuant,
+  roundHalfEven,
+  symmetric,
+  type UniformQuantizer,
+} from "./uniform.ts";
+import { emitQdqActivation } from "./deploy.ts";
 
 /** V-2SF small-region sign convention: `unsigned` for post-softmax, `signed` for post-GELU. */
 export type V2sfKind = "unsigned" | "signed";
@@ -299,4 +308,42 @@ export function o2sfFlags(
   }
   for (let ch = 0; ch < c; ch++) flags[ch] = e1[ch] < e0[ch] ? 1 : 0;
   return flags;
+}
+
+/**
+ * V-2SF for a deploy graph, as two uniform int8 operands whose products are added:
+ * the small-region value (codes `u` where `u` fits the small payload range, 0 elsewhere)
+ * quantized with step S and the large-region value (codes `v` where `u` does not fit, 0
+ * elsewhere) with step `L = S·2^m`, each as QuantizeLinear/DequantizeLinear. Their sum is
+ * {@link emitV2sf}'s value exactly (one part is 0 at every element, the other is on its
+ * own grid, so its QuantizeLinear reproduces the code). A MatMul or Gemm reading the sum
+ * can be split into one integer product per part (`deploy.ts` `distributeParts`), which is
+ * the shift decode `(payload << (flag·m))·S` carried out as two scaled integer products.
+ * Returns the sum and the two parts' dequantized values. Needs `bits` <= 8 (int8 codes).
+ */
+export function emitV2sfParts(
+  g: Graph,
+  input: string,
+  q: V2sfQuantizer,
+  prefix: string,
+): { sum: string; parts: [string, string] } {
+  const { small, large, lo, hi, top } = v2sfSteps(q);
+  if (q.bits > 8) throw new Error(`V-2SF parts: ${q.bits} bits do not fit int8 codes`);
+  const s = g.constFloat(`${prefix}_small`, small);
+  const l = g.constFloat(`${prefix}_large`, large);
+  const zero = g.constFloat(`${prefix}_zero`, 0);
+  const hiC = g.constFloat(`${prefix}_hi`, hi);
+  const u = g.addNode("Round", [g.addNode("Div", [input, s])]);
+  const sm = g.addNode("Mul", [g.addNode("Clip", [u, g.constFloat(`${prefix}_lo`, lo), hiC]), s]);
+  const v = g.addNode("Round", [g.addNode("Div", [input, l])]);
+  const lg = g.addNode("Mul", [
+    g.addNode("Clip", [v, zero, g.constFloat(`${prefix}_top`, top)]),
+    l,
+  ]);
+  const isLarge = g.addNode("Greater", [u, hiC]);
+  const a = g.addNode("Where", [isLarge, zero, sm]);
+  const b = g.addNode("Where", [isLarge, lg, zero]);
+  const pa = emitQdqActivation(g, a, symmetric(8, small), `${prefix}_s`);
+  const pb = emitQdqActivation(g, b, symmetric(8, large), `${prefix}_l`);
+  return { sum: g.addNode("Add", [pa, pb]), parts: [pa, pb] };
 }
