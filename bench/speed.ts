@@ -23,6 +23,22 @@ export interface Speed {
   batch: number;
   repetitions: number;
   warmup: number;
+  /**
+   * The machine's 1-minute load average around the measurement (the larger of
+   * the readings before and after), so a figure taken under load says so;
+   * absent where `/proc/loadavg` cannot be read.
+   */
+  load?: number;
+}
+
+/** The 1-minute load average from `/proc/loadavg`, or undefined (not Linux, no permission). */
+export function loadAverage(): number | undefined {
+  try {
+    const v = Number(Deno.readTextFileSync("/proc/loadavg").split(" ")[0]);
+    return Number.isFinite(v) ? v : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Quantile of a list (type 7, linear interpolation; see core/quantile.ts). */
@@ -78,9 +94,13 @@ export async function measureInterleaved(
       }
       return times;
     };
+    const before = loadAverage();
     const big = await timeRounds(make(opts.batch));
     const one = await timeRounds(make(1));
+    const after = loadAverage();
+    const load = before === undefined || after === undefined ? undefined : Math.max(before, after);
     return sessions.map((_, j) => ({
+      ...(load === undefined ? {} : { load }),
       ips: opts.batch / (quantile(big[j], 0.5) / 1000),
       ipsP90: opts.batch / (quantile(big[j], 0.9) / 1000),
       latMedMs: quantile(one[j], 0.5),

@@ -67,6 +67,7 @@ alter table results add column if not exists int_sites varchar;
 alter table results add column if not exists int_mac_share double;
 alter table results add column if not exists fused_ops varchar;
 alter table results add column if not exists saved_path varchar;
+alter table results add column if not exists speed_load double;
 create table if not exists images (
   eval_hash varchar, image_idx integer, image_id varchar, label smallint,
   primary key (eval_hash, image_idx));
@@ -203,6 +204,8 @@ export interface ResultRow {
   fused_ops?: string | null;
   /** Where `--save` wrote the cell's model. */
   saved_path?: string | null;
+  /** 1-minute load average while the cell's speed was measured (see `Speed.load`). */
+  speed_load?: number | null;
 }
 
 /** FP32 baseline of one model on one evaluation set. */

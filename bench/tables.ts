@@ -32,6 +32,8 @@ export interface TableEntry {
   timedGraph: string;
   /** FP32 images/s timed in the same interleaved loop as the cell's graphs (mean over seeds). */
   fpIps?: number | null;
+  /** Largest 1-minute load average while its cells were timed (null: not recorded). */
+  speedLoad?: number | null;
   /** Deploy graph (QDQ, integer kernels) of the cell, when the method has one (means over seeds). */
   deploy?: {
     ips: number | null;
@@ -111,7 +113,7 @@ export async function gatherTable(
             sim_lat_med_ms, subset_size, eval_hash, backend, dataset, split, subset_rule,
             calib_size, calib_split, approximations, timed_graph, created_at, mixed, w_bits_avg,
             a_bits_avg, packed_bytes, fp_ips, deploy_ips, deploy_lat_med_ms, deploy_top1,
-            deploy_bytes, int_mac_share, fused_ops`;
+            deploy_bytes, int_mac_share, fused_ops, speed_load`;
   let rows: Record<string, unknown>[];
   if (cellIds) {
     // in the order of `cellIds` (a plan's order), not of storage: a run merged from shards
@@ -175,6 +177,10 @@ export async function gatherTable(
       packedBytes: meanOrNull(g.map((r) => r.packed_bytes)),
       mixed: (r0.mixed as string | null) ?? null,
       fpIps: meanOrNull(g.map((r) => r.fp_ips)),
+      speedLoad: g.reduce<number | null>(
+        (m, r) => typeof r.speed_load === "number" ? Math.max(m ?? 0, r.speed_load) : m,
+        null,
+      ),
       deploy: r0.deploy_top1 === null || r0.deploy_top1 === undefined ? undefined : {
         ips: meanOrNull(g.map((r) => r.deploy_ips)),
         latMs: meanOrNull(g.map((r) => r.deploy_lat_med_ms)),
@@ -436,6 +442,17 @@ export function renderSpeedMarkdown(d: TableData): string[] {
         out.push(`| ${label} W${w}A${a} (deploy) | ${dep.join(" | ")} |`);
       }
     }
+  }
+  const loads = d.entries.map((e) => e.speedLoad).filter((x): x is number => typeof x === "number");
+  if (loads.length) {
+    out.push(
+      "",
+      `Machine load while timing (1-minute load average, /proc/loadavg): ${
+        Math.min(...loads).toFixed(2)
+      } to ${
+        Math.max(...loads).toFixed(2)
+      }. A load near or above the number of threads means these figures were taken under load.`,
+    );
   }
   out.push("");
   const deployed = d.entries.filter((e) => e.deploy);

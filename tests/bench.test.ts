@@ -30,6 +30,14 @@ Deno.test("bench end to end: rows in DuckDB, tables rendered, resume, force, det
     assert.ok((r.top1 as number) >= 0 && (r.top1 as number) <= 100);
     assert.ok((r.sim_ips as number) > 0 && (r.fp_ips as number) > 0);
     assert.ok((r.sim_lat_med_ms as number) > 0);
+    // the load average around the timing is stored (Linux), so a loaded figure says so
+    const onLinux = await Deno.stat("/proc/loadavg").then(() => true, () => false);
+    if (onLinux) {
+      assert.ok(typeof r.speed_load === "number" && r.speed_load >= 0, `${r.speed_load}`);
+    }
+  }
+  if (await Deno.stat("/proc/loadavg").then(() => true, () => false)) {
+    assert.match(await Deno.readTextFile(`${tables}/small/speed.md`), /Machine load while timing/);
   }
   const layers = await rows(db, "select count(*)::int as n from layers");
   // per cell: 26 weights + 25 linear inputs + 24 matmul operands
