@@ -492,6 +492,11 @@ async function searchLinear(
     })
     : undefined;
   let last = NaN;
+  // A round is a deterministic function of the steps it starts from: once a weight search
+  // returns the steps the previous round's did, every later search would repeat itself
+  // (same weights -> same input step -> same weights), so the remaining rounds are skipped
+  // with the same result.
+  let prevW: number[] | undefined;
   try {
     for (let r = 0; r < o.rounds; r++) {
       ctx.step?.(`${site.id} round ${r + 1}/${o.rounds}`);
@@ -531,6 +536,8 @@ async function searchLinear(
           wCur[gi] = Math.fround(wInit[gi] * factors[argmin(scores.map((s) => s[0]))]);
         }
       }
+      if (prevW && prevW.every((v, i) => v === wCur[i])) break;
+      prevW = [...wCur];
       if (!act || !xScorer) continue;
       const wq = quantW(p.w, p.cin, p.cout, expandGroups(p.groups, wCur, p.cout), wb);
       const cands: ActQ[] = factors.map((f) =>
@@ -664,6 +671,9 @@ async function searchMatmul(
     keepAxis,
     quant: uniform,
   });
+  // as in searchLinear: once an A search repeats the previous round's steps, the rounds
+  // have reached a fixed point and the rest would repeat themselves
+  let prevA: OperandQ | undefined;
   try {
     for (let r = 0; r < o.rounds; r++) {
       ctx.step?.(`${site.id} round ${r + 1}/${o.rounds}`);
@@ -692,6 +702,8 @@ async function searchMatmul(
           steps: Float32Array.from(argminColumns(s1), (k, h) => cand(aInit, k)[h]),
         };
       }
+      if (prevA && sameOperand(prevA, a)) break;
+      prevA = a;
       const s2 = await sb.scoreQuantized(
         o.n,
         (k) => cand(bInit, k),
@@ -710,6 +722,13 @@ async function searchMatmul(
     await sb.release();
   }
   return { a, b, groups };
+}
+
+function sameOperand(x: OperandQ, y: OperandQ): boolean {
+  if (x.kind === "twin-softmax" || y.kind === "twin-softmax") {
+    return x.kind === "twin-softmax" && y.kind === "twin-softmax" && x.split === y.split;
+  }
+  return x.steps.length === y.steps.length && x.steps.every((v, i) => v === y.steps[i]);
 }
 
 /** The searched quantizers of one site. */
