@@ -119,9 +119,9 @@ export async function quantizeIvit(ctx: QuantContext): Promise<IvitQuantizedMode
     (variant === "reference" ? ", residual stream and Shiftmax output 16-bit" : ""),
     `${integerGraph.nodes.length} ONNX nodes (${ops.get("MatMulInteger") ?? 0} MatMulInteger, ${
       ops.get("ConvInteger") ?? 0
-    } ConvInteger, ${
-      ops.get("MatMul") ?? 0
-    } int32 MatMul); no float between QuantizeLinear and the output Cast`,
+    } ConvInteger, ${ops.get("MatMul") ?? 0} int32 MatMul, ${
+      ops.get("Gather") ?? 0
+    } Gather, incl. the ShiftExp/ShiftGELU lookup tables); no float between QuantizeLinear and the output Cast`,
     ...program.facts,
   ].join("; ");
   ctx.log(notes);

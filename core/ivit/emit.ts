@@ -20,7 +20,10 @@
 import { DataType, Graph, makeAttr, Tensor } from "../onnx/graph.ts";
 import { GraphEmitter } from "../onnx/emitter.ts";
 import { INT31_MAX } from "./reference.ts";
+import { floorDivBig, planTruncRequant } from "./kernels.ts";
+import { MAX_TABLE, shiftExpTable, shiftGeluTable } from "./tables.ts";
 import {
+  type ConvStep,
   int32Tensor,
   int8Tensor,
   type IntProgram,
@@ -31,6 +34,8 @@ import {
   type ShiftGeluStep,
   type ShiftmaxStep,
   type Step,
+  stepInputs,
+  stepOutputs,
   uint8Tensor,
 } from "./program.ts";
 
@@ -40,13 +45,77 @@ export interface EmitOptions {
   dequantize?: boolean;
   /** Integer values of the program to expose as extra graph outputs (for tests). */
   extraOutputs?: string[];
+  /**
+   * Use the fast forms (default true): lookup tables for ShiftExp and
+   * ShiftGELU (tables.ts), requantization by truncating division, patch
+   * embedding as MatMulInteger. False emits every kernel as its plain op
+   * chain (the same results, for tests and speed comparisons).
+   */
+  fast?: boolean;
 }
 
 class Emitter extends GraphEmitter {
   private n = 0;
+  /** The step that writes each value. */
+  private readonly producer = new Map<string, Step>();
+  /** How many steps read each value, plus one per graph output it is. */
+  private readonly uses = new Map<string, number>();
+  /** Steps already emitted as part of an earlier one (a requantization folded into a table). */
+  private readonly folded = new Set<Step>();
+  /** The int32 form of an 8- or 16-bit value, where one exists (its clamped source or one shared Cast). */
+  private readonly wide = new Map<string, string>();
+  /**
+   * Values emitted as (codes − offset): the requantization skipped its final
+   * shift because its only reader cancels or folds it (Shiftmax, table ShiftGELU).
+   */
+  private readonly offset = new Map<string, number>();
 
-  constructor(readonly p: IntProgram) {
+  constructor(readonly p: IntProgram, kept: string[], readonly fast = true) {
     super(Graph.create(p.opset, "vitq_ivit"));
+    const use = (v: string) => this.uses.set(v, (this.uses.get(v) ?? 0) + 1);
+    for (const s of p.steps) {
+      for (const o of stepOutputs(s)) this.producer.set(o, s);
+      stepInputs(s).forEach(use);
+    }
+    for (const o of p.outputs) use(o.value);
+    kept.forEach(use);
+  }
+
+  /**
+   * Lowest and highest code a value can hold where the program bounds it: an
+   * 8-bit type, or the clamped output of a requantization; else undefined.
+   */
+  codeRange(v: string): [number, number] | undefined {
+    const t = this.p.types.get(v);
+    if (t === "uint8") return [0, 255];
+    if (t === "int8") return [-128, 127];
+    const s = this.producer.get(v);
+    if (s?.kind === "requant" && s.bits !== null) {
+      return [s.outZp - 2 ** (s.bits - 1), s.outZp + 2 ** (s.bits - 1) - 1];
+    }
+    return undefined;
+  }
+
+  /** The only step that reads `v` (and `v` is no graph output), if any. */
+  soleReader(v: string): Step | undefined {
+    if (this.uses.get(v) !== 1) return undefined;
+    return this.p.steps.find((s) => stepInputs(s).includes(v));
+  }
+
+  /** The per-tensor clamped requantization that is the only reader of `v`, if any. */
+  soleRequant(v: string): RequantStep | undefined {
+    const r = this.soleReader(v);
+    return r?.kind === "requant" && r.plan.consts.length === 1 ? r : undefined;
+  }
+
+  /** Whether the only reader of `v` is indifferent to a constant offset of its codes. */
+  offsetTolerant(v: string): boolean {
+    if (!this.fast) return false;
+    const r = this.soleReader(v);
+    if (r?.kind === "shiftmax") return true;
+    if (r?.kind !== "shiftgelu") return false;
+    const range = this.codeRange(v);
+    return !!range && (range[1] - range[0] + 1) ** 2 <= MAX_TABLE;
   }
 
   /** A fresh name (the graph starts empty: a counter suffices). */
@@ -118,7 +187,10 @@ class Emitter extends GraphEmitter {
   }
 
   toInt32(x: string, type: IntType): string {
-    return type === "int32" ? x : this.cast(x, "int32");
+    if (type === "int32") return x;
+    let w = this.wide.get(x);
+    if (!w) this.wide.set(x, w = this.cast(x, "int32"));
+    return w;
   }
 
   reduceMax(x: string): string {
@@ -197,7 +269,41 @@ class Emitter extends GraphEmitter {
     return this.op("Max", [prod, this.op("Mul", [sat, this.i32(INT31_MAX)])]);
   }
 
+  /**
+   * A clamped requantization as Clip, Mul, Add, truncating Div, Clip (see
+   * `TruncPlan` of kernels.ts); false when it does not fit int32.
+   */
+  requantTrunc(s: RequantStep): boolean {
+    if (s.bits === null || !this.fast) return false;
+    const t = planTruncRequant(s.plan, s.bits, s.outZp);
+    if (!t) return false;
+    const ch = (vals: number[]) => this.chan(vals, s.axis, s.rank);
+    let z = this.toInt32(s.x, s.xType);
+    if (t.clip && typeof t.clip.lo === "number") {
+      z = this.clip(z, t.clip.lo, t.clip.hi as number);
+    } else if (t.clip) {
+      z = this.op("Min", [
+        this.op("Max", [z, ch(t.clip.lo as number[])]),
+        ch(t.clip.hi as number[]),
+      ]);
+    }
+    if (t.m.some((v) => v !== 1)) z = this.op("Mul", [z, ch(t.m)]);
+    if (t.add.some((v) => v !== 0)) z = this.op("Add", [z, ch(t.add)]);
+    if (t.div.some((v) => v !== 1)) z = this.op("Div", [z, ch(t.div)]);
+    z = this.clip(z, 0, t.hi);
+    if (t.shift && s.outType === "int32" && this.offsetTolerant(s.out)) {
+      this.offset.set(s.out, t.shift);
+    } else if (t.shift) z = this.op("Add", [z, this.i32(t.shift)]);
+    if (s.outType === "int32") this.op("Identity", [z], [], s.out);
+    else {
+      this.cast(z, s.outType, s.out);
+      this.wide.set(s.out, z);
+    }
+    return true;
+  }
+
   requant(s: RequantStep): void {
+    if (this.requantTrunc(s)) return;
     const { plan, axis, rank } = s;
     let z = this.toInt32(s.x, s.xType);
     const ch = (vals: number[]) => this.chan(vals, axis, rank);
@@ -249,13 +355,40 @@ class Emitter extends GraphEmitter {
       f = this.clip(f, s.outZp - 2 ** (s.bits - 1), s.outZp + 2 ** (s.bits - 1) - 1);
     }
     if (s.outType === "int32") this.op("Identity", [f], [], s.out);
-    else this.cast(f, s.outType, s.out);
+    else {
+      this.cast(f, s.outType, s.out);
+      // clamped to bits: the int32 value is the same codes
+      if (s.bits !== null) this.wide.set(s.out, f);
+    }
+  }
+
+  /**
+   * ShiftExp of d ≤ 0 by table (tables.ts): d clipped to the table's dMin
+   * (unless the codes' range keeps it there), then one Gather with negative
+   * indices (index −j is entry T − j); undefined when the table would be too large.
+   */
+  shiftExpByTable(d: string, scale: number, n: number, width?: number): string | undefined {
+    if (!this.fast) return undefined;
+    let t;
+    try {
+      t = shiftExpTable(scale, n);
+    } catch {
+      return undefined;
+    }
+    // values[i] = e(dMin + i); Gather index d ∈ [dMin, 0] reads entry (d mod T)
+    const T = t.values.length;
+    const table = [t.values[T - 1], ...t.values.slice(0, T - 1)];
+    const dc = width !== undefined && width - 1 <= -t.dMin ? d : this.clip(d, t.dMin, 0);
+    return this.op("Gather", [this.i32(table, [T]), dc], [makeAttr("axis", 0)]);
   }
 
   shiftmax(s: ShiftmaxStep): void {
-    const x = this.toInt32(s.x, this.p.types.get(s.x) ?? "int32");
+    const type = this.p.types.get(s.x) ?? "int32";
+    const range = this.codeRange(s.x);
+    const x = this.toInt32(s.x, type);
     const d = this.op("Sub", [x, this.reduceMax(x)]);
-    const e = this.shiftExpNonPositive(d, s.x0, s.n);
+    const e = this.shiftExpByTable(d, s.scale, s.n, range && range[1] - range[0] + 1) ??
+      this.shiftExpNonPositive(d, s.x0, s.n);
     let sum: string;
     if (!s.splitSum) sum = this.reduceSum(e);
     else {
@@ -278,7 +411,65 @@ class Emitter extends GraphEmitter {
     else this.cast(out, s.outType, s.out);
   }
 
+  /**
+   * ShiftGELU by table (tables.ts), with the per-tensor requantization that
+   * alone reads its output folded in: index = code + w·(row max code) −
+   * lo·(w + 1), one Gather. False when the codes' range is unknown or the
+   * table too large.
+   */
+  shiftGeluByTable(s: ShiftGeluStep): boolean {
+    if (!this.fast) return false;
+    const range = this.codeRange(s.x);
+    if (!range) return false;
+    const [lo, hi] = range;
+    const w = hi - lo + 1;
+    const rq = this.soleRequant(s.out);
+    const rqOut = rq && rq.bits !== null ? rq : undefined;
+    let values: number[];
+    try {
+      values = shiftGeluTable({
+        lo,
+        hi,
+        xZp: s.xZp,
+        scale: s.scale,
+        n: s.n,
+        bits: s.bits,
+        requant: rqOut ? { c: rqOut.plan.consts[0], bits: rqOut.bits, outZp: rqOut.outZp } : null,
+      });
+    } catch {
+      return false;
+    }
+    const outType: IntType = rqOut ? rqOut.outType : "int32";
+    const table = this.cachedConstant(
+      `gelu|${values.join(",")}|${outType}`,
+      "gelu_table",
+      (nm) =>
+        outType === "uint8"
+          ? uint8Tensor(nm, [values.length], values)
+          : outType === "int8"
+          ? int8Tensor(nm, [values.length], values)
+          : outType === "int16"
+          ? new Tensor(
+            nm,
+            DataType.INT16,
+            [values.length],
+            new Uint8Array(Int16Array.from(values).buffer),
+          )
+          : int32Tensor(nm, [values.length], values),
+    );
+    const x = this.toInt32(s.x, this.p.types.get(s.x) ?? "int32");
+    // emitted codes are (code − off): index = (code − lo) + w·(max − lo)
+    const off = this.offset.get(s.x) ?? 0;
+    let row = this.op("Mul", [this.reduceMax(x), this.i32(w)]);
+    if (off !== lo) row = this.op("Add", [row, this.i32((off - lo) * (w + 1))]);
+    const idx = this.op("Add", [x, row]);
+    if (rqOut) this.folded.add(rqOut);
+    this.op("Gather", [table, idx], [makeAttr("axis", 0)], rqOut ? rqOut.out : s.out);
+    return true;
+  }
+
   shiftGelu(s: ShiftGeluStep): void {
+    if (this.shiftGeluByTable(s)) return;
     const x = this.centered(s.x, this.p.types.get(s.x) ?? "uint8", s.xZp);
     const mx = this.reduceMax(x);
     const e = this.shiftExpNonPositive(this.op("Sub", [x, mx]), s.x0, s.n);
@@ -288,6 +479,57 @@ class Emitter extends GraphEmitter {
     const f = this.op("Div", [this.i32(INT31_MAX), sum]);
     const sigma = this.op("Div", [this.op("Mul", [e, f]), this.i32(2 ** (32 - s.bits))]);
     this.op("Mul", [x, sigma], [], s.out);
+  }
+
+  /**
+   * The clamped requantization of z = ⌊P/2⌋ (I-LayerNorm's output, from the
+   * int32 product P = y'·f) emitted from P, without z: split at 2^16,
+   * zh = ⌊P/2^16⌋ = ⌊z/2^15⌋ and zl = ⌊(P mod 2^16)/2⌋ = z mod 2^15; then
+   * H = zh·m + ⌊(zl·m + cl mod 2^15)/2^15⌋ + ⌊cl/2^15⌋ and
+   * q = clamp(ch + ⌊H/2^(k−15)⌋), evaluated as a truncating Div of H plus
+   * an addend that lifts the result's range to start at 0 (see `TruncPlan`
+   * of kernels.ts); ch is moved toward the range where that cannot change the
+   * clamped result. False (nothing emitted) when a term leaves int32.
+   */
+  layerNormRequant(P: string, r: RequantStep): boolean {
+    if (r.bits === null || r.plan.consts.some((c) => c.k < 16 || c.k > 45)) return false;
+    const qmin = -(2n ** BigInt(r.bits - 1)), qmax = 2n ** BigInt(r.bits - 1) - 1n;
+    const base = Math.min(0, Number(qmin) + r.outZp);
+    const hiOut = Number(qmax) + r.outZp - base;
+    const fits = (v: bigint) => v >= -(2n ** 31n) && v < 2n ** 31n;
+    const zhLo = -32768n, zhHi = 32767n, zlHi = 32767n;
+    const m: number[] = [], cll: number[] = [], add: number[] = [], div: number[] = [];
+    for (const c of r.plan.consts) {
+      const M = BigInt(c.m), d = BigInt(c.k - 15);
+      const lo15 = c.cl % 32768n, hi15 = c.cl / 32768n;
+      const qMax = zlHi * M + lo15;
+      const hLo = zhLo * M + hi15, hHi = zhHi * M + qMax / 32768n + hi15;
+      if (!fits(qMax) || !fits(hLo) || !fits(hHi)) return false;
+      if (!fits(zhLo * M) || !fits(zhHi * M + qMax / 32768n)) return false;
+      const fLo = floorDivBig(hLo, 1n << d), fHi = floorDivBig(hHi, 1n << d);
+      let ch = c.ch;
+      if (ch > qmax - fLo) ch = qmax - fLo;
+      if (ch < qmin - fHi) ch = qmin - fHi;
+      const A = (ch + BigInt(r.outZp - base)) * (1n << d) + hi15;
+      if (!fits(A) || !fits(hLo + A - hi15) || !fits(hHi + A - hi15)) return false;
+      m.push(c.m), cll.push(Number(lo15)), add.push(Number(A)), div.push(2 ** (c.k - 15));
+    }
+    const ch = (vals: number[]) => this.chan(vals, r.axis, r.rank);
+    const rem = this.op("Mod", [P, this.i32(65536)]);
+    const zh = this.op("Div", [this.op("Sub", [P, rem]), this.i32(65536)]);
+    const zl = this.op("Div", [rem, this.i32(2)]);
+    let q = this.op("Mul", [zl, ch(m)]);
+    if (cll.some((v) => v !== 0)) q = this.op("Add", [q, ch(cll)]);
+    const h = this.op("Add", [this.op("Mul", [zh, ch(m)]), this.op("Div", [q, this.i32(32768)])]);
+    let z = this.op("Div", [this.op("Add", [h, ch(add)]), ch(div)]);
+    z = this.clip(z, 0, hiOut);
+    if (base) z = this.op("Add", [z, this.i32(base)]);
+    if (r.outType === "int32") this.op("Identity", [z], [], r.out);
+    else {
+      this.cast(z, r.outType, r.out);
+      this.wide.set(r.out, z);
+    }
+    return true;
   }
 
   layerNorm(s: LayerNormStep, xType: IntType, yMax: number): void {
@@ -315,6 +557,23 @@ class Emitter extends GraphEmitter {
       k = this.op("Div", [this.op("Add", [k, this.op("Div", [v, k])]), this.i32(2)]);
     }
     const f = this.op("Div", [this.i32(INT31_MAX), k]);
+    if (this.fast && s.steps >= 1) {
+      // after a Newton step from above k ≥ ⌊√V⌋ ≥ |y'|, so P = y'·f = y'·⌊(2^31−1)/k⌋ is an int32
+      const P = this.op("Mul", [yp, f]);
+      const rq = this.soleReader(s.out);
+      if (rq?.kind === "requant" && this.layerNormRequant(P, rq)) {
+        this.folded.add(rq);
+        return;
+      }
+      // ⌊P/2⌋ = (P − (P mod 2)) / 2
+      this.op(
+        "Div",
+        [this.op("Sub", [P, this.op("Mod", [P, this.i32(2)])]), this.i32(2)],
+        [],
+        s.out,
+      );
+      return;
+    }
     // floor(y'·f/2) = y'·floor(f/2) + (f mod 2)·floor(y'/2), |y'| < 2^16
     const fh = this.op("Div", [f, this.i32(2)]);
     const fl = this.op("Sub", [f, this.op("Mul", [fh, this.i32(2)])]);
@@ -324,7 +583,47 @@ class Emitter extends GraphEmitter {
     this.op("Sub", [sum2, this.op("Mul", [fl, this.i32(32768)])], [], s.out);
   }
 
+  /**
+   * A patch embedding (kernel = stride, no padding, dilation 1, one group, on
+   * the quantized image of known size) as MatMulInteger on the patches:
+   * Reshape/Transpose of the uint8 codes to [N, P, C·kh·kw], the weight as
+   * [C·kh·kw, O], the int32 product transposed back to [N, O, H', W'].
+   * ONNX Runtime's ConvInteger is far slower than its u8×s8 matmul. False
+   * when the conv is not of that form.
+   */
+  patchConv(s: ConvStep): boolean {
+    if (!this.fast) return false;
+    const src = this.producer.get(s.x);
+    const w = this.p.initializers.get(s.w)!;
+    const [O, C, kh, kw] = w.dims;
+    const dims = this.p.input.dims;
+    if (src?.kind !== "quantize" || dims.length !== 4) return false;
+    const [, c, H, W] = dims;
+    if (
+      c !== C || typeof H !== "number" || typeof W !== "number" || H % kh || W % kw ||
+      s.strides[0] !== kh || s.strides[1] !== kw || s.pads.some((v) => v !== 0) ||
+      s.dilations.some((v) => v !== 1) || s.group !== 1 || w.dataType !== DataType.INT8
+    ) return false;
+    const hp = H / kh, wp = W / kw, K = C * kh * kw;
+    const wv = w.numbers();
+    const wt = new Array<number>(K * O);
+    for (let o = 0; o < O; o++) for (let k = 0; k < K; k++) wt[k * O + o] = wv[o * K + k];
+    const wName = this.fresh("patch_w");
+    this.g.setInitializer(int8Tensor(wName, [K, O], wt));
+    const shape = (v: number[]) =>
+      this.cachedConstant(`shape|${v}`, "shape", (n) => Tensor.fromInt64(n, [v.length], v));
+    const x6 = this.op("Reshape", [s.x, shape([0, C, hp, kh, wp, kw])]);
+    const xt = this.op("Transpose", [x6], [makeAttr("perm", [0, 2, 4, 1, 3, 5])]);
+    const xp = this.op("Reshape", [xt, shape([0, hp * wp, K])]);
+    const zps = s.xZp ? [this.zp(s.xZp, this.p.types.get(s.x) ?? "uint8")] : [];
+    const acc = this.op("MatMulInteger", [xp, wName, ...zps]);
+    const at = this.op("Transpose", [acc], [makeAttr("perm", [0, 2, 1])]);
+    this.op("Reshape", [at, shape([0, O, hp, wp])], [], s.out);
+    return true;
+  }
+
   step(s: Step): void {
+    if (this.folded.has(s)) return;
     const types = this.p.types;
     switch (s.kind) {
       case "quantize": {
@@ -345,12 +644,12 @@ class Emitter extends GraphEmitter {
           this.op("MatMulInteger", [s.a, s.b, ...zps], [], s.out);
         } else if (s.mode === "split16") {
           // a = 256·hi + lo, hi in [0, 127], lo in [0, 255]: two uint8 MatMulIntegers
+          // the low byte is the Cast to uint8 (integer casts wrap modulo 2^8)
           const a = this.toInt32(s.a, s.aType);
           const hi = this.op("Div", [a, this.i32(256)]);
-          const lo = this.op("Sub", [a, this.op("Mul", [hi, this.i32(256)])]);
           const zps = [this.u8(0), this.zp(s.bZp, s.bType)];
           const mHi = this.op("MatMulInteger", [this.cast(hi, "uint8"), s.b, ...zps]);
-          const mLo = this.op("MatMulInteger", [this.cast(lo, "uint8"), s.b, ...zps]);
+          const mLo = this.op("MatMulInteger", [this.cast(a, "uint8"), s.b, ...zps]);
           this.op("Add", [this.op("Mul", [mHi, this.i32(256)]), mLo], [], s.out);
         } else {
           const a = this.centered(s.a, s.aType, s.aZp), b = this.centered(s.b, s.bType, s.bZp);
@@ -358,6 +657,7 @@ class Emitter extends GraphEmitter {
         }
         break;
       case "conv": {
+        if (this.patchConv(s)) break;
         const w = this.p.initializers.get(s.w)!;
         const zps = s.xZp ? [this.zp(s.xZp, this.p.types.get(s.x) ?? "uint8")] : [];
         this.op("ConvInteger", [s.x, s.w, ...zps], [
@@ -379,7 +679,11 @@ class Emitter extends GraphEmitter {
         }
         const sum = this.op("Add", [s.a, s.b]);
         const c = this.clip(sum, -(2 ** (s.bits - 1)), 2 ** (s.bits - 1) - 1);
-        this.cast(c, s.outType, s.out);
+        if (s.outType === "int32") this.op("Identity", [c], [], s.out);
+        else {
+          this.cast(c, s.outType, s.out);
+          this.wide.set(s.out, c);
+        }
         break;
       }
       case "reducesum":
@@ -419,7 +723,7 @@ class Emitter extends GraphEmitter {
  * named as in the original graph.
  */
 export function emitIntegerGraph(p: IntProgram, opts: EmitOptions = {}): Graph {
-  const e = new Emitter(p);
+  const e = new Emitter(p, opts.extraOutputs ?? [], opts.fast ?? true);
   const g = e.g;
   g.addInput(
     p.input.name,

@@ -159,6 +159,10 @@ export interface RequantPlan {
   outLo: number;
   /** Upper end of that range. */
   outHi: number;
+  /** Lower end of the input range the plan was made for. */
+  zlo: number;
+  /** Upper end of the input range. */
+  zhi: number;
 }
 
 function fits(v: bigint): boolean {
@@ -245,7 +249,7 @@ function offsetsFor(
  * its bottom: clipping z to [zLo, zHi] leaves the clamped result unchanged
  * (q is non-decreasing in z for m ≥ 0).
  */
-function saturation(c: RequantConst, bits: number): { zLo: bigint; zHi: bigint } {
+export function saturation(c: RequantConst, bits: number): { zLo: bigint; zHi: bigint } {
   const qmax = 2n ** BigInt(bits - 1) - 1n, qmin = -(2n ** BigInt(bits - 1));
   const p = 1n << BigInt(c.k);
   const m = BigInt(c.m);
@@ -360,7 +364,74 @@ export function planRequant(
     finalClamp: bits !== null && !(clip && !degenerate && consts.every((c) => c.m <= 2 ** c.k)),
     outLo,
     outHi,
+    zlo,
+    zhi,
   };
+}
+
+/**
+ * A clamped requantization in the fewest int32 passes: `Clip` z (one range
+ * for all channels, or per channel with Max/Min, or none), `t = z·m + A`,
+ * `Div(t, 2^k)`, `Clip(·, 0, hi)`, plus `shift` when the output range starts
+ * below 0. The addend A = C + (zp − base)·2^k moves the result so that its
+ * range starts at 0 (base = qmin + zp when that is negative, else 0): ONNX
+ * Div truncates toward zero, which differs from the floor only on a negative
+ * t, and there both the floor (≤ −1) and the truncation (≤ 0) clamp to 0.
+ */
+export interface TruncPlan {
+  /** Clip of z before the product: one range, per-channel ranges, or null (none needed). */
+  clip: { lo: number; hi: number } | { lo: number[]; hi: number[] } | null;
+  /** Per-channel multiplier m. */
+  m: number[];
+  /** Per-channel addend A (int32). */
+  add: number[];
+  /** Per-channel divisor 2^k. */
+  div: number[];
+  /** Upper clamp of the quotient (the clamp's lower end is 0). */
+  hi: number;
+  /** Added after the clamp: the output's lowest code when negative, else 0. */
+  shift: number;
+}
+
+/**
+ * {@link TruncPlan} of a clamped (`bits` not null) requantization with
+ * output zero point `outZp` over the plan's input range, or null when some
+ * `z·m + A` leaves int32 even with z clipped to the saturation bounds. The
+ * shared clip range is [min over channels of the lower saturation bound,
+ * max of the upper] (clipping beyond a channel's own bound cannot change its
+ * clamped result, since q is non-decreasing in z); per-channel bounds are the
+ * fallback when the shared range overflows.
+ */
+export function planTruncRequant(plan: RequantPlan, bits: number, outZp: number): TruncPlan | null {
+  const qmin = -(2 ** (bits - 1)), qmax = 2 ** (bits - 1) - 1;
+  const base = Math.min(0, qmin + outZp);
+  const hi = qmax + outZp - base;
+  const { zlo, zhi, consts } = plan;
+  const adds = consts.map((c) =>
+    BigInt(c.ch) * (1n << BigInt(c.k)) + c.cl + BigInt(outZp - base) * (1n << BigInt(c.k))
+  );
+  const ok = (i: number, l: number, h: number) => {
+    const m = BigInt(consts[i].m);
+    return l <= h && fits(BigInt(l) * m + adds[i]) && fits(BigInt(h) * m + adds[i]);
+  };
+  if (!adds.every((a) => fits(a)) || consts.some((c) => c.k > 30)) return null;
+  const sats = consts.map((c) => saturation(c, bits));
+  const lows = sats.map((s) => Math.max(zlo, Number(s.zLo < BigInt(zlo) ? BigInt(zlo) : s.zLo)));
+  const highs = sats.map((s) => Math.min(zhi, Number(s.zHi > BigInt(zhi) ? BigInt(zhi) : s.zHi)));
+  const rest = {
+    m: consts.map((c) => c.m),
+    add: adds.map(Number),
+    div: consts.map((c) => 2 ** c.k),
+    hi,
+    shift: base,
+  };
+  if (consts.every((_, i) => ok(i, zlo, zhi))) return { clip: null, ...rest };
+  const lo1 = Math.min(...lows), hi1 = Math.max(...highs);
+  if (consts.every((_, i) => ok(i, lo1, hi1))) return { clip: { lo: lo1, hi: hi1 }, ...rest };
+  if (consts.every((_, i) => ok(i, lows[i], highs[i]))) {
+    return { clip: { lo: lows, hi: highs }, ...rest };
+  }
+  return null;
 }
 
 // ------------------------------------------------------------ I-LayerNorm

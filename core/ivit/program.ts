@@ -263,6 +263,32 @@ export type Step =
   | BiasStep
   | NodeStep;
 
+/** Values a step reads (initializers included). */
+export function stepInputs(s: Step): string[] {
+  switch (s.kind) {
+    case "quantize":
+    case "requant":
+    case "shiftmax":
+    case "shiftgelu":
+    case "layernorm":
+    case "bias":
+    case "reducesum":
+      return [s.x];
+    case "matmul":
+    case "add":
+      return [s.a, s.b];
+    case "conv":
+      return [s.x, s.w];
+    case "node":
+      return s.node.inputs.filter((v) => v);
+  }
+}
+
+/** Values a step writes. */
+export function stepOutputs(s: Step): string[] {
+  return s.kind === "node" ? s.node.outputs : [s.out];
+}
+
 /** A graph output of the program: integer codes and the scale that dequantizes them. */
 export interface ProgramOutput {
   /** Name of the float output in the original graph (and in the float wrapper). */

@@ -15,31 +15,7 @@ import { shiftGelu, shiftmax } from "./reference.ts";
 import { roundHalfEven } from "../quant/uniform.ts";
 import { iLayerNormInt32, requantValue } from "./kernels.ts";
 import { binary, evalNode, fromTensor, type NDArray, sizeOf, stridesOf } from "./nd.ts";
-import { type IntProgram, type IntType, onnxType, type Step } from "./program.ts";
-
-function stepInputs(s: Step): string[] {
-  switch (s.kind) {
-    case "quantize":
-    case "requant":
-    case "shiftmax":
-    case "shiftgelu":
-    case "layernorm":
-    case "bias":
-    case "reducesum":
-      return [s.x];
-    case "matmul":
-    case "add":
-      return [s.a, s.b];
-    case "conv":
-      return [s.x, s.w];
-    case "node":
-      return s.node.inputs.filter((v) => v);
-  }
-}
-
-function stepOutputs(s: Step): string[] {
-  return s.kind === "node" ? s.node.outputs : [s.out];
-}
+import { type IntProgram, type IntType, onnxType, stepInputs, stepOutputs } from "./program.ts";
 
 /** Codes minus a zero point (the value the codes stand for). */
 function centered(a: NDArray, zp: number): NDArray {

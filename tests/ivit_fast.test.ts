@@ -1,0 +1,305 @@
+/**
+ * The fast forms of the I-ViT integer graph (core/ivit/emit.ts `fast`, the
+ * default): ShiftExp and ShiftGELU by lookup table (core/ivit/tables.ts),
+ * a requantization folded into the ShiftGELU table, clamped requantizations
+ * by truncating division, I-LayerNorm with its requantization computed from
+ * y'·f. Each program runs through ONNX Runtime in both the fast and the
+ * plain emission and must equal its TypeScript simulation bit for bit.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { Rng } from "../core/rng.ts";
+import {
+  createRawSession,
+  dyadic15,
+  emitIntegerGraph,
+  integerOnlyViolations,
+  type IntProgram,
+  type IntType,
+  layerNormPrescale,
+  layerNormStart,
+  planRequant,
+  planTruncRequant,
+  requantValue,
+  simulateProgram,
+  type Step,
+} from "../core/ivit/mod.ts";
+import { shiftExpTable, shiftGeluTable } from "../core/ivit/tables.ts";
+import { shiftExp, shiftGelu } from "../core/ivit/reference.ts";
+
+/** A program on an int32 input [rows, cols]: the steps, then `out` as the output. */
+function program(
+  cols: number,
+  steps: Step[],
+  out: string,
+  types: [string, IntType][],
+): IntProgram {
+  return {
+    opset: 17,
+    input: { name: "z", dims: ["N", cols], type: "int32" },
+    outputs: [{ name: "y", value: out, scale: [1] }],
+    initializers: new Map(),
+    steps,
+    types: new Map([["z", "int32"], ...types]),
+    records: [],
+    facts: [],
+  };
+}
+
+/** Output codes of the fast graph, the plain graph and the simulation. */
+async function runAll(p: IntProgram, x: Int32Array, dims: number[]) {
+  const v = p.outputs[0].value;
+  const res: number[][] = [];
+  const ops: string[][] = [];
+  for (const fast of [true, false]) {
+    const g = emitIntegerGraph(p, { fast });
+    // (the int32 input of a kernel program is consumed directly, not by a quantizer)
+    assert.deepEqual(integerOnlyViolations(g).filter((v) => !v.startsWith("image ")), []);
+    ops.push(g.nodes.map((n) => n.opType));
+    const s = await createRawSession(g, 1, "fast kernel graph");
+    try {
+      res.push(Array.from((await s.run(x, dims))[v].data, Number));
+    } finally {
+      await s.release();
+    }
+  }
+  const sim = Array.from(simulateProgram(p, x, dims).get(v)!.data);
+  return { fast: res[0], plain: res[1], sim, fastOps: ops[0], plainOps: ops[1] };
+}
+
+/** A per-tensor requantization step of `x` by ratio r into `bits` (null: unclamped). */
+function requant(
+  x: string,
+  out: string,
+  r: number,
+  bits: number | null,
+  outType: IntType,
+  outZp: number,
+  lo: number,
+  hi: number,
+): Step {
+  return {
+    kind: "requant",
+    x,
+    out,
+    xType: "int32",
+    axis: -1,
+    rank: 2,
+    plan: planRequant([dyadic15(r)], null, bits, lo, hi, "test"),
+    bits,
+    outType,
+    outZp,
+  };
+}
+
+Deno.test("ivit fast: ShiftExp table is shiftExp on [dMin, 0] and constant below dMin", () => {
+  for (const [s, n] of [[0.0068, 15], [0.05, 15], [5e-4, 15], [0.02, 23]] as const) {
+    const t = shiftExpTable(s, n);
+    const d = Array.from({ length: 40 }, (_, i) => t.dMin - 300 + i * 17).filter((v) => v <= 0);
+    const ref = shiftExp(d, s, n).values;
+    d.forEach((v, i) => assert.equal(t.values[Math.max(v, t.dMin) - t.dMin], ref[i], `d ${v}`));
+    assert.equal(t.values.at(-1), shiftExp([0], s, n).values[0]);
+  }
+  // a range that ends above the clamp: the table stops at the range
+  assert.equal(shiftExpTable(5e-4, 15, -255).dMin, -255);
+});
+
+Deno.test("ivit fast: ShiftGELU table entry (m, x) is shiftGelu of a row with that maximum", () => {
+  const rng = new Rng(3);
+  const spec = { lo: -128, hi: 127, xZp: 0, scale: 0.031, n: 20, bits: 8, requant: null };
+  const t = shiftGeluTable(spec);
+  for (let i = 0; i < 200; i++) {
+    const row = Array.from({ length: 9 }, () => Math.floor(rng.next() * 256) - 128);
+    const m = Math.max(...row);
+    const ref = shiftGelu(row, 9, spec.scale, { bits: 8, n: 20 }).values;
+    row.forEach((x, j) => assert.equal(t[(m + 128) * 256 + x + 128], ref[j]));
+  }
+});
+
+Deno.test("ivit fast: a clamped requantization by truncating division equals requantValue", async () => {
+  const rng = new Rng(17);
+  let tested = 0, clipped = 0;
+  for (let t = 0; t < 30; t++) {
+    const C = t % 2 ? 4 : 1;
+    const bits = t % 3 === 0 ? 16 : 8;
+    // the lift to a range starting at 0 takes 2^(bits−1)·2^k: k ≤ 23 for 8 bits, 15 for 16
+    const r = Array.from(
+      { length: C },
+      () => 2 ** (bits === 16 ? rng.next() - 1 : -9 + rng.next() * 8),
+    );
+    const span = 2 ** (8 + Math.floor(rng.next() * 22));
+    const [lo, hi] = [-span, span - 1];
+    const plan = planRequant(r.map(dyadic15), null, bits, lo, hi, "test");
+    const [outType, outZp]: [IntType, number] = t % 4 === 1
+      ? ["uint8", 128]
+      : bits === 16
+      ? ["int16", 0]
+      : ["int32", 0];
+    if (bits === 16 && outType === "uint8") continue;
+    const trunc = planTruncRequant(plan, bits, outZp);
+    if (!trunc) continue;
+    if (trunc.clip) clipped++;
+    const step: Step = {
+      kind: "requant",
+      x: "z",
+      out: "q",
+      xType: "int32",
+      axis: C === 1 ? -1 : 1,
+      rank: 2,
+      plan,
+      bits,
+      outType,
+      outZp,
+    };
+    const rows = 50;
+    const z = new Int32Array(rows * C);
+    for (let i = 0; i < z.length; i++) {
+      z[i] = i < 2 * C ? (i < C ? lo : hi) : Math.round(lo + rng.next() * (hi - lo));
+    }
+    const { fast, plain, sim } = await runAll(program(C, [step], "q", [["q", outType]]), z, [
+      rows,
+      C,
+    ]);
+    const ref = Array.from(z, (v, i) => requantValue(v, plan.consts[i % C], bits) + outZp);
+    assert.deepEqual(sim, ref);
+    assert.deepEqual(fast, ref, `case ${t}`);
+    assert.deepEqual(plain, ref, `case ${t} plain`);
+    tested++;
+  }
+  assert.ok(tested >= 20 && clipped > 0, `${tested} cases, ${clipped} clipped`);
+});
+
+Deno.test("ivit fast: Shiftmax by table on 8-bit codes and on int32 scores equals the plain graph and the simulation", async () => {
+  const rng = new Rng(8);
+  const rows = 16, N = 40;
+  for (const s of [0.05, 0.004]) {
+    // 8-bit codes from a clamped requantization (offset skipped: Shiftmax cancels it)
+    const z = Int32Array.from({ length: rows * N }, () => Math.floor((rng.next() - 0.5) * 2e6));
+    const x0 = Math.floor(-1 / s);
+    const sm = (x: string): Step => ({
+      kind: "shiftmax",
+      x,
+      out: "sm",
+      scale: s,
+      x0,
+      n: 15,
+      bits: 16,
+      outType: "int32",
+      rowLength: N,
+      splitSum: N * -x0 * 2 ** 15 > 2 ** 31 - 1,
+    });
+    const p8 = program(N, [requant("z", "c", 3e-4, 8, "int32", 0, -1e6, 1e6), sm("c")], "sm", [
+      ["c", "int32"],
+      ["sm", "int32"],
+    ]);
+    const a = await runAll(p8, z, [rows, N]);
+    assert.deepEqual(a.fast, a.sim);
+    assert.deepEqual(a.plain, a.sim);
+    assert.ok(a.fastOps.includes("Gather") && !a.plainOps.includes("Gather"));
+    // int32 scores of any range: d is clipped to the table's dMin first
+    const wide = Int32Array.from({ length: rows * N }, () => Math.floor((rng.next() - 0.5) * 4e5));
+    const b = await runAll(program(N, [sm("z")], "sm", [["sm", "int32"]]), wide, [rows, N]);
+    assert.deepEqual(b.fast, b.sim);
+    assert.deepEqual(b.plain, b.sim);
+  }
+});
+
+Deno.test("ivit fast: ShiftGELU with its requantization folded into one table equals the simulation", async () => {
+  const rng = new Rng(9);
+  const rows = 24, N = 48;
+  const z = new Int32Array(rows * N);
+  for (let i = 0; i < z.length; i++) {
+    // some rows entirely negative (saturated e_m), some flat
+    const r = Math.floor(i / N);
+    z[i] = r % 5 === 2 ? 5000 : Math.floor((rng.next() - (r % 4 === 0 ? 0.9 : 0.5)) * 8e4);
+  }
+  for (const s of [0.04, 0.009]) {
+    const gx0 = Math.floor(-1 / (1.702 * s));
+    let n = 23;
+    while (-gx0 * 2 ** n > 2 ** 31 - 1) n--;
+    const gelu: Step = {
+      kind: "shiftgelu",
+      x: "c",
+      out: "g",
+      scale: s,
+      x0: gx0,
+      xZp: 0,
+      n,
+      bits: 8,
+      rowLength: N,
+    };
+    const steps = [
+      requant("z", "c", 2e-3, 8, "int32", 0, -1e5, 1e5),
+      gelu,
+      requant("g", "q", 0.02, 8, "uint8", 128, -(2 ** 16), 2 ** 16),
+    ];
+    const p = program(N, steps, "q", [["c", "int32"], ["g", "int32"], ["q", "uint8"]]);
+    const a = await runAll(p, z, [rows, N]);
+    assert.deepEqual(a.fast, a.sim, `s ${s}`);
+    assert.deepEqual(a.plain, a.sim, `s ${s} plain`);
+    // one Gather, no ShiftExp chain (BitShift) and no requantization Div after it
+    assert.equal(a.fastOps.filter((o) => o === "Gather").length, 1);
+    assert.ok(!a.fastOps.includes("BitShift") && a.plainOps.includes("BitShift"));
+    // unfolded: the int32 ShiftGELU output itself
+    const g = await runAll(
+      program(N, steps.slice(0, 2), "g", [["c", "int32"], ["g", "int32"]]),
+      z,
+      [
+        rows,
+        N,
+      ],
+    );
+    assert.deepEqual(g.fast, g.sim);
+  }
+});
+
+Deno.test("ivit fast: I-LayerNorm with its per-channel requantization from y'·f equals the simulation", async () => {
+  const rng = new Rng(21);
+  const rows = 12;
+  for (const [C, yMax, sign] of [[96, 65535, false], [64, 255, true], [48, 65535, true]] as const) {
+    const a = layerNormPrescale(C, yMax);
+    const ln: Step = {
+      kind: "layernorm",
+      x: "z",
+      out: "ln",
+      channels: C,
+      prescale: a,
+      yMax,
+      k0: layerNormStart(a, C, yMax),
+      steps: 10,
+      sign: sign ? Array.from({ length: C }, (_, i) => (i % 3 === 1 ? -1 : 1)) : null,
+    };
+    const r = Array.from({ length: C }, () => 2 ** (-24 + rng.next() * 6));
+    const add = Array.from({ length: C }, () => BigInt(Math.round((rng.next() - 0.5) * 2e8)));
+    const plan = planRequant(r.map(dyadic15), add, 8, -(2 ** 30), 2 ** 30 - 1, "test");
+    const rq: Step = {
+      kind: "requant",
+      x: "ln",
+      out: "q",
+      xType: "int32",
+      axis: 1,
+      rank: 2,
+      plan,
+      bits: 8,
+      outType: "uint8",
+      outZp: 128,
+    };
+    const half = Math.floor(yMax / 2);
+    const z = new Int32Array(rows * C);
+    for (let i = 0; i < z.length; i++) {
+      // one row nearly flat, one with a single outlier
+      const row = Math.floor(i / C);
+      z[i] = row === 3 ? 7 + (i % 2) : row === 5 && i % C === 4 ? half : Math.floor(
+        (rng.next() - 0.5) * (row % 2 ? yMax : 40),
+      );
+    }
+    const both = program(C, [ln, rq], "q", [["ln", "int32"], ["q", "uint8"]]);
+    const res = await runAll(both, z, [rows, C]);
+    assert.deepEqual(res.fast, res.sim, `C ${C}`);
+    assert.deepEqual(res.plain, res.sim, `C ${C} plain`);
+    // the LayerNorm output alone (⌊y'·f/2⌋ with Mod)
+    const only = await runAll(program(C, [ln], "ln", [["ln", "int32"]]), z, [rows, C]);
+    assert.deepEqual(only.fast, only.sim, `C ${C} ln`);
+  }
+});
