@@ -7,7 +7,11 @@
  *
  *     deno run -A tools/bench_calib.ts --model /tmp/deit_t.onnx --images 32 \
  *         [--methods minmax,percentile,baseptq,ptq4vit] [--bits 8] [--batch 32] \
- *         [--threads 2] [--set ptq4vit.n=20]
+ *         [--threads 2] [--set ptq4vit.n=20] [--fp-speed]
+ *
+ * `--fp-speed` first times the FP32 graph (bench/speed.ts harness, batch `--batch`,
+ * 5 repetitions after 2 warm-up runs): the evaluation rate a manifest cell of
+ * this model gets. The load average at the start and end is printed.
  *
  * Each method runs in this process one after the other with its defaults (plus --set);
  * run a method alone for a clean peak. Timings on a shared machine are under load.
@@ -22,6 +26,7 @@ import { createRuntime, type ImageSource } from "../core/runtime/runtime.ts";
 import { sha256Hex } from "../core/hash.ts";
 import { runCli, VitqError } from "../core/errors.ts";
 import { METHODS } from "../methods/registry.ts";
+import { loadAverage, measureSpeed } from "../bench/speed.ts";
 
 /** `n` seeded synthetic images of `shape` (smooth patterns plus noise, about unit scale). */
 function synthetic(n: number, shape: number[], seed: number): ImageSource {
@@ -47,6 +52,7 @@ await runCli(async () => {
       batch: { type: "string", default: "32" },
       threads: { type: "string", default: "2" },
       set: { type: "string", multiple: true, default: [] },
+      "fp-speed": { type: "boolean", default: false },
     },
   });
   if (!values.model) {
@@ -85,6 +91,13 @@ await runCli(async () => {
     `${values.model}: ${sites.length} sites, ${n} synthetic images ${dims.join("x")}, ` +
       `W${bits}A${bits}, batch ${batch}, ${threads} threads`,
   );
+  console.log(`load average at start: ${loadAverage() ?? "?"}`);
+  if (values["fp-speed"]) {
+    const sp = await measureSpeed(runtime, graph, dims, { batch, repetitions: 5, warmup: 2 });
+    console.log(
+      `FP32: ${sp.ips.toFixed(1)} images/s at batch ${batch} (load ${sp.load ?? "?"})`,
+    );
+  }
   console.log("method      wall_s   cpu_s  rss_before_MiB  peak_rss_MiB");
   for (const name of values.methods!.split(",")) {
     const method = METHODS[name];
@@ -120,4 +133,5 @@ await runCli(async () => {
       } ${mib(before).padStart(15)} ${mib(peak).padStart(13)}`,
     );
   }
+  console.log(`load average at end: ${loadAverage() ?? "?"}`);
 });
