@@ -8,8 +8,9 @@
  *
  * 1. the image is consumed only by `QuantizeLinear` (the input quantizer) and
  *    `Shape`/`Size`;
- * 2. every data value other than the image has type int8, uint8, int16, int32 or
- *    uint32 (the operands of BitShift, defined on unsigned types only), except the *output dequantizer*: data values from which no integer
+ * 2. every data value other than the image has type int8, uint8, int16, int32,
+ *    uint32 (the operands of BitShift, defined on unsigned types only) or uint16
+ *    (the low 16 bits of an int32, taken by Cast), except the *output dequantizer*: data values from which no integer
  *    data value can be reached (they only flow to graph outputs), which must
  *    start with a `Cast` of an integer value;
  * 3. values that are not data (constants and shape computations) may be
@@ -73,6 +74,7 @@ export const INTEGER_DATA_TYPES: ReadonlySet<number> = new Set([
   DataType.INT16,
   DataType.INT32,
   DataType.UINT32,
+  DataType.UINT16,
 ]);
 
 /** ONNX Runtime's JS name of an element type ("int32", "float32", ...). */

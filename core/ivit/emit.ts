@@ -2,6 +2,7 @@
  * ONNX emission of an {@link IntProgram}: every integer kernel becomes ONNX
  * operators that ONNX Runtime's CPU provider runs on integers
  * (MatMulInteger, ConvInteger, MatMul on int32, Add/Sub/Mul/Div/Mod, Max/Min, BitShift on uint32,
+ * Cast to uint16 for the low 16 bits of an int32,
  * Clip, ReduceSum/ReduceMax, Gather from small int32 tables, Cast between
  * integer types; copied data movement such as Slice/Concat/Pad on integer
  * codes). Division is ONNX integer Div, which truncates toward zero;
@@ -181,8 +182,14 @@ class Emitter extends GraphEmitter {
     return zp ? this.op("Sub", [x32, this.i32(zp)]) : x32;
   }
 
-  cast(x: string, to: IntType | "uint32" | "float", out?: string): string {
-    const t = to === "float" ? DataType.FLOAT : to === "uint32" ? DataType.UINT32 : onnxType(to);
+  cast(x: string, to: IntType | "uint16" | "uint32" | "float", out?: string): string {
+    const t = to === "float"
+      ? DataType.FLOAT
+      : to === "uint32"
+      ? DataType.UINT32
+      : to === "uint16"
+      ? DataType.UINT16
+      : onnxType(to);
     return this.op("Cast", [x], [makeAttr("to", t)], out);
   }
 
@@ -515,7 +522,8 @@ class Emitter extends GraphEmitter {
       m.push(c.m), cll.push(Number(lo15)), add.push(Number(A)), div.push(2 ** (c.k - 15));
     }
     const ch = (vals: number[]) => this.chan(vals, r.axis, r.rank);
-    const rem = this.op("Mod", [P, this.i32(65536)]);
+    // P mod 2^16 by two Casts (integer casts wrap; ONNX Runtime's int32 Mod is slow)
+    const rem = this.cast(this.cast(P, "uint16"), "int32");
     const zh = this.op("Div", [this.op("Sub", [P, rem]), this.i32(65536)]);
     const zl = this.op("Div", [rem, this.i32(2)]);
     let q = this.op("Mul", [zl, ch(m)]);
