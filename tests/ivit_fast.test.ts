@@ -257,7 +257,9 @@ Deno.test("ivit fast: ShiftGELU with its requantization folded into one table eq
 Deno.test("ivit fast: I-LayerNorm with its per-channel requantization from y'·f equals the simulation", async () => {
   const rng = new Rng(21);
   const rows = 12;
-  for (const [C, yMax, sign] of [[96, 65535, false], [64, 255, true], [48, 65535, true]] as const) {
+  const cases = [[96, 65535, false, 2e8], [64, 255, true, 2e8], [48, 65535, true, 2e8]] as const;
+  // a large folded β moves ch far out: H is clipped to the saturation range first
+  for (const [C, yMax, sign, bias] of [...cases, [64, 65535, false, 4e10] as const]) {
     const a = layerNormPrescale(C, yMax);
     const ln: Step = {
       kind: "layernorm",
@@ -270,8 +272,8 @@ Deno.test("ivit fast: I-LayerNorm with its per-channel requantization from y'·f
       steps: 10,
       sign: sign ? Array.from({ length: C }, (_, i) => (i % 3 === 1 ? -1 : 1)) : null,
     };
-    const r = Array.from({ length: C }, () => 2 ** (-24 + rng.next() * 6));
-    const add = Array.from({ length: C }, () => BigInt(Math.round((rng.next() - 0.5) * 2e8)));
+    const r = Array.from({ length: C }, () => 2 ** (-22 + rng.next() * 2));
+    const add = Array.from({ length: C }, () => BigInt(Math.round((rng.next() - 0.5) * bias)));
     const plan = planRequant(r.map(dyadic15), add, 8, -(2 ** 30), 2 ** 30 - 1, "test");
     const rq: Step = {
       kind: "requant",
@@ -298,6 +300,10 @@ Deno.test("ivit fast: I-LayerNorm with its per-channel requantization from y'·f
     const res = await runAll(both, z, [rows, C]);
     assert.deepEqual(res.fast, res.sim, `C ${C}`);
     assert.deepEqual(res.plain, res.sim, `C ${C} plain`);
+    // fused: the only Mods left are the two of the row mean (the unfused output floors with a third)
+    assert.equal(res.fastOps.filter((o) => o === "Mod").length, 2, `C ${C} bias ${bias} not fused`);
+    // the large β: H is clipped per channel (Max/Min) before the division
+    assert.equal(res.fastOps.includes("Min"), bias > 1e9, `C ${C} bias ${bias}`);
     // the LayerNorm output alone (⌊y'·f/2⌋ with Mod)
     const only = await runAll(program(C, [ln], "ln", [["ln", "int32"]]), z, [rows, C]);
     assert.deepEqual(only.fast, only.sim, `C ${C} ln`);

@@ -505,21 +505,42 @@ class Emitter extends GraphEmitter {
     const hiOut = Number(qmax) + r.outZp - base;
     const fits = (v: bigint) => v >= -(2n ** 31n) && v < 2n ** 31n;
     const zhLo = -32768n, zhHi = 32767n, zlHi = 32767n;
-    const m: number[] = [], cll: number[] = [], add: number[] = [], div: number[] = [];
+    const m: number[] = [], cll: number[] = [], add: bigint[] = [], div: number[] = [];
+    // per channel: range of H0 = zh·m + ⌊(zl·m + lo15)/2^15⌋, and the H0 beyond which q saturates
+    const h0: [bigint, bigint][] = [], sat: [bigint, bigint][] = [];
     for (const c of r.plan.consts) {
       const M = BigInt(c.m), d = BigInt(c.k - 15);
       const lo15 = c.cl % 32768n, hi15 = c.cl / 32768n;
       const qMax = zlHi * M + lo15;
-      const hLo = zhLo * M + hi15, hHi = zhHi * M + qMax / 32768n + hi15;
+      const hLo = zhLo * M, hHi = zhHi * M + qMax / 32768n;
       if (!fits(qMax) || !fits(hLo) || !fits(hHi)) return false;
-      if (!fits(zhLo * M) || !fits(zhHi * M + qMax / 32768n)) return false;
-      const fLo = floorDivBig(hLo, 1n << d), fHi = floorDivBig(hHi, 1n << d);
+      const fLo = floorDivBig(hLo + hi15, 1n << d), fHi = floorDivBig(hHi + hi15, 1n << d);
       let ch = c.ch;
       if (ch > qmax - fLo) ch = qmax - fLo;
       if (ch < qmin - fHi) ch = qmin - fHi;
       const A = (ch + BigInt(r.outZp - base)) * (1n << d) + hi15;
-      if (!fits(A) || !fits(hLo + A - hi15) || !fits(hHi + A - hi15)) return false;
-      m.push(c.m), cll.push(Number(lo15)), add.push(Number(A)), div.push(2 ** (c.k - 15));
+      if (!fits(A)) return false;
+      h0.push([hLo, hHi]);
+      // q = qmin for H0 ≤ (qmin − ch)·2^d − hi15, q = qmax for H0 ≥ (qmax − ch)·2^d − hi15
+      sat.push([(qmin - ch) * (1n << d) - hi15, (qmax - ch) * (1n << d) - hi15]);
+      m.push(c.m), cll.push(Number(lo15)), add.push(A), div.push(2 ** (c.k - 15));
+    }
+    const all = (lo: bigint, hi: bigint) => add.every((A) => fits(lo + A) && fits(hi + A));
+    const lo0 = h0.reduce((a, v) => (v[0] < a ? v[0] : a), h0[0][0]);
+    const hi0 = h0.reduce((a, v) => (v[1] > a ? v[1] : a), h0[0][1]);
+    // without a clip, or with H0 clipped to one range that keeps every channel's saturation
+    // (or, failing that, to each channel's own saturation range)
+    let clipH: [number, number] | [number[], number[]] | null = null;
+    if (!all(lo0, hi0)) {
+      const sLo = sat.reduce((a, v) => (v[0] < a ? v[0] : a), sat[0][0]);
+      const sHi = sat.reduce((a, v) => (v[1] > a ? v[1] : a), sat[0][1]);
+      const cLo = sLo > lo0 ? sLo : lo0, cHi = sHi < hi0 ? sHi : hi0;
+      if (cLo <= cHi && all(cLo, cHi)) clipH = [Number(cLo), Number(cHi)];
+      else if (
+        sat.every(([l, h], i) => fits(l) && fits(h) && fits(l + add[i]) && fits(h + add[i]))
+      ) {
+        clipH = [sat.map((v) => Number(v[0])), sat.map((v) => Number(v[1]))];
+      } else return false;
     }
     const ch = (vals: number[]) => this.chan(vals, r.axis, r.rank);
     // P mod 2^16 by two Casts (integer casts wrap; ONNX Runtime's int32 Mod is slow)
@@ -528,8 +549,12 @@ class Emitter extends GraphEmitter {
     const zl = this.op("Div", [rem, this.i32(2)]);
     let q = this.op("Mul", [zl, ch(m)]);
     if (cll.some((v) => v !== 0)) q = this.op("Add", [q, ch(cll)]);
-    const h = this.op("Add", [this.op("Mul", [zh, ch(m)]), this.op("Div", [q, this.i32(32768)])]);
-    let z = this.op("Div", [this.op("Add", [h, ch(add)]), ch(div)]);
+    let h = this.op("Add", [this.op("Mul", [zh, ch(m)]), this.op("Div", [q, this.i32(32768)])]);
+    if (clipH && typeof clipH[0] === "number") h = this.clip(h, clipH[0], clipH[1] as number);
+    else if (clipH) {
+      h = this.op("Min", [this.op("Max", [h, ch(clipH[0] as number[])]), ch(clipH[1] as number[])]);
+    }
+    let z = this.op("Div", [this.op("Add", [h, ch(add.map(Number))]), ch(div)]);
     z = this.clip(z, 0, hiOut);
     if (base) z = this.op("Add", [z, this.i32(base)]);
     if (r.outType === "int32") this.op("Identity", [z], [], r.out);
@@ -568,9 +593,19 @@ class Emitter extends GraphEmitter {
     if (this.fast && s.steps >= 1) {
       // after a Newton step from above k ≥ ⌊√V⌋ ≥ |y'|, so P = y'·f = y'·⌊(2^31−1)/k⌋ is an int32
       const P = this.op("Mul", [yp, f]);
-      const rq = this.soleReader(s.out);
-      if (rq?.kind === "requant" && this.layerNormRequant(P, rq)) {
+      // readers other than Shape/Size (which only need the dims: they get P, of the same shape)
+      const readers = this.p.steps.filter((t) => stepInputs(t).includes(s.out));
+      const shapeOnly = (t: Step) =>
+        t.kind === "node" && (t.node.opType === "Shape" || t.node.opType === "Size");
+      const valueReaders = readers.filter((t) => !shapeOnly(t));
+      const rq = valueReaders[0];
+      const kept = (this.uses.get(s.out) ?? 0) - readers.length;
+      if (
+        valueReaders.length === 1 && kept === 0 && rq.kind === "requant" &&
+        this.layerNormRequant(P, rq)
+      ) {
         this.folded.add(rq);
+        if (readers.length > 1) this.op("Identity", [P], [], s.out);
         return;
       }
       // ⌊P/2⌋ = (P − (P mod 2)) / 2
