@@ -33,7 +33,7 @@ import type { Site } from "../core/onnx/sites.ts";
 import type { Runtime } from "../core/runtime/runtime.ts";
 import { fakeQuant, sqnrDb, type UniformQuantizer } from "../core/quant/uniform.ts";
 import { type ActPlan, applyPlan, type WeightPlan } from "../core/quant/apply.ts";
-import { QDQ_KIND, qdqFits } from "../core/quant/deploy.ts";
+import { QDQ_KIND, qdqable } from "../core/quant/deploy.ts";
 import { initPerPatch } from "../core/quant/outlier.ts";
 import { findUnits, type Unit } from "../core/recon/units.ts";
 import { firstImages, reconstructUnits, runRows } from "../core/recon/driver.ts";
@@ -416,12 +416,9 @@ function weightQuantizer(w: WeightState): UniformQuantizer {
  * per-tensor uniform activation quantizers (proj, head, patch-embed and reduction inputs,
  * q, kᵀ and V) as QuantizeLinear/DequantizeLinear; the per-patch outlier quantizers (qkv and
  * fc1 inputs: FP outliers), Shift-Log2 (fc2 input) and log-√2 (softmax) stay float
- * fake-quant, as does any quantizer whose zero point does not fit its 8-bit container.
- * The weight of a layer whose input stays float stays float too (its hard-rounded values):
- * ONNX Runtime fuses a float MatMul reading an 8-bit DequantizeLinear weight into
- * MatMulNBits, which at its default accuracy level computes with the input quantized on
- * the fly (measured on the shipped ViT: qkv outputs off by up to 0.4% of their range,
- * Top-1 0.4 points off), so the deploy graph would no longer compute the fake-quant values.
+ * fake-quant, as does any quantizer whose zero point does not fit its 8-bit container
+ * (`qdqable`). A layer whose input stays float reads its hard-rounded weight as float
+ * (`applyPlan` stores such weights float: no MatMulNBits).
  */
 function adfqDeploy(
   fp: Graph,
@@ -429,7 +426,6 @@ function adfqDeploy(
   hard: { data: Float32Array }[],
   acts: ActState[],
 ): Graph {
-  const integerInput = new Set<Site>();
   const aPlans = acts.filter((a) => a.p).flatMap((a) =>
     a.targets.map((t): ActPlan => {
       if (a.p!.kind === "uniform") {
@@ -439,21 +435,16 @@ function adfqDeploy(
           scale: Float32Array.of(a.p!.q.scale),
           zeroPoint: Float32Array.of(a.p!.q.zeroPoint),
         };
-        if (qdqFits(q)) {
-          if (t.slot === 0) integerInput.add(t.site);
-          return { site: t.site, slot: t.slot, q };
-        }
+        if (qdqable(q)) return { site: t.site, slot: t.slot, q };
       }
       return { site: t.site, slot: t.slot, emit: (g, x, prefix) => emitExactAct(g, x, a, prefix) };
     })
   );
   const base = fp.clone();
-  const wPlans: WeightPlan[] = [];
-  weights.forEach((w, i) => {
-    // the hard-rounded weight under the FP weight's name: what a float layer reads
+  const wPlans: WeightPlan[] = weights.map((w, i) => {
+    // the hard-rounded weight under the FP weight's name: what its codes reproduce
     base.setInitializer(Tensor.fromFloat32(w.site.weight!, w.dims, hard[i].data));
-    const q = weightQuantizer(w);
-    if (integerInput.has(w.site) && qdqFits(q)) wPlans.push({ site: w.site, q });
+    return { site: w.site, q: weightQuantizer(w) };
   });
   return applyPlan(base, wPlans, aPlans, { deploy: true }).deploy!;
 }

@@ -32,9 +32,11 @@
  * and the notes.
  *
  * Deploy graph ({@link RepqResult.deploy}): weights and uniform activation
- * quantizers as QDQ integer codes, the reparameterized post-LayerNorm ones with z̄
- * rounded (the reference's fractional mean has no integer form); the log-√2
- * softmax operand of A·V stays float.
+ * quantizers as QDQ integer codes; the reparameterized post-LayerNorm ones keep the
+ * reference's fractional mean z̄ exactly as two integer parts (`fractionalZpParts`:
+ * the integer-zero-point codes plus a saturation correction, the consuming linear
+ * layer split into two integer products); the log-√2 softmax operand of A·V stays
+ * float.
  *
  * @module
  */
@@ -46,21 +48,14 @@ import {
   type FedLog,
   type FedUniform,
 } from "../core/quant/fed.ts";
-import {
-  ancestors,
-  attr,
-  type Graph,
-  type GraphIndex,
-  type Node,
-  Tensor,
-} from "../core/onnx/graph.ts";
+import { ancestors, attr, type Graph, type GraphIndex, type Node } from "../core/onnx/graph.ts";
 import type { Site } from "../core/onnx/sites.ts";
 import { VitqError } from "../core/errors.ts";
 import { type ActPlan, applyPlan, siteWeight, type WeightPlan } from "../core/quant/apply.ts";
-import { QDQ_KIND, qdqFits } from "../core/quant/deploy.ts";
+import { fractionalZpFloor, QDQ_KIND, qdqable } from "../core/quant/deploy.ts";
 import { emitLogSqrt2Quant } from "../core/quant/log.ts";
 import { emitLog2SplitMatMul } from "../core/quant/log2_reparam.ts";
-import { emitFakeQuant, fakeQuant, type UniformQuantizer } from "../core/quant/uniform.ts";
+import type { UniformQuantizer } from "../core/quant/uniform.ts";
 import {
   foldBlocker,
   foldLayerNorm,
@@ -204,7 +199,10 @@ export interface RepqResult {
    * softmax quantizer (and any quantizer without a QDQ form) as float fake-quant.
    */
   deploy: Graph;
-  /** Reparameterized quantizers whose fractional zero point the deploy graph rounds. */
+  /**
+   * Reparameterized quantizers whose fractional zero point the deploy graph rounds (where
+   * the exact two-part form does not apply: `⌊z̄⌋ + 1` outside uint8).
+   */
   deployRounded: number;
   /** Calibration passes run. */
   passes: number;
@@ -619,27 +617,30 @@ function splitSoftmax(g: Graph, split: RepqAct[]): void {
 }
 
 /**
- * The uniform quantizer the deploy graph uses for `q`: `q` itself, or, when its zero
- * point is fractional (a reparameterized post-LayerNorm quantizer's z̄, the mean of
- * integers, as the reference keeps it), the same step with z̄ rounded. A fractional z̄
- * has no integer form (its grid `{k·Δ̄} ∪ {-z̄·Δ̄, (2^k-1-z̄)·Δ̄}` holds 2^k + 1 levels);
- * rounded, the values are the same except where the quantizer saturates, where they
- * differ by less than one step.
+ * The uniform quantizer the deploy graph uses for `q`: `q` itself (a fractional zero point
+ * z̄, a reparameterized post-LayerNorm quantizer's mean of integers as the reference keeps
+ * it, becomes two exact integer parts in `applyPlan`: `fractionalZpParts`), or, where that
+ * form does not apply (`⌊z̄⌋ + 1` outside uint8), the same step with z̄ rounded: the
+ * values are then the same except where the quantizer saturates, where they differ by
+ * less than one step (a rounded zero point outside uint8: `q`, float fake-quant).
  */
 function integerZeroPoint(q: UniformQuantizer): UniformQuantizer {
-  if (q.zeroPoint.every((z) => Number.isInteger(z))) return q;
-  return { ...q, zeroPoint: q.zeroPoint.map((z) => Math.round(z)) };
+  if (q.zeroPoint.every((z) => Number.isInteger(z)) || fractionalZpFloor(q) !== undefined) {
+    return q;
+  }
+  const r = { ...q, zeroPoint: q.zeroPoint.map((z) => Math.round(z)) };
+  return qdqable(r) ? r : q;
 }
 
 /**
  * RepQ-ViT's deploy graph, from the folded FP graph: weights (per output channel,
- * asymmetric) as uint8 codes, uniform activation quantizers (the reparameterized
- * post-LayerNorm ones per tensor, with z̄ rounded: {@link integerZeroPoint}) as
- * QuantizeLinear/DequantizeLinear; the log-√2 softmax quantizer, per-channel
- * quantizers of LayerNorms that were not folded, and any quantizer whose zero point
- * does not fit its 8-bit container stay float fake-quant, and so does the weight of a
- * layer whose input stays float. Returns the graph and how many quantizers had their
- * zero point rounded.
+ * asymmetric) as uint8 codes, uniform activation quantizers as
+ * QuantizeLinear/DequantizeLinear (the reparameterized post-LayerNorm ones per tensor,
+ * their fractional z̄ as two integer parts: {@link integerZeroPoint}); the log-√2 softmax
+ * quantizer, per-channel quantizers of LayerNorms that were not folded, and any quantizer
+ * whose zero point does not fit its 8-bit container stay float fake-quant (a weight beside
+ * such a float input is stored float by `applyPlan`). Returns the graph and how many
+ * quantizers had their zero point rounded.
  */
 function repqDeploy(
   folded: Graph,
@@ -648,32 +649,14 @@ function repqDeploy(
   split: RepqAct[],
 ): { graph: Graph; rounded: number } {
   let rounded = 0;
-  const integerInput = new Set<Site>();
   const aPlans = acts.filter((q) => !split.includes(q)).map((q): ActPlan => {
     if (q.kind === "log-sqrt2") return actPlan(q);
     const qi = integerZeroPoint(q.q!);
-    if (!qdqFits(qi)) {
-      const fq = q.q!, rank = q.rank;
-      return { site: q.site, slot: q.slot, emit: (g, x, p) => emitFakeQuant(g, x, fq, p, rank) };
-    }
     if (qi !== q.q) rounded++;
-    // per-channel steps on a linear input (an unfolded LayerNorm) stay float (`applyPlan`)
-    if (q.slot === 0 && qi.scale.length === 1) integerInput.add(q.site);
     return { site: q.site, slot: q.slot, q: qi, rank: q.rank };
   });
-  const base = folded.clone();
-  const wPlans: WeightPlan[] = [];
-  for (const w of weights) {
-    if (integerInput.has(w.site) && qdqFits(w.q)) wPlans.push({ site: w.site, q: w.q });
-    else {
-      // the dequantized weight, as in the fake-quant graph: an integer weight beside a float
-      // input would be fused by ONNX Runtime into MatMulNBits, which quantizes the input on
-      // the fly (see `methods/adfq.ts` adfqDeploy)
-      const { data, dims } = siteWeight(base, w.site);
-      base.setInitializer(Tensor.fromFloat32(w.site.weight!, dims, fakeQuant(data, dims, w.q)));
-    }
-  }
-  const graph = applyPlan(base, wPlans, aPlans, { deploy: true }).deploy!;
+  const wPlans = weights.map((w): WeightPlan => ({ site: w.site, q: w.q }));
+  const graph = applyPlan(folded, wPlans, aPlans, { deploy: true }).deploy!;
   splitSoftmax(graph, split);
   return { graph, rounded };
 }
@@ -765,9 +748,10 @@ export const repq: QuantMethod = {
         ]
         : []),
     ].join("; ");
-    const kind = r.deployRounded
-      ? `${QDQ_KIND}; RepQ-ViT's reparameterized post-LayerNorm quantizers with their fractional zero point z̄ rounded (values differ from the fake-quant graph only where they saturate, by less than one step); log-√2 softmax quantizer float`
-      : `${QDQ_KIND}; log-√2 softmax quantizer float`;
+    const kind =
+      `${QDQ_KIND}; RepQ-ViT's reparameterized post-LayerNorm quantizers (fractional zero point z̄) as two integer parts, the consuming linear layers as two integer products${
+        r.deployRounded ? ` (${r.deployRounded} with z̄ rounded)` : ""
+      }; log-√2 softmax quantizer float`;
     return { graph: r.graph, layers, notes, deployable: { graph: r.deploy, kind } };
   },
 };

@@ -462,3 +462,40 @@ Deno.test("RepQ softmaxGraph log2-split: the tiny ViT's logits equal the log-√
   }
   assert.ok(d <= 1e-3 * m, `relative logit difference ${d / m}`);
 });
+
+Deno.test("RepQ deploy graph: the fractional z̄ of each reparameterized quantizer stays exact (two integer products per post-LayerNorm linear layer), logits equal the fake-quant graph's", async () => {
+  const rt = await runtime();
+  for (const fixture of ["tiny_vit_op17.onnx", "tiny_swin_op17.onnx"]) {
+    const ctx = await tinyCtx(fixture, {}, { w: 8, a: 8 });
+    const r = await runRepq(ctx);
+    assert.equal(r.deployRounded, 0, `${fixture}: no zero point rounded`);
+    const reparam = r.acts.filter((q) => q.perChannel && !Number.isInteger(q.q!.zeroPoint[0]));
+    assert.ok(reparam.length > 0, `${fixture}: fractional zero points`);
+    // each post-LayerNorm linear layer with a fractional z̄: two products, both reading codes
+    const producer = new Map(r.deploy.nodes.flatMap((n) => n.outputs.map((o) => [o, n])));
+    for (const q of reparam) {
+      const first = r.deploy.nodes.find((n) => n.name === q.site.node)!;
+      const copies = r.deploy.nodes.filter((n) =>
+        n.opType === first.opType && n.inputs[1] === first.inputs[1]
+      );
+      assert.equal(copies.length, 2, `${q.id}: two products`);
+      for (const n of copies) {
+        for (const v of n.inputs.slice(0, 2)) {
+          assert.equal(producer.get(v)?.opType, "DequantizeLinear", `${q.id} reads codes`);
+        }
+      }
+    }
+    const x = randomData(4 * 784, 21, 1.5);
+    const run = async (g: Graph) => {
+      const s = await rt.createSession(g);
+      const o = await s.run({ [s.inputNames[0]]: { data: x, dims: [4, 1, 28, 28] } });
+      await s.release();
+      return o[s.outputNames[0]].data;
+    };
+    const [a, b] = [await run(r.graph), await run(r.deploy)];
+    const scale = Math.max(...a.map(Math.abs));
+    let worst = 0;
+    for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]) / scale);
+    assert.ok(worst <= 1e-3, `${fixture}: deploy logits off by ${worst} of the largest`);
+  }
+});

@@ -24,7 +24,10 @@ import {
   emitQdqActivation,
   emitQdqPart,
   emitQdqWeight,
+  floatWeightsBesideFloatInputs,
   foldConstantMuls,
+  fractionalZpFloor,
+  fractionalZpParts,
   integerMatMuls,
   qdqable,
 } from "./deploy.ts";
@@ -153,7 +156,10 @@ export function applyPlan(
 /**
  * Apply a plan to `g` (edited). `mode` "fake": weights stored dequantized, activations as
  * float fake-quant subgraphs; "qdq": uniform quantizers as integer codes with
- * QuantizeLinear/DequantizeLinear (`deploy.ts`), the others as in "fake".
+ * QuantizeLinear/DequantizeLinear (`deploy.ts`; a per-tensor one with a fractional zero
+ * point as two integer parts, `fractionalZpParts`), the others as in "fake"; an integer
+ * weight that a MatMul/Gemm multiplies with a float operand is stored as its float
+ * dequantized values (`floatWeightsBesideFloatInputs`: no MatMulNBits).
  */
 function build(
   g: Graph,
@@ -228,6 +234,12 @@ function build(
         sums.set(sum, ps);
         return sum;
       }
+      if (mode === "qdq" && !a.emit && fractionalZpFloor(a.q!) !== undefined) {
+        // a fractional zero point: two integer parts, exact (`fractionalZpParts`)
+        const { sum, parts } = fractionalZpParts(g, input, a.q!, prefix);
+        sums.set(sum, parts);
+        return sum;
+      }
       return a.emit
         ? a.emit(g, input, prefix)
         : mode === "qdq" && qdqable(a.q!) && (perTensor(a.q!) || a.rank !== undefined)
@@ -257,6 +269,8 @@ function build(
       for (const n of readers) n.inputs = n.inputs.map((v) => (v === dq ? fq : v));
     }
   }
+  // an integer weight beside a float operand: its float values (no MatMulNBits)
+  if (mode === "qdq") floatWeightsBesideFloatInputs(g);
   g.prune();
   g.topoSort();
   return { graph: g, weights: applied };

@@ -16,10 +16,14 @@
  *   zero point that shifts it), the input is first clipped to the range's float
  *   bounds `(qmin - z)·Δ .. (qmax - z)·Δ`, which gives the same codes as
  *   clipping after rounding.
+ * - A per-tensor unsigned quantizer with a fractional zero point (RepQ-ViT's z̄)
+ *   becomes two integer parts ({@link fractionalZpParts}), exact.
  * - Any other quantizer (twin uniform, log2 / log-√2, per-patch outlier,
  *   two-scaled, ...) keeps its float fake-quant emission: the deploy graph then
- *   computes that site in float. {@link integerCoverage} says which sites run
- *   integer kernels and their share of the multiply-accumulates.
+ *   computes that site in float, with the weight stored float
+ *   ({@link floatWeightsBesideFloatInputs}: no MatMulNBits). {@link integerCoverage}
+ *   says which sites ONNX Runtime runs as integer kernels ({@link integerSite}) and
+ *   their share of the multiply-accumulates.
  *
  * @module
  */
@@ -32,9 +36,18 @@ import { qRange, quantCodes, stepDims, type UniformQuantizer } from "./uniform.t
 export const QDQ_KIND =
   "QDQ: uniform quantizers as int8/uint8 codes with QuantizeLinear/DequantizeLinear (ONNX Runtime fuses them into integer kernels); other quantizers as float fake-quant";
 
-/** Can `q` be written as QuantizeLinear/DequantizeLinear with an 8-bit container? */
+/**
+ * Can `q` be written as QuantizeLinear/DequantizeLinear with an 8-bit container? It needs
+ * 2-8 bits and integer zero points that fit the container (uint8 for an unsigned
+ * quantizer, int8 for a signed one): ONNX stores the zero point in the codes' type, so an
+ * asymmetric quantizer whose calibrated range excludes 0 (`z < 0` or `z > 255`) has no
+ * QDQ form and stays float fake-quant. (A per-tensor unsigned quantizer with a fractional
+ * zero point has an exact two-part form instead: {@link fractionalZpParts}.)
+ */
 export function qdqable(q: UniformQuantizer): boolean {
-  return q.bits >= 2 && q.bits <= 8 && q.zeroPoint.every((z) => Number.isInteger(z));
+  const c = container(q);
+  return q.bits >= 2 && q.bits <= 8 &&
+    q.zeroPoint.every((z) => Number.isInteger(z) && z >= c.lo && z <= c.hi);
 }
 
 function container(q: UniformQuantizer): { type: number; lo: number; hi: number } {
@@ -59,6 +72,9 @@ function codesTensor(name: string, dims: number[], codes: ArrayLike<number>, typ
 /** The 4-bit container of a quantizer with at most 4 bits, when the graph allows it (opset >= 21). */
 function container4(q: UniformQuantizer, opset: number): number | undefined {
   if (q.bits > 4 || opset < 21) return undefined;
+  // the zero points are stored in the codes' type too
+  const [lo, hi] = q.signed ? [-8, 7] : [0, 15];
+  if (!q.zeroPoint.every((z) => z >= lo && z <= hi)) return undefined;
   return q.signed ? DataType.INT4 : DataType.UINT4;
 }
 
@@ -163,6 +179,80 @@ export function emitQdqPart(g: Graph, input: string, p: DeployPart, prefix: stri
 }
 
 /**
+ * The integer zero point below `q`'s fractional one, when {@link fractionalZpParts}
+ * applies: a per-tensor unsigned quantizer of 2-8 bits whose zero point `z̄` is not an
+ * integer and whose `⌊z̄⌋ + 1` fits uint8 (`undefined` otherwise).
+ */
+export function fractionalZpFloor(q: UniformQuantizer): number | undefined {
+  if (q.signed || q.bits < 2 || q.bits > 8 || q.scale.length !== 1) return undefined;
+  const z = q.zeroPoint[0];
+  if (Number.isInteger(z)) return undefined;
+  const n = Math.floor(z);
+  return n >= 0 && n + 1 <= 255 ? n : undefined;
+}
+
+/**
+ * A uniform quantizer with a fractional zero point `z̄ = n + f` (`n = ⌊z̄⌋`; RepQ-ViT's
+ * reparameterized post-LayerNorm quantizer keeps the mean of integer zero points) as two
+ * integer parts whose sum equals its fake-quant value up to float rounding.
+ *
+ * Its value `(clamp(round(x/Δ) + z̄, 0, qmax) - z̄)·Δ` is `r·Δ` for `r = round(x/Δ)` in
+ * `[-n, qmax-n-1]`, and `(-n-f)·Δ` or `(qmax-n-f)·Δ` where it saturates: `qmax + 2` levels
+ * with two fractional gaps, which no 8-bit code with one step holds. So:
+ * - part 1: the integer-zero-point quantizer `(clamp(r + n, 0, qmax) - n)·Δ` (codes `c1`,
+ *   QuantizeLinear/DequantizeLinear as {@link emitQdqActivation});
+ * - part 2: `-f·Δ` where the quantizer saturates, 0 elsewhere: uint8 codes `keep ∈ {0, 1}`
+ *   (1 inside the range) with a DequantizeLinear of step `f·Δ` and zero point 1. The low
+ *   end is `c0 = 0` for the codes `c0` of the same step with zero point `n + 1`
+ *   (`r ≤ -n-1`), the high end `c1 = qmax` (`r ≥ qmax-n`): `keep = clip(c0, 0, 1) -
+ *   clip(c1 - (qmax-1), 0, 1)`, computed in float.
+ *
+ * Both parts are codes times a step, so a MatMul/Gemm reading their sum is split into two
+ * integer products ({@link distributeParts}). Returns the sum's name and the parts.
+ * Throws when {@link fractionalZpFloor} does not apply.
+ */
+export function fractionalZpParts(
+  g: Graph,
+  input: string,
+  q: UniformQuantizer,
+  prefix: string,
+): { sum: string; parts: string[] } {
+  const n = fractionalZpFloor(q);
+  if (n === undefined) throw new Error(`fractionalZpParts ${prefix}: no two-part form`);
+  const s = q.scale[0], f = q.zeroPoint[0] - n;
+  const { qmax } = qRange(q.bits, false);
+  const p1 = emitQdqActivation(g, input, { ...q, zeroPoint: Float32Array.of(n) }, prefix);
+  const c1 = g.nodes.find((x) => x.outputs[0] === p1)!.inputs[0];
+  const c0 = g.addNode("QuantizeLinear", [
+    input,
+    g.constFloat(`${prefix}_lo_scale`, s),
+    g.setInitializer(
+      new Tensor(g.uniqueName(`${prefix}_lo_zp`), DataType.UINT8, [], Uint8Array.of(n + 1)),
+    ),
+  ]);
+  const asFloat = (v: string) =>
+    g.addNode("Cast", [v], { attributes: [makeAttr("to", DataType.FLOAT)] });
+  const zero = g.constFloat(`${prefix}_zero`, 0), one = g.constFloat(`${prefix}_one`, 1);
+  const notLow = g.addNode("Clip", [asFloat(c0), zero, one]);
+  const high = g.addNode("Clip", [
+    g.addNode("Sub", [asFloat(c1), g.constFloat(`${prefix}_top`, qmax - 1)]),
+    zero,
+    one,
+  ]);
+  const keep = g.addNode("Cast", [g.addNode("Sub", [notLow, high])], {
+    attributes: [makeAttr("to", DataType.UINT8)],
+  });
+  const p2 = g.addNode("DequantizeLinear", [
+    keep,
+    g.constFloat(`${prefix}_frac_scale`, Math.fround(f * s)),
+    g.setInitializer(
+      new Tensor(g.uniqueName(`${prefix}_frac_zp`), DataType.UINT8, [], Uint8Array.of(1)),
+    ),
+  ]);
+  return { sum: g.addNode("Add", [p1, p2]), parts: [p1, p2] };
+}
+
+/**
  * Distribute MatMul/Gemm nodes over sums of parts: every node whose input slot
  * reads a value listed in `sums` (the Add of its parts' dequantized values) is
  * copied once per part, each copy reading one part (so each product runs as an
@@ -263,6 +353,93 @@ export function integerMatMuls(g: Graph, ranks: Map<string, number>): string[] {
 }
 
 /**
+ * Store as float the integer weights that a MatMul or Gemm multiplies with a float
+ * operand: the DequantizeLinear of constant codes, read next to an operand that is not a
+ * DequantizeLinear output, is replaced (for that reader) by an initializer holding its
+ * dequantized values `(code - z)·Δ` (the same float32 values the DequantizeLinear
+ * computes). ONNX Runtime would otherwise fuse the float MatMul and the 8-bit weight into
+ * MatMulNBits, which at its default accuracy level quantizes the float operand on the fly
+ * (on the shipped ViT: qkv outputs off by up to 0.4% of their range, Top-1 0.4 points
+ * off), so the deploy graph would no longer compute the fake-quant graph's values.
+ * Returns the number of operands replaced.
+ */
+export function floatWeightsBesideFloatInputs(g: Graph): number {
+  const producer = new Map<string, Node>();
+  for (const n of g.nodes) for (const o of n.outputs) producer.set(o, n);
+  const isDq = (v: string) => producer.get(v)?.opType === "DequantizeLinear";
+  const floats = new Map<string, string>();
+  let count = 0;
+  for (const n of g.nodes) {
+    if ((n.opType !== "MatMul" && n.opType !== "Gemm") || n.domain) continue;
+    for (const slot of [0, 1]) {
+      const dq = producer.get(n.inputs[slot]);
+      if (dq?.opType !== "DequantizeLinear" || isDq(n.inputs[1 - slot])) continue;
+      if (!dq.inputs.every((v) => !v || g.initializers.has(v))) continue;
+      let name = floats.get(dq.outputs[0]);
+      if (name === undefined) {
+        const codes = g.initializers.get(dq.inputs[0])!;
+        name = g.setInitializer(
+          Tensor.fromFloat32(
+            g.uniqueName(`${dq.inputs[0]}_float`),
+            codes.dims,
+            dequantized(g, dq),
+          ),
+        );
+        floats.set(dq.outputs[0], name);
+      }
+      n.inputs[slot] = name;
+      count++;
+    }
+  }
+  return count;
+}
+
+/** Integer values of an 8- or 4-bit codes tensor (4-bit: two per byte, low nibble first). */
+function codeValues(t: Tensor): Int32Array {
+  const count = t.dims.reduce((a, b) => a * b, 1);
+  const out = new Int32Array(count);
+  for (let i = 0; i < count; i++) {
+    switch (t.dataType) {
+      case DataType.INT8:
+        out[i] = (t.raw[i] << 24) >> 24;
+        break;
+      case DataType.UINT8:
+        out[i] = t.raw[i];
+        break;
+      case DataType.INT4:
+        out[i] = (((t.raw[i >> 1] >> ((i & 1) * 4)) & 0xf) << 28) >> 28;
+        break;
+      case DataType.UINT4:
+        out[i] = (t.raw[i >> 1] >> ((i & 1) * 4)) & 0xf;
+        break;
+      default:
+        throw new Error(
+          `DequantizeLinear codes ${t.name}: data type ${t.dataType} not 8 or 4 bits`,
+        );
+    }
+  }
+  return out;
+}
+
+/** The float32 values a DequantizeLinear of constant codes computes. */
+function dequantized(g: Graph, dq: Node): Float32Array {
+  const t = g.initializers.get(dq.inputs[0])!;
+  const codes = codeValues(t);
+  const scale = g.initializers.get(dq.inputs[1])!.float32();
+  const zt = dq.inputs[2] ? g.initializers.get(dq.inputs[2]) : undefined;
+  const zp = zt ? codeValues(zt) : new Int32Array(scale.length);
+  let axis = dqAxis(dq) ?? 1;
+  if (axis < 0) axis += t.dims.length;
+  const inner = scale.length > 1 ? t.dims.slice(axis + 1).reduce((a, b) => a * b, 1) : codes.length;
+  const out = new Float32Array(codes.length);
+  for (let i = 0; i < codes.length; i++) {
+    const c = scale.length > 1 ? Math.floor(i / inner) % scale.length : 0;
+    out[i] = (codes[i] - zp[c]) * scale[c];
+  }
+  return out;
+}
+
+/**
  * The first operand of a MatMulInteger as uint8 codes and their zero point.
  * ONNX Runtime's fast integer GEMMs take an unsigned first operand (u8 x s8);
  * signed x signed runs a slow path (4x slower on an AVX-512 VNNI CPU, measured
@@ -352,7 +529,7 @@ function dqParams(
 
 /** Which quantized sites of a deploy graph run integer kernels, and their share of the MACs. */
 export interface IntegerCoverage {
-  /** Site ids whose matmul/conv reads only dequantized integer codes. */
+  /** Site ids whose matmul/conv ONNX Runtime runs as an integer kernel ({@link integerSite}). */
   integerSites: string[];
   /** Linear and matmul site ids that compute in float in the deploy graph. */
   floatSites: string[];
@@ -396,8 +573,74 @@ export async function coverageShapes(
 }
 
 /**
- * Integer coverage of a deploy graph. `dims` gives the shapes of
- * {@link coverageValues} on one image (from a capture run of the FP graph).
+ * Does ONNX Runtime (CPU, default optimizations) run deploy-graph node `n` as an integer
+ * kernel? Its QDQ fusions, as measured with onnxruntime-node 1.30 and checked against
+ * its optimized graph on the shipped models' deploy graphs (`tests/deploy.test.ts`):
+ * - MatMul with both operands DequantizeLinear outputs of 8-bit codes:
+ *   MatMulIntegerToFloat (or QLinearMatMul before a QuantizeLinear); an int4/uint4
+ *   operand (4-bit weights packed at opset 21) is dequantized and multiplied in float;
+ * - Gemm with both operands dequantized: QGemm, but only when its bias (if any) is a
+ *   DequantizeLinear output too or its output's only reader is a QuantizeLinear; with a
+ *   float bias and a float output it stays a float Gemm (a classifier head);
+ * - Conv with both inputs dequantized: QLinearConv only when its output's only reader is
+ *   a QuantizeLinear (a patch embedding whose output is not quantized stays a float Conv);
+ * - the step multiplication of {@link integerMatMuls} (a Mul of a Cast of MatMulInteger).
+ */
+export function integerSite(g: Graph, n: Node, index = deployIndex(g)): boolean {
+  const { producer, readers } = index;
+  const op = (v: string | undefined) => (v ? producer.get(v)?.opType : undefined);
+  // a DequantizeLinear of 8-bit codes (the codes' type: its zero point's, or its constant codes')
+  const dq = (slot: number) => {
+    const d = n.inputs[slot] ? producer.get(n.inputs[slot]) : undefined;
+    if (d?.opType !== "DequantizeLinear") return false;
+    const t = g.initializers.get(d.inputs[2] ?? "") ?? g.initializers.get(d.inputs[0]);
+    return !t || t.dataType === DataType.INT8 || t.dataType === DataType.UINT8;
+  };
+  const quantizedOutput = () => {
+    const rs = readers.get(n.outputs[0]) ?? [];
+    return !g.outputNames.includes(n.outputs[0]) && rs.length === 1 &&
+      rs[0].opType === "QuantizeLinear";
+  };
+  if (n.domain) return false;
+  switch (n.opType) {
+    case "Mul": {
+      const cast = producer.get(n.inputs[0]);
+      return cast?.opType === "Cast" && op(cast.inputs[0]) === "MatMulInteger";
+    }
+    case "MatMul":
+      return dq(0) && dq(1);
+    case "Gemm":
+      return dq(0) && dq(1) && (!n.inputs[2] || dq(2) || quantizedOutput());
+    case "Conv":
+      return dq(0) && dq(1) && quantizedOutput();
+    default:
+      return false;
+  }
+}
+
+/** Producers and readers of a graph's values (what {@link integerSite} looks up). */
+export interface DeployIndex {
+  producer: Map<string, Node>;
+  readers: Map<string, Node[]>;
+}
+
+/** Build the {@link DeployIndex} of `g`. */
+export function deployIndex(g: Graph): DeployIndex {
+  const producer = new Map<string, Node>();
+  const readers = new Map<string, Node[]>();
+  for (const n of g.nodes) {
+    for (const o of n.outputs) producer.set(o, n);
+    for (const v of new Set(n.inputs)) {
+      if (v) readers.set(v, [...(readers.get(v) ?? []), n]);
+    }
+  }
+  return { producer, readers };
+}
+
+/**
+ * Integer coverage of a deploy graph: which linear/matmul sites ONNX Runtime runs as
+ * integer kernels ({@link integerSite}) and their share of the MACs. `dims` gives the
+ * shapes of {@link coverageValues} on one image (from a capture run of the FP graph).
  */
 export function integerCoverage(
   fp: Graph,
@@ -405,8 +648,7 @@ export function integerCoverage(
   sites: Site[],
   dims: Map<string, number[]>,
 ): IntegerCoverage {
-  const producer = new Map<string, string>();
-  for (const n of deploy.nodes) for (const o of n.outputs) producer.set(o, n.opType);
+  const index = deployIndex(deploy);
   const fpNodes = new Map(fp.nodes.map((n) => [n.name, n]));
   const depNodes = new Map(deploy.nodes.map((n) => [n.name, n]));
   const out: IntegerCoverage = { integerSites: [], floatSites: [], integerMacs: 0, totalMacs: 0 };
@@ -422,23 +664,12 @@ export function integerCoverage(
       Number(transB ?? 0) === 1,
     );
     out.totalMacs += macs;
-    // a fused-kernel candidate (both operands dequantized codes), or a MatMulInteger whose
-    // int32 result is cast and scaled under the site node's name (`integerMatMuls`)
-    const integer = n.opType === "Mul"
-      ? producer.get(n.inputs[0]) === "Cast" &&
-        producer.get(depNodeOf(deploy, n.inputs[0])?.inputs[0] ?? "") === "MatMulInteger"
-      : producer.get(n.inputs[0]) === "DequantizeLinear" &&
-        producer.get(n.inputs[1]) === "DequantizeLinear";
-    if (integer) {
+    if (integerSite(deploy, n, index)) {
       out.integerSites.push(site.id);
       out.integerMacs += macs;
     } else out.floatSites.push(site.id);
   }
   return out;
-}
-
-function depNodeOf(g: Graph, value: string): Node | undefined {
-  return g.nodes.find((n) => n.outputs.includes(value));
 }
 
 /** MACs of one MatMul/Gemm/Conv from its output shape and its second operand's shape. */
@@ -454,15 +685,4 @@ function siteMacs(
   // MatMul [.., M, K] x [.., K, N]; Gemm B is [K, N], or [N, K] with transB
   const k = op === "Gemm" && transB ? wDims[1] : wDims[wDims.length - 2];
   return outN * k;
-}
-
-/**
- * {@link qdqable}, and the zero point(s) fit the 8-bit container (uint8 for an
- * unsigned quantizer, int8 for a signed one): ONNX stores the zero point in the
- * codes' type, so an asymmetric quantizer whose calibrated range excludes 0
- * (`z < 0` or `z > 255`) has no QDQ form and stays float fake-quant.
- */
-export function qdqFits(q: UniformQuantizer): boolean {
-  const c = container(q);
-  return qdqable(q) && q.zeroPoint.every((z) => z >= c.lo && z <= c.hi);
 }
