@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { DataType, Graph, makeAttr, type Node, Tensor } from "../core/onnx/graph.ts";
-import { findSites, type Site } from "../core/onnx/sites.ts";
+import type { Site } from "../core/onnx/sites.ts";
 import { upgradeOpset21 } from "../core/onnx/opset.ts";
 import { type ActPlan, applyPlan } from "../core/quant/apply.ts";
 import {
@@ -37,7 +37,7 @@ import type { QuantMethod } from "../methods/types.ts";
 import type { Bits, QuantContext } from "../methods/types.ts";
 import {
   cli,
-  contextKeys,
+  quantContext,
   randomData,
   readRows,
   ROOT,
@@ -512,18 +512,14 @@ async function shippedCtx(
   const graph = await Graph.load(`${ROOT}models/${model}.onnx`);
   const card = JSON.parse(await Deno.readTextFile(`${ROOT}models/${model}.json`));
   const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
-  return {
+  return await quantContext({
     graph,
-    sites: findSites(graph),
     calib: makeSource(train, Array.from({ length: 32 }, (_, i) => i), card),
+    calibLabel: "train 0..31",
     bits,
-    runtime: await runtime(),
     options,
     batchSize: 32,
-    ...(await contextKeys(graph, "train 0..31")),
-    seed: 0,
-    log: () => {},
-  } as QuantContext;
+  });
 }
 
 Deno.test({

@@ -17,7 +17,7 @@ import { foldBlocker, foldLayerNorm, reparamParams } from "../core/quant/reparam
 import { resolveModel } from "../core/models.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
-import { drawCalibration, hashIds } from "../datasets/subset.ts";
+import { drawCalibration } from "../datasets/subset.ts";
 import type { TensorData } from "../core/runtime/runtime.ts";
 import {
   foldPostLn,
@@ -28,8 +28,15 @@ import {
   runRepq,
   type StepEntry,
 } from "../methods/repq.ts";
-import type { QuantContext } from "../methods/types.ts";
-import { FIXTURE_CARD, FIXTURES, randomData, runtime } from "./helpers.ts";
+import type { Bits, QuantContext } from "../methods/types.ts";
+import {
+  FIXTURE_CARD,
+  fixtureContext,
+  FIXTURES,
+  quantContext,
+  randomData,
+  runtime,
+} from "./helpers.ts";
 
 /** Run `g` on `feeds`; every output by name. */
 async function run(
@@ -284,21 +291,12 @@ async function tinyCtx(
   options: Record<string, unknown>,
   bits = { w: 4, a: 4 },
 ): Promise<QuantContext> {
-  const graph = await Graph.load(`${FIXTURES}${fixture}`);
-  const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
-  return {
-    graph,
-    sites: findSites(graph),
-    calib: makeSource(train, Array.from({ length: 8 }, (_, i) => i), FIXTURE_CARD),
+  return await fixtureContext(fixture, {
+    calibSize: 8,
     bits,
-    runtime: await runtime(),
     options: { ...repq.defaults, ...options },
     batchSize: 8,
-    seed: 0,
-    modelHash: fixture,
-    calibHash: "first-8",
-    log: () => {},
-  };
+  });
 }
 
 Deno.test("RepQ quantizer choices: reparameterized post-LN inputs are per tensor, log-√2 softmax, 8-bit image, per-channel weights; postLn and calibration options", async () => {
@@ -356,7 +354,7 @@ Deno.test("RepQ parity fixture: the steps chosen on the shipped ViT at W4A4 (see
     await Deno.readTextFile(`${FIXTURES}repq_steps_vit_fmnist_w4a4.json`),
   ) as {
     calibIds: string[];
-    bits: { w: number; a: number };
+    bits: Bits;
     acts: Record<string, StepEntry>;
     weights: Record<string, StepEntry>;
   };
@@ -365,19 +363,16 @@ Deno.test("RepQ parity fixture: the steps chosen on the shipped ViT at W4A4 (see
   const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
   const indices = drawCalibration(train.ids.map((_, i) => i), 32, 0);
   assert.deepEqual(indices.map((i) => train.ids[i]), fx.calibIds, "calibration images of seed 0");
-  const r = await runRepq({
-    graph,
-    sites: findSites(graph),
-    calib: makeSource(train, indices, model.card),
-    bits: fx.bits,
-    runtime: await runtime(),
-    options: { ...repq.defaults },
-    batchSize: 100,
-    seed: 0,
-    modelHash: "vit_fmnist",
-    calibHash: await hashIds(fx.calibIds),
-    log: () => {},
-  });
+  const r = await runRepq(
+    await quantContext({
+      graph,
+      calib: makeSource(train, indices, model.card),
+      calibLabel: fx.calibIds.join("\n"),
+      bits: fx.bits,
+      options: { ...repq.defaults },
+      batchSize: 100,
+    }),
+  );
   const got = repqSteps(r);
   const close = (a: number, b: number) => Math.abs(a - b) <= 1e-5 * Math.max(Math.abs(b), 1e-12);
   const compare = (

@@ -10,11 +10,9 @@
  */
 import assert from "node:assert/strict";
 import { Graph } from "../core/onnx/graph.ts";
-import { findSites } from "../core/onnx/sites.ts";
 import type { ImageSource } from "../core/runtime/runtime.ts";
 import { METHODS } from "../methods/registry.ts";
-import type { QuantContext } from "../methods/types.ts";
-import { contextKeys, FIXTURES, randomData, runtime } from "./helpers.ts";
+import { FIXTURES, quantContext, randomData, runtime } from "./helpers.ts";
 
 /** The committed timm exports (see tests/fixtures/timm/README.md). */
 export const TIMM_FIXTURES = [
@@ -136,18 +134,14 @@ for (const fixture of TIMM_FIXTURES) {
         const graph = await Graph.load(`${FIXTURES}timm/${fixture}.onnx`);
         const fp = await logits(graph, evalSet);
         assert.equal(fp.length, 2 * 1000);
-        const ctx: QuantContext = {
+        const ctx = await quantContext({
           graph,
-          sites: findSites(graph),
           calib,
+          calibLabel: `synthetic ${N}`,
           bits: { w: 8, a: 8 },
-          runtime: await runtime(),
           options: { ...(method.defaults as Record<string, unknown>), ...TINY[name] },
           batchSize: 4,
-          ...(await contextKeys(graph, `synthetic ${N}`)),
-          seed: 0,
-          log: () => {},
-        };
+        });
         const q = await method.quantize(ctx);
         const fake = await logits(q.graph, evalSet);
         const cos = cosine(fp, fake);

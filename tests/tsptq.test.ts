@@ -24,11 +24,9 @@ import {
   v2sfEncode,
   type V2sfQuantizer,
 } from "../core/quant/two_scaled.ts";
-import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
-import { makeSource } from "../datasets/source.ts";
 import { tsptq } from "../methods/tsptq.ts";
 import type { QuantContext } from "../methods/types.ts";
-import { FIXTURE_CARD, FIXTURES, randomData, runtime } from "./helpers.ts";
+import { fixtureContext, FIXTURES, randomData, runtime } from "./helpers.ts";
 
 const readers = (g: Graph, v: string) => g.nodes.filter((n) => n.inputs.includes(v));
 
@@ -295,21 +293,7 @@ async function ctxFor(
   options: Record<string, unknown>,
   bits = { w: 8, a: 8 },
 ): Promise<QuantContext> {
-  const graph = await Graph.load(`${FIXTURES}${fixture}`);
-  const train = await loadFashionMnist(SHIPPED_FMNIST, "train");
-  return {
-    graph,
-    sites: findSites(graph),
-    calib: makeSource(train, Array.from({ length: 8 }, (_, i) => i), FIXTURE_CARD),
-    bits,
-    runtime: await runtime(),
-    options,
-    batchSize: 8,
-    modelHash: fixture,
-    calibHash: "train 0..7",
-    seed: 0,
-    log: () => {},
-  };
+  return await fixtureContext(fixture, { calibSize: 8, bits, options, batchSize: 8 });
 }
 
 async function logits(g: Graph, c: QuantContext): Promise<Float32Array> {
