@@ -1,15 +1,37 @@
 /**
  * ONNX emission of an {@link IntProgram}: every integer kernel becomes ONNX
  * operators that ONNX Runtime's CPU provider runs on integers
- * (MatMulInteger, ConvInteger, MatMul on int32, Add/Sub/Mul/Div/Mod, Max/Min, BitShift on uint32,
- * Cast to uint16 for the low 16 bits of an int32,
- * Clip, ReduceSum/ReduceMax, Gather from small int32 tables, Cast between
- * integer types; copied data movement such as Slice/Concat/Pad on integer
- * codes). Division is ONNX integer Div, which truncates toward zero;
+ * (MatMulInteger, ConvInteger, MatMul on int32, Add/Sub/Mul/Div/Mod, Max/Min,
+ * Clip, BitShift on uint32, ReduceSum/ReduceMax, Gather from integer tables,
+ * Cast between integer types; copied data movement such as Slice/Concat/Pad on
+ * integer codes). Division is ONNX integer Div, which truncates toward zero;
  * wherever the dividend can be negative, floor division is written as
  * `(x − Mod(x, d)) / d` (ONNX Mod with fmod = 0 takes the divisor's sign, so
- * the subtraction lands on a multiple of d). No bool tensor carries data:
- * comparisons are `Clip(x, 0, 1)` on integers.
+ * the subtraction lands on a multiple of d), or shifted to a non-negative
+ * dividend. No bool tensor carries data: comparisons are `Clip(x, 0, 1)` on
+ * integers.
+ *
+ * **Fast forms** (`fast`, the default; `fast: false` emits the plain op
+ * chains, with the same results). ONNX Runtime runs each integer op as its
+ * own pass over memory (no fusion, scalar int32 division), so the fast forms
+ * cut passes, each exact (tests/ivit_fast.test.ts checks fast = plain =
+ * simulation per kernel):
+ * - ShiftExp by one Gather from a table of d ≤ 0 (`tables.ts`); ShiftGELU of
+ *   b-bit codes by one Gather from a table indexed by the code and its row's
+ *   maximum, with the per-tensor requantization that alone reads it folded in
+ *   (the table holds the uint8 codes of the next MatMulInteger);
+ * - a clamped requantization as Clip (one range, or per channel), Mul, Add,
+ *   a truncating Div and Clip: the addend lifts the result's range to start at
+ *   0, where truncation and floor clamp alike (`TruncPlan` of kernels.ts); the
+ *   lift is skipped where the only reader cancels it (Shiftmax) or folds it
+ *   (the ShiftGELU table index);
+ * - I-LayerNorm's output requantization computed from P = y'·f, an int32
+ *   after one Newton step (|y'| ≤ ⌊√V⌋ ≤ k), split at 2^16 with a Cast to
+ *   uint16, without materializing ⌊P/2⌋;
+ * - a patch embedding (kernel = stride) as MatMulInteger on the patches
+ *   (ONNX Runtime's ConvInteger is far slower than its u8 x s8 matmul);
+ * - 8- and 16-bit values keep their int32 source as a twin, so readers skip
+ *   the Cast back to int32.
  *
  * The float image enters through `QuantizeLinear` (int8); the integer graph's
  * outputs are int32 codes. {@link emitFloatWrapper} adds the output
