@@ -73,17 +73,6 @@ export function randomData(n: number, seed: number, scale = 1): Float32Array {
   return out;
 }
 
-/**
- * The explicit cache keys of a hand-built QuantContext: the SHA-256 of the
- * model's bytes and of a label naming its calibration images.
- */
-export async function contextKeys(
-  graph: Graph,
-  calib: string,
-): Promise<{ modelHash: string; calibHash: string }> {
-  return { modelHash: await sha256Hex(graph.toBytes()), calibHash: await sha256Hex(calib) };
-}
-
 /** What a test sets in a hand-built {@link QuantContext}; {@link quantContext} fills the rest. */
 export interface ContextFields<O extends object> {
   /** The FP32 graph. */
@@ -108,8 +97,8 @@ export interface ContextFields<O extends object> {
 
 /**
  * A hand-built QuantContext: the sites found on the graph, the shared
- * runtime, seed 0, a silent log, and the explicit cache keys of
- * {@link contextKeys} (the model's bytes and `calibLabel`).
+ * runtime, seed 0, a silent log, and the explicit cache keys: the SHA-256
+ * of the model's bytes and of `calibLabel`.
  */
 export async function quantContext<O extends object>(
   f: ContextFields<O>,
@@ -120,7 +109,8 @@ export async function quantContext<O extends object>(
     sites: f.sites ?? findSites(f.graph),
     runtime: f.runtime ?? await runtime(),
     seed: f.seed ?? 0,
-    ...(await contextKeys(f.graph, calibLabel)),
+    modelHash: await sha256Hex(f.graph.toBytes()),
+    calibHash: await sha256Hex(calibLabel),
     log: () => {},
   };
 }
