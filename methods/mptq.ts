@@ -119,7 +119,7 @@ import {
 import { outputGradients } from "../core/autodiff/gradients.ts";
 import { VitqError } from "../core/errors.ts";
 import { LayerRecorder } from "./layers.ts";
-import type { OptionsSchema, QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
+import type { Bits, OptionsSchema, QuantContext, QuantizedModel, QuantMethod } from "./types.ts";
 
 /** Options of MPTQ-ViT. "inferred": not given by the sources we could read. */
 export interface MptqOptions {
@@ -793,7 +793,7 @@ async function chooseSmooth(
   ctx: QuantContext,
   group: SmoothGroup,
   problems: Map<string, LinearProblem>,
-  bitsOf: (s: Site) => { w: number; a: number },
+  bitsOf: (s: Site) => Bits,
   o: MptqOptions,
 ): Promise<SmoothFactors> {
   const ps = group.members.map((s) => problems.get(s.id)!);
@@ -983,7 +983,7 @@ export interface Unit {
 export function greedyAllocate(
   units: { side: "w" | "a"; elements: number; err: number[] }[],
   cands: number[],
-  target: { w: number; a: number },
+  target: Bits,
 ): number[] {
   const level = units.map(() => cands.length - 1);
   const total = { w: 0, a: 0 };
