@@ -124,20 +124,7 @@ Deno.test("deploy: qdqable needs integer zero points that fit the 8-bit containe
 
 Deno.test("deploy: a zero point outside the container keeps the quantizer float fake-quant; a 4-bit one outside int4 uses 8-bit codes", async () => {
   const rt = await runtime();
-  const g = Graph.create(17);
-  g.addInput("x", [3, 16]);
-  g.setInitializer(Tensor.fromFloat32("w", [16, 5], randomData(80, 2, 0.5)));
-  g.addOutput(g.addNode("MatMul", ["x", "w"], { name: "mm", outputs: ["y"] }));
-  const site = {
-    id: "s",
-    kind: "linear",
-    role: "fc1",
-    block: 0,
-    node: "mm",
-    output: "y",
-    weight: "w",
-    weightOutAxis: 1,
-  } as Site;
+  const { g, site } = linearGraph("MatMul", [3, 16], { bias: false, cols: 5, seed: 2 });
   // an activation range that excludes 0 (z = -40 does not fit uint8), a 4-bit weight
   // quantizer with z = 20 (fits uint8, not uint4)
   const act: UniformQuantizer = {
@@ -185,18 +172,29 @@ Deno.test("deploy: a zero point outside the container keeps the quantizer float 
   }
 });
 
-/** A one-linear graph `y = x·W + b` (MatMul, or Gemm with transB) and its site. */
-function linearGraph(op: "MatMul" | "Gemm", dims: number[]): { g: Graph; site: Site } {
+/**
+ * A one-linear graph `y = x·W + b` (MatMul, or Gemm with transB) and its site;
+ * `bias: false` leaves `+ b` out (MatMul only), `cols` output columns, `seed`
+ * of the weights, `role` of the site.
+ */
+function linearGraph(
+  op: "MatMul" | "Gemm",
+  dims: number[],
+  { bias = true, cols = 7, seed = 3, role = "fc1" } = {},
+): { g: Graph; site: Site } {
   const g = Graph.create(17);
   g.addInput("x", dims);
   const k = dims[dims.length - 1];
-  const wDims = op === "MatMul" ? [k, 7] : [7, k];
-  g.setInitializer(Tensor.fromFloat32("w", wDims, randomData(7 * k, 3, 0.5)));
-  g.setInitializer(Tensor.fromFloat32("b", [7], randomData(7, 4, 0.5)));
-  if (op === "MatMul") {
+  const wDims = op === "MatMul" ? [k, cols] : [cols, k];
+  g.setInitializer(Tensor.fromFloat32("w", wDims, randomData(cols * k, seed, 0.5)));
+  if (op === "MatMul" && !bias) {
+    g.addNode("MatMul", ["x", "w"], { name: "mm", outputs: ["y"] });
+  } else if (op === "MatMul") {
+    g.setInitializer(Tensor.fromFloat32("b", [cols], randomData(cols, 4, 0.5)));
     const mm = g.addNode("MatMul", ["x", "w"], { name: "mm" });
     g.addNode("Add", [mm, "b"], { outputs: ["y"] });
   } else {
+    g.setInitializer(Tensor.fromFloat32("b", [cols], randomData(cols, 4, 0.5)));
     g.addNode("Gemm", ["x", "w", "b"], {
       name: "mm",
       outputs: ["y"],
@@ -207,7 +205,7 @@ function linearGraph(op: "MatMul" | "Gemm", dims: number[]): { g: Graph; site: S
   const site = {
     id: "s",
     kind: "linear",
-    role: "fc1",
+    role,
     block: 0,
     node: "mm",
     output: "y",
@@ -632,20 +630,7 @@ Deno.test({
 Deno.test("deploy: twin quantizers become sums of integer products (MatMul split per part), equal to the fake-quant product", async () => {
   const rt = await runtime();
   for (const [kind, bits] of [["softmax", 8], ["gelu", 8], ["gelu", 4], ["softmax", 6]] as const) {
-    const g = Graph.create(17);
-    g.addInput("x", [2, 5, 16]);
-    g.setInitializer(Tensor.fromFloat32("w", [16, 7], randomData(16 * 7, 3, 0.5)));
-    g.addOutput(g.addNode("MatMul", ["x", "w"], { name: "mm", outputs: ["y"] }));
-    const site = {
-      id: "s",
-      kind: "linear",
-      role: "fc2",
-      block: 0,
-      node: "mm",
-      output: "y",
-      weight: "w",
-      weightOutAxis: 1,
-    } as Site;
+    const { g, site } = linearGraph("MatMul", [2, 5, 16], { bias: false, role: "fc2" });
     const plan: ActPlan = kind === "softmax"
       ? {
         site,

@@ -7,7 +7,13 @@
  * @module
  */
 import type { Graph } from "../onnx/graph.ts";
-import { captureGraph, type ImageSource, runBatches, type Runtime } from "./runtime.ts";
+import {
+  captureGraph,
+  type ImageSource,
+  runBatches,
+  type Runtime,
+  type Session,
+} from "./runtime.ts";
 
 /** Reduced statistics of one value over the calibration set. */
 export interface ValueStats {
@@ -286,7 +292,7 @@ export class SpillCollector {
         throw new Error(`SpillCollector: ${v} holds ${f.filled} of ${f.total} values`);
       }
     }
-    const files = this.files, dir = this.dir;
+    const files = this.files;
     return {
       spilled: true,
       dims: (name) => files.get(name)?.dims,
@@ -303,10 +309,7 @@ export class SpillCollector {
         }
         return out;
       },
-      release: async () => {
-        liveSpills.delete(dir);
-        await Deno.remove(dir, { recursive: true }).catch(() => {});
-      },
+      release: () => this.discard(),
     };
   }
 }
@@ -325,6 +328,19 @@ export function captureBudgetBytes(): number {
     throw new Error(`VITQ_CAPTURE_BUDGET_MIB: expected a positive number, got ${env}`);
   }
   return mib * 2 ** 20;
+}
+
+/** Run `calib` through a capture session in batches, pushing every value in `names` to `sink`. */
+async function collectBatches(
+  session: Session,
+  names: string[],
+  calib: ImageSource,
+  batchSize: number,
+  sink: Pick<BatchCollector, "push">,
+): Promise<void> {
+  await runBatches(session, calib, batchSize, (out, _start, n) => {
+    for (const v of names) sink.push(v, out[v].data, out[v].dims, n);
+  });
 }
 
 /**
@@ -350,17 +366,13 @@ export async function captureStore(
     const perImage = uniq.reduce((a, v) => a + 4 * probe[v].data.length, 0);
     if (perImage * calib.length <= budgetBytes) {
       const parts = new BatchCollector(calib.length);
-      await runBatches(session, calib, batchSize, (out, _start, n) => {
-        for (const v of uniq) parts.push(v, out[v].data, out[v].dims, n);
-      });
+      await collectBatches(session, uniq, calib, batchSize, parts);
       return memoryStore(parts.finish());
     }
     const spill = await SpillCollector.create(calib.length);
     const batch = Math.max(1, Math.min(batchSize, Math.floor(budgetBytes / 4 / perImage)));
     try {
-      await runBatches(session, calib, batch, (out, _start, n) => {
-        for (const v of uniq) spill.push(v, out[v].data, out[v].dims, n);
-      });
+      await collectBatches(session, uniq, calib, batch, spill);
     } catch (e) {
       await spill.discard();
       throw e;
@@ -386,9 +398,7 @@ export async function captureValues(
   const parts = new BatchCollector(calib.length);
   const session = await runtime.createSession(captureGraph(graph, uniq), "capture graph");
   try {
-    await runBatches(session, calib, batchSize, (out, _start, n) => {
-      for (const v of uniq) parts.push(v, out[v].data, out[v].dims, n);
-    });
+    await collectBatches(session, uniq, calib, batchSize, parts);
   } finally {
     await session.release();
   }
