@@ -119,7 +119,7 @@ Deno.test("ivit fast: ShiftGELU table entry (m, x) is shiftGelu of a row with th
 
 Deno.test("ivit fast: a clamped requantization by truncating division equals requantValue", async () => {
   const rng = new Rng(17);
-  let tested = 0, clipped = 0;
+  let tested = 0, clipped = 0, unclamped = 0;
   for (let t = 0; t < 30; t++) {
     const C = t % 2 ? 4 : 1;
     const bits = t % 3 === 0 ? 16 : 8;
@@ -140,6 +140,7 @@ Deno.test("ivit fast: a clamped requantization by truncating division equals req
     const trunc = planTruncRequant(plan, bits, outZp);
     if (!trunc) continue;
     if (trunc.clip) clipped++;
+    if (!trunc.clamp) unclamped++;
     const step: Step = {
       kind: "requant",
       x: "z",
@@ -157,17 +158,27 @@ Deno.test("ivit fast: a clamped requantization by truncating division equals req
     for (let i = 0; i < z.length; i++) {
       z[i] = i < 2 * C ? (i < C ? lo : hi) : Math.round(lo + rng.next() * (hi - lo));
     }
-    const { fast, plain, sim } = await runAll(program(C, [step], "q", [["q", outType]]), z, [
-      rows,
-      C,
-    ]);
+    const { fast, plain, sim, fastOps } = await runAll(
+      program(C, [step], "q", [["q", outType]]),
+      z,
+      [rows, C],
+    );
+    // the quotient's clamp is emitted only where the plan needs it
+    const clips = fastOps.filter((o) => o === "Clip").length;
+    assert.equal(
+      clips,
+      (trunc.clip && !Array.isArray(trunc.clip.lo) ? 1 : 0) + (trunc.clamp ? 1 : 0),
+    );
     const ref = Array.from(z, (v, i) => requantValue(v, plan.consts[i % C], bits) + outZp);
     assert.deepEqual(sim, ref);
     assert.deepEqual(fast, ref, `case ${t}`);
     assert.deepEqual(plain, ref, `case ${t} plain`);
     tested++;
   }
-  assert.ok(tested >= 20 && clipped > 0, `${tested} cases, ${clipped} clipped`);
+  assert.ok(
+    tested >= 20 && clipped > 0 && unclamped > 0 && unclamped < tested,
+    `${tested} cases, ${clipped} clipped, ${unclamped} unclamped`,
+  );
 });
 
 Deno.test("ivit fast: Shiftmax by table on 8-bit codes and on int32 scores equals the plain graph and the simulation", async () => {
@@ -196,7 +207,7 @@ Deno.test("ivit fast: Shiftmax by table on 8-bit codes and on int32 scores equal
     const a = await runAll(p8, z, [rows, N]);
     assert.deepEqual(a.fast, a.sim);
     assert.deepEqual(a.plain, a.sim);
-    assert.ok(a.fastOps.includes("Gather") && !a.plainOps.includes("Gather"));
+    assert.ok(a.fastOps.includes("GatherElements") && !a.plainOps.includes("GatherElements"));
     // int32 scores of any range: d is clipped to the table's dMin first
     const wide = Int32Array.from({ length: rows * N }, () => Math.floor((rng.next() - 0.5) * 4e5));
     const b = await runAll(program(N, [sm("z")], "sm", [["sm", "int32"]]), wide, [rows, N]);
@@ -238,8 +249,8 @@ Deno.test("ivit fast: ShiftGELU with its requantization folded into one table eq
     const a = await runAll(p, z, [rows, N]);
     assert.deepEqual(a.fast, a.sim, `s ${s}`);
     assert.deepEqual(a.plain, a.sim, `s ${s} plain`);
-    // one Gather, no ShiftExp chain (BitShift) and no requantization Div after it
-    assert.equal(a.fastOps.filter((o) => o === "Gather").length, 1);
+    // one lookup, no ShiftExp chain (BitShift) and no requantization Div after it
+    assert.equal(a.fastOps.filter((o) => o === "GatherElements").length, 1);
     assert.ok(!a.fastOps.includes("BitShift") && a.plainOps.includes("BitShift"));
     // unfolded: the int32 ShiftGELU output itself
     const g = await runAll(

@@ -389,6 +389,13 @@ export interface TruncPlan {
   div: number[];
   /** Upper clamp of the quotient (the clamp's lower end is 0). */
   hi: number;
+  /**
+   * Whether the quotient needs its clamp to [0, hi]: false when every
+   * channel's (clipped) input range already maps into it, i.e. the clip sits
+   * at saturation bounds the channel reaches exactly (ratio ≤ 1); the
+   * dividend is then non-negative too, so truncation is floor.
+   */
+  clamp: boolean;
   /** Added after the clamp: the output's lowest code when negative, else 0. */
   shift: number;
 }
@@ -425,11 +432,36 @@ export function planTruncRequant(plan: RequantPlan, bits: number, outZp: number)
     hi,
     shift: base,
   };
-  if (consts.every((_, i) => ok(i, zlo, zhi))) return { clip: null, ...rest };
+  // unclamped q(z) of channel i (floor), in range for every channel's [l_i, h_i]
+  const q = (i: number, z: number) => {
+    const c = consts[i];
+    return floorDivBig(BigInt(z) * BigInt(c.m) + c.cl, 1n << BigInt(c.k)) + BigInt(c.ch);
+  };
+  const clamp = (l: (i: number) => number, h: (i: number) => number) =>
+    !consts.every((_, i) => q(i, l(i)) >= BigInt(qmin) && q(i, h(i)) <= BigInt(qmax));
+  if (consts.every((_, i) => ok(i, zlo, zhi))) {
+    return { clip: null, ...rest, clamp: clamp(() => zlo, () => zhi) };
+  }
   const lo1 = Math.min(...lows), hi1 = Math.max(...highs);
-  if (consts.every((_, i) => ok(i, lo1, hi1))) return { clip: { lo: lo1, hi: hi1 }, ...rest };
+  // one range: the clamp stays unless it is every channel's own range
+  const own = (i: number) => lows[i] === lo1 && highs[i] === hi1;
+  if (consts.every((_, i) => ok(i, lo1, hi1))) {
+    const cl = !consts.every((_, i) => own(i)) || clamp(() => lo1, () => hi1);
+    // per-channel bounds where they drop the clamp at no extra pass (Max and Min for Clip and Clip)
+    if (
+      cl && consts.every((_, i) => ok(i, lows[i], highs[i])) &&
+      !clamp((i) => lows[i], (i) => highs[i])
+    ) {
+      return { clip: { lo: lows, hi: highs }, ...rest, clamp: false };
+    }
+    return { clip: { lo: lo1, hi: hi1 }, ...rest, clamp: cl };
+  }
   if (consts.every((_, i) => ok(i, lows[i], highs[i]))) {
-    return { clip: { lo: lows, hi: highs }, ...rest };
+    return {
+      clip: { lo: lows, hi: highs },
+      ...rest,
+      clamp: clamp((i) => lows[i], (i) => highs[i]),
+    };
   }
   return null;
 }
