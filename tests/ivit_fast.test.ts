@@ -320,3 +320,131 @@ Deno.test("ivit fast: I-LayerNorm with its per-channel requantization from y'·f
     assert.deepEqual(only.fast, only.sim, `C ${C} ln`);
   }
 });
+
+Deno.test("ivit fast: residual adds fold their operands' constants and pass an offset stream to I-LayerNorm and the next requantization", async () => {
+  const rng = new Rng(33);
+  const rows = 10, C = 48;
+  const span = 2 ** 22;
+  // a 16-bit clamped requantization (shift −32768 skipped) read by a no-clamp one
+  const q16 = (x: string, out: string, r: number): Step =>
+    requant(x, out, r, 16, "int16", 0, -span, span);
+  const rq = (x: string, out: string, r: number, xType: IntType, lo: number, hi: number): Step =>
+    Object.assign(requant(x, out, r, null, "int32", 0, lo, hi), { xType });
+  const a = layerNormPrescale(C, 65535);
+  const ln = (x: string, out: string): Step => ({
+    kind: "layernorm",
+    x,
+    out,
+    channels: C,
+    prescale: a,
+    yMax: 65535,
+    k0: layerNormStart(a, C, 65535),
+    steps: 10,
+    sign: null,
+  });
+  const lnq = (x: string, out: string): Step => ({
+    kind: "requant",
+    x,
+    out,
+    xType: "int32",
+    axis: 1,
+    rank: 2,
+    plan: planRequant(
+      Array.from({ length: C }, () => dyadic15(2 ** (-22 + rng.next()))),
+      Array.from({ length: C }, () => BigInt(Math.round((rng.next() - 0.5) * 1e8))),
+      8,
+      -(2 ** 30),
+      2 ** 30 - 1,
+      "test",
+    ),
+    bits: 8,
+    outType: "uint8",
+    outZp: 128,
+  });
+  const add = (x: string, y: string, out: string): Step => ({
+    kind: "add",
+    a: x,
+    b: y,
+    out,
+    bits: 16,
+    outType: "int16",
+  });
+  const I16: [number, number] = [-32768, 32767];
+  const steps: Step[] = [
+    q16("z", "s16", 2 ** -8.3),
+    q16("z", "b16", 2 ** -7.6),
+    rq("s16", "sr", 0.71, "int16", ...I16),
+    rq("b16", "br", 0.45, "int16", ...I16),
+    add("sr", "br", "x1"),
+    ln("x1", "l1"),
+    lnq("l1", "o1"),
+    rq("x1", "xr", 0.83, "int16", ...I16),
+    q16("z", "c16", 2 ** -8.9),
+    rq("c16", "cr", 0.62, "int16", ...I16),
+    add("xr", "cr", "x2"),
+    ln("x2", "l2"),
+    lnq("l2", "o2"),
+  ];
+  const types: [string, IntType][] = [
+    ["s16", "int16"],
+    ["b16", "int16"],
+    ["c16", "int16"],
+    ["sr", "int32"],
+    ["br", "int32"],
+    ["xr", "int32"],
+    ["cr", "int32"],
+    ["x1", "int16"],
+    ["x2", "int16"],
+    ["l1", "int32"],
+    ["l2", "int32"],
+    ["o1", "uint8"],
+    ["o2", "uint8"],
+  ];
+  const p = program(C, steps, "o2", types);
+  p.outputs.push({ name: "y1", value: "o1", scale: [1] });
+  const z = new Int32Array(rows * C);
+  for (let i = 0; i < z.length; i++) {
+    // rows that saturate the 16-bit codes, flat rows, wide rows
+    const r = Math.floor(i / C);
+    z[i] = r === 2
+      ? span - 1
+      : r === 3
+      ? -span
+      : r === 4
+      ? 1234
+      : Math.round((rng.next() - 0.5) * 2 * span * (r % 2 ? 1 : 0.05));
+  }
+  const sim = simulateProgram(p, z, [rows, C]);
+  const shift = (g: ReturnType<typeof emitIntegerGraph>) =>
+    g.nodes.filter((n) =>
+      n.opType === "Add" && n.inputs.some((v) => g.initializers.get(v)?.numbers()[0] === -32768)
+    ).length;
+  for (const fast of [true, false]) {
+    const g = emitIntegerGraph(p, { fast });
+    assert.deepEqual(integerOnlyViolations(g).filter((v) => !v.startsWith("image ")), []);
+    if (fast) {
+      assert.equal(shift(g), 0, "the 16-bit shift is folded into its reader");
+      // both I-LayerNorms read an offset stream: their row sums get the offset back
+      const sums = new Set(
+        g.nodes.filter((n) => n.opType === "ReduceSum").map((n) => n.outputs[0]),
+      );
+      const fixed = g.nodes.filter((n) =>
+        n.opType === "Add" && sums.has(n.inputs[0]) && g.initializers.has(n.inputs[1])
+      );
+      assert.equal(fixed.length, 2);
+    }
+    const s = await createRawSession(g, 1, "residual graph");
+    try {
+      const out = await s.run(z, [rows, C]);
+      for (const v of ["o1", "o2"]) {
+        assert.deepEqual(
+          Array.from(out[v].data, Number),
+          Array.from(sim.get(v)!.data),
+          `${v} fast ${fast}`,
+        );
+      }
+    } finally {
+      await s.release();
+    }
+  }
+});

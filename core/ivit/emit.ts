@@ -144,6 +144,51 @@ class Emitter extends GraphEmitter {
     return !!range && (range[1] - range[0] + 1) ** 2 <= MAX_TABLE;
   }
 
+  /**
+   * The constants of a no-clamp requantization in the offsets form (every
+   * dividend non-negative) with its input emitted as (codes − off): the clip
+   * bounds, z's offsets and the addends absorb `off`, so every intermediate
+   * value is the same; undefined when one leaves int32.
+   */
+  offsetFold(
+    s: RequantStep,
+    off: number,
+  ): { lo?: number[]; hi?: number[]; oz: number[]; k2: number[] } | undefined {
+    const { plan } = s;
+    if (s.bits !== null || !plan.offsets) return undefined;
+    const fits = (v: number) => Number.isSafeInteger(v) && v >= -(2 ** 31) && v < 2 ** 31;
+    const S = plan.split;
+    const m = plan.consts.map((c) => c.m);
+    const clh = plan.consts.map((c, i) => Number(c.cl >> BigInt(S[i])));
+    const { z: oz, h: oh } = plan.offsets;
+    const k2 = clh.map((v, i) => v - (oz[i] / 2 ** S[i]) * m[i] + oh[i]);
+    const res = {
+      lo: plan.clip?.lo.map((v) => v - off),
+      hi: plan.clip?.hi.map((v) => v - off),
+      oz: oz.map((v, i) => (S[i] > 0 ? v + off : v)),
+      k2: k2.map((v, i) => (S[i] > 0 ? v : v + off * m[i])),
+    };
+    const all = [...(res.lo ?? []), ...(res.hi ?? []), ...res.oz, ...res.k2];
+    return all.every(fits) ? res : undefined;
+  }
+
+  /**
+   * Whether every reader of `v` takes it as (codes − off) (fast forms only):
+   * I-LayerNorm (its row mean moves by off) and no-clamp requantizations in
+   * the offsets form that absorb off (see {@link offsetFold}); `v` is no
+   * graph output. Both read the int32 form (an 8- or 16-bit value offset so
+   * is emitted only as its int32 twin: no Cast of shifted codes exists).
+   */
+  offsetAware(v: string, off: number): boolean {
+    if (!this.fast || !Number.isSafeInteger(off) || Math.abs(off) >= 2 ** 24) return false;
+    const readers = this.p.steps.filter((t) => stepInputs(t).includes(v));
+    if (!readers.length || readers.length !== this.uses.get(v)) return false;
+    return readers.every((t) =>
+      (t.kind === "layernorm" && t.x === v) ||
+      (t.kind === "requant" && t.x === v && !!this.offsetFold(t, off))
+    );
+  }
+
   /** A fresh name (the graph starts empty: a counter suffices). */
   override fresh(base: string): string {
     return `ivit${this.n++}_${base}`;
@@ -306,7 +351,7 @@ class Emitter extends GraphEmitter {
    * `TruncPlan` of kernels.ts); false when it does not fit int32.
    */
   requantTrunc(s: RequantStep): boolean {
-    if (s.bits === null || !this.fast) return false;
+    if (s.bits === null || !this.fast || this.offset.has(s.x)) return false;
     const t = planTruncRequant(s.plan, s.bits, s.outZp);
     if (!t) return false;
     const ch = (vals: number[]) => this.chan(vals, s.axis, s.rank);
@@ -323,10 +368,14 @@ class Emitter extends GraphEmitter {
     if (t.add.some((v) => v !== 0)) z = this.op("Add", [z, ch(t.add)]);
     if (t.div.some((v) => v !== 1)) z = this.op("Div", [z, ch(t.div)]);
     if (t.clamp) z = this.clip(z, 0, t.hi);
-    if (t.shift && s.outType === "int32" && this.offsetTolerant(s.out)) {
+    if (
+      t.shift &&
+      ((s.outType === "int32" && this.offsetTolerant(s.out)) || this.offsetAware(s.out, t.shift))
+    ) {
       this.offset.set(s.out, t.shift);
     } else if (t.shift) z = this.op("Add", [z, this.i32(t.shift)]);
     if (s.outType === "int32") this.op("Identity", [z], [], s.out);
+    else if (this.offset.has(s.out)) this.wide.set(s.out, z);
     else {
       this.cast(z, s.outType, s.out);
       this.wide.set(s.out, z);
@@ -341,8 +390,13 @@ class Emitter extends GraphEmitter {
     const ch = (vals: number[]) => this.chan(vals, axis, rank);
     const addC = (x: string, vals: number[]) =>
       vals.some((v) => v !== 0) ? this.op("Add", [x, ch(vals)]) : x;
+    // an input emitted as (codes − off): absorbed by the constants, or added back
+    const off = this.offset.get(s.x) ?? 0;
+    const fold = off ? this.offsetFold(s, off) : undefined;
+    if (off && !fold) z = this.op("Add", [z, this.i32(off)]);
     if (plan.clip) {
-      z = this.op("Min", [this.op("Max", [z, ch(plan.clip.lo)]), ch(plan.clip.hi)]);
+      const [lo, hi] = fold ? [fold.lo!, fold.hi!] : [plan.clip.lo, plan.clip.hi];
+      z = this.op("Min", [this.op("Max", [z, ch(lo)]), ch(hi)]);
     }
     const m = plan.consts.map((c) => c.m);
     const S = plan.split;
@@ -353,9 +407,11 @@ class Emitter extends GraphEmitter {
     let f: string;
     if (plan.offsets) {
       // every dividend is non-negative: Div is floor division
-      const { z: oz, h: oh } = plan.offsets;
+      const { h: oh } = plan.offsets;
+      let oz = plan.offsets.z;
       let hp: string;
-      const k2 = clh.map((v, i) => v - (oz[i] / 2 ** S[i]) * m[i] + oh[i]);
+      let k2 = clh.map((v, i) => v - (oz[i] / 2 ** S[i]) * m[i] + oh[i]);
+      if (fold) [oz, k2] = [fold.oz, fold.k2];
       if (split) {
         const p2s = ch(S.map((v) => 2 ** v));
         const zo = addC(z, oz);
@@ -368,7 +424,15 @@ class Emitter extends GraphEmitter {
         hp = addC(this.op("Mul", [z, ch(m)]), k2);
       }
       f = dv.every((v) => v === 1) ? hp : this.op("Div", [hp, ch(dv)]);
-      f = addC(f, plan.chClamped.map((c, i) => c - oh[i] / dv[i] + s.outZp));
+      const fc = plan.chClamped.map((c, i) => c - oh[i] / dv[i] + s.outZp);
+      // the only reader is a clamped add: it takes the constant with the other operand's
+      const rd = this.soleReader(s.out);
+      if (
+        this.fast && s.bits === null && s.outType === "int32" && rd?.kind === "add" &&
+        rd.bits < 32 && fc.every((v) => v === fc[0]) && fc[0] !== 0
+      ) {
+        this.offset.set(s.out, fc[0]);
+      } else f = addC(f, fc);
     } else {
       let h: string;
       if (split) {
@@ -606,7 +670,10 @@ class Emitter extends GraphEmitter {
   layerNorm(s: LayerNormStep, xType: IntType, yMax: number): void {
     const x = this.toInt32(s.x, xType);
     const C = this.i32(s.channels);
-    const sum = this.reduceSum(x);
+    // x emitted as (codes − off): the row sum and mean move by off (added back per row)
+    const xOff = this.offset.get(s.x) ?? 0;
+    let sum = this.reduceSum(x);
+    if (xOff) sum = this.op("Add", [sum, this.i32(xOff * s.channels)]);
     const rem = this.op("Mod", [sum, C]);
     const qf = this.op("Div", [this.op("Sub", [sum, rem]), C]);
     // round half to even: up = clip(2·rem − C + (qf mod 2), 0, 1)
@@ -618,9 +685,9 @@ class Emitter extends GraphEmitter {
       // floor(y / 2^a) = (y + off) / 2^a − off / 2^a with off ≥ |y| a multiple of 2^a
       const p = 2 ** s.prescale;
       const off = Math.ceil(yMax / p) * p;
-      const yo = this.op("Sub", [x, this.op("Sub", [mean, this.i32(off)])]);
+      const yo = this.op("Sub", [x, this.op("Sub", [mean, this.i32(off + xOff)])]);
       yp = this.op("Sub", [this.op("Div", [yo, this.i32(p)]), this.i32(off / p)]);
-    } else yp = this.op("Sub", [x, mean]);
+    } else yp = this.op("Sub", [x, xOff ? this.op("Sub", [mean, this.i32(xOff)]) : mean]);
     if (s.sign) yp = this.op("Mul", [yp, this.i32(s.sign, [s.channels])]);
     const v = this.reduceSum(this.op("Mul", [yp, yp]));
     let k = this.i32(s.k0);
@@ -758,9 +825,14 @@ class Emitter extends GraphEmitter {
           this.op("Add", [s.a, s.b], [], s.out);
           break;
         }
+        // operands emitted as (codes − offset): the clamp bounds move by their sum
+        const off = (this.offset.get(s.a) ?? 0) + (this.offset.get(s.b) ?? 0);
         const sum = this.op("Add", [s.a, s.b]);
-        const c = this.clip(sum, -(2 ** (s.bits - 1)), 2 ** (s.bits - 1) - 1);
+        let c = this.clip(sum, -(2 ** (s.bits - 1)) - off, 2 ** (s.bits - 1) - 1 - off);
+        if (off && this.offsetAware(s.out, off)) this.offset.set(s.out, off);
+        else if (off) c = this.op("Add", [c, this.i32(off)]);
         if (s.outType === "int32") this.op("Identity", [c], [], s.out);
+        else if (this.offset.has(s.out)) this.wide.set(s.out, c);
         else {
           this.cast(c, s.outType, s.out);
           this.wide.set(s.out, c);
