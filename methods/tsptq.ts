@@ -41,7 +41,7 @@ import {
   type LnConsumers,
   type Scope,
 } from "../core/quant/scope.ts";
-import { type Metric, scoringGraph } from "../core/quant/search.ts";
+import { type Metric, scoringFeeds, scoringGraph } from "../core/quant/search.ts";
 import {
   emitV2sf,
   emitV2sfParts,
@@ -422,12 +422,13 @@ async function quantizeTsptq(ctx: QuantContext<TsptqOptions>): Promise<Quantized
     const scoring = v2sfScoringGraph({ aDims, bDims, oDims, metric: o.metric, bias }, kind, bits.a);
     const fixedFeeds: Feeds = {
       x: { data: x.data, dims: aDims },
-      fixed: { data: fixed, dims: bDims },
-      o: { data: out.data, dims: oDims },
+      ...scoringFeeds(
+        { vary: "a", aDims, bDims, oDims, metric: o.metric, bias },
+        fixed,
+        out.data,
+        grads?.get(site.output),
+      ),
     };
-    const gr = grads?.get(site.output);
-    if (o.metric === "hessian") fixedFeeds.g = { data: gr!, dims: oDims };
-    if (bias) fixedFeeds.bias = { data: bias, dims: [bias.length] };
     const perCand = 4 * Math.max(x.data.length, out.data.length) * 3;
     const top = 2 ** (bits.a - 1) - 1;
     const l0 = initStep(kind === "unsigned" ? maxOf(x.data) : Math.max(maxOf(x.data), 0), top);
