@@ -89,6 +89,16 @@ export type Ptq4vitOptions = {
    * other (`sequential`). The per-channel patch embedding is searched sequentially in both.
    */
   groupCosine: "per-group" | "sequential";
+  /**
+   * Grid stride of a coarse-to-fine search (vitq's approximation, not the
+   * reference's): 1 scores every grid point (the reference); s > 1 scores every
+   * s-th point (and the last), then every point within s - 1 of each group's best,
+   * about n/s + 2(s-1) candidates instead of n. It finds the full grid's minimum
+   * wherever a group's score has no second, deeper valley between two coarse points.
+   * The twin softmax's 20 split candidates are always all scored. Absent (not a
+   * default) so that cells of the full search keep their ids.
+   */
+  coarse?: number;
 };
 
 const PTQ4VIT_DEFAULTS: Ptq4vitOptions = {
@@ -155,6 +165,12 @@ const PTQ4VIT_SCHEMA: OptionsSchema<Ptq4vitOptions> = {
     description:
       "cosine over each weight group's own columns, all at once (reference), or over whole rows, one group after the other",
   },
+  coarse: {
+    type: "integer",
+    minimum: 1,
+    description:
+      "grid stride of a coarse-to-fine step search (approximation, vitq's: every s-th grid point, then the points within s-1 of each group's best); 1 = every grid point (reference)",
+  },
 };
 
 const BASEPTQ_DEFAULTS: Ptq4vitOptions = {
@@ -183,6 +199,53 @@ function argmin(xs: ArrayLike<number>): number {
   let best = 0;
   for (let i = 1; i < xs.length; i++) if (xs[i] < xs[best]) best = i;
   return best;
+}
+
+/**
+ * One grid search over factor indices 0..n-1 for `groups` independently scored
+ * groups: `score(idx)` scores candidates `idx[k]` (one index per group) and returns
+ * one score per candidate and group. Returns each group's best index (ties to the
+ * lower index, as a first-minimum argmin over the full grid) and its score.
+ * `stride` 1 scores every index in order (the reference's search); `stride` s > 1
+ * is the coarse-to-fine approximation of the `coarse` option.
+ */
+export async function gridSearch(
+  n: number,
+  groups: number,
+  stride: number,
+  score: (idx: number[][]) => Promise<ArrayLike<number>[]>,
+): Promise<{ best: number[]; score: number[] }> {
+  const best = new Array<number>(groups).fill(-1), bestScore = new Array<number>(groups).fill(0);
+  const take = (idx: number[][], scores: ArrayLike<number>[]) => {
+    idx.forEach((row, k) =>
+      row.forEach((i, gi) => {
+        const v = scores[k][gi];
+        if (best[gi] < 0 || v < bestScore[gi] || (v === bestScore[gi] && i < best[gi])) {
+          best[gi] = i;
+          bestScore[gi] = v;
+        }
+      })
+    );
+  };
+  const same = (i: number) => new Array<number>(groups).fill(i);
+  if (stride <= 1 || n <= stride) {
+    const idx = Array.from({ length: n }, (_, k) => same(k));
+    take(idx, await score(idx));
+    return { best, score: bestScore };
+  }
+  const coarse: number[][] = [];
+  for (let i = 0; i < n; i += stride) coarse.push(same(i));
+  if ((n - 1) % stride !== 0) coarse.push(same(n - 1));
+  take(coarse, await score(coarse));
+  const centre = [...best];
+  const fine: number[][] = [];
+  for (let d = -(stride - 1); d < stride; d++) {
+    if (d === 0 || centre.every((c) => c + d < 0 || c + d >= n)) continue;
+    // a group whose neighbour is off the grid re-scores its centre (same score)
+    fine.push(centre.map((c) => (c + d >= 0 && c + d < n ? c + d : c)));
+  }
+  if (fine.length) take(fine, await score(fine));
+  return { best, score: bestScore };
 }
 
 /** A linear layer as a matmul problem: X [M, Cin] · W [Cin, Cout] + b. */
@@ -502,38 +565,46 @@ async function searchLinear(
       ctx.step?.(`${site.id} round ${r + 1}/${o.rounds}`);
       const xq = act ? quantAct(p.x, act, ab, o.variant) : p.x;
       if (decomposes || perGroupCos) {
-        const scores = await wScorer.scoreQuantized(
-          o.n,
-          (k) => expandGroups(p.groups, wInit.map((s) => s * factors[k]), p.cout),
-          p.w,
-          xq,
-          p.o,
-          p.g,
-        );
-        p.groups.forEach(([a, b], gi) => {
-          const tot = scores.map((s) => {
-            if (perGroupCos) return s[gi];
-            let t = 0;
-            for (let j = a; j < b; j++) t += s[j];
-            return t;
-          });
-          wCur[gi] = Math.fround(wInit[gi] * factors[argmin(tot)]);
-        });
-      } else {
-        for (let gi = 0; gi < p.groups.length; gi++) {
+        const { best } = await gridSearch(o.n, p.groups.length, o.coarse ?? 1, async (idx) => {
           const scores = await wScorer.scoreQuantized(
-            o.n,
-            (k) => {
-              const steps = [...wCur];
-              steps[gi] = wInit[gi] * factors[k];
-              return expandGroups(p.groups, steps, p.cout);
-            },
+            idx.length,
+            (k) => expandGroups(p.groups, wInit.map((s, gi) => s * factors[idx[k][gi]]), p.cout),
             p.w,
             xq,
             p.o,
             p.g,
           );
-          wCur[gi] = Math.fround(wInit[gi] * factors[argmin(scores.map((s) => s[0]))]);
+          return scores.map((s) =>
+            p.groups.map(([a, b], gi) => {
+              if (perGroupCos) return s[gi];
+              let t = 0;
+              for (let j = a; j < b; j++) t += s[j];
+              return t;
+            })
+          );
+        });
+        best.forEach((i, gi) => (wCur[gi] = Math.fround(wInit[gi] * factors[i])));
+      } else {
+        for (let gi = 0; gi < p.groups.length; gi++) {
+          const { best } = await gridSearch(
+            o.n,
+            1,
+            o.coarse ?? 1,
+            async (idx) =>
+              (await wScorer.scoreQuantized(
+                idx.length,
+                (k) => {
+                  const steps = [...wCur];
+                  steps[gi] = wInit[gi] * factors[idx[k][0]];
+                  return expandGroups(p.groups, steps, p.cout);
+                },
+                p.w,
+                xq,
+                p.o,
+                p.g,
+              )).map((s) => [s[0]]),
+          );
+          wCur[gi] = Math.fround(wInit[gi] * factors[best[0]]);
         }
       }
       if (prevW && prevW.every((v, i) => v === wCur[i])) break;
@@ -546,17 +617,22 @@ async function searchLinear(
           step: Math.fround(actInit * f),
         }
       );
-      const scores = await xScorer.scoreQuantized(
+      const found = await gridSearch(
         o.n,
-        (k) => [actStep(cands[k])],
-        p.x,
-        wq,
-        p.o,
-        p.g,
+        1,
+        o.coarse ?? 1,
+        async (idx) =>
+          (await xScorer.scoreQuantized(
+            idx.length,
+            (k) => [actStep(cands[idx[k][0]])],
+            p.x,
+            wq,
+            p.o,
+            p.g,
+          )).map((s) => [s[0]]),
       );
-      const best = argmin(scores.map((s) => s[0]));
-      act = cands[best];
-      last = scores[best][0];
+      act = cands[found.best[0]];
+      last = found.score[0];
     }
   } finally {
     await wScorer.release();
@@ -620,11 +696,6 @@ function groupInit(x: Captured, groups: number, bits: number): Float32Array {
   return m.map((v) => initStep(v, bits));
 }
 
-/** Argmin of each column of K score rows (one row per candidate). */
-function argminColumns(scores: Float64Array[]): number[] {
-  return Array.from(scores[0], (_, j) => argmin(scores.map((s) => s[j])));
-}
-
 /**
  * Search both operands of a matmul site: A then B in each round, each group's step
  * on the grid Δ0·(α + i(β-α)/n) (the twin softmax's split over 2^-i, i < 20).
@@ -650,7 +721,14 @@ async function searchMatmul(
   const splits = Array.from({ length: 20 }, (_, i) => 2 ** -i);
   let a: OperandQ = twin ? { kind: "twin-softmax", split: 1 } : { kind: "grouped", steps: aInit };
   let b: OperandQ = { kind: "grouped", steps: bInit };
-  const cand = (init: Float32Array, k: number) => init.map((s) => Math.fround(s * factors[k]));
+  // per-group steps of candidate `idx` (one grid index per group)
+  const cand = (init: Float32Array, idx: number[]) =>
+    init.map((s, h) => Math.fround(s * factors[idx[h]]));
+  const search = async (init: Float32Array, run: (idx: number[][]) => Promise<Float64Array[]>) =>
+    Float32Array.from(
+      (await gridSearch(o.n, init.length, o.coarse ?? 1, run)).best,
+      (i, h) => Math.fround(init[h] * factors[i]),
+    );
   const uniform = { kind: "uniform" as const, bits: ab, columns: groups, axis: 1 };
   const keepAxis = groups > 1 ? 1 : undefined;
   const sa = await CandidateScorer.create(ctx.runtime, {
@@ -689,32 +767,25 @@ async function searchMatmul(
         );
         a = { kind: "twin-softmax", split: splits[argmin(s1.map((s) => s[0]))] };
       } else {
-        const s1 = await sa.scoreQuantized(
-          o.n,
-          (k) => cand(aInit, k),
-          A.data,
-          quantOperand(B, b, ab, o.variant),
-          O.data,
-          G,
-        );
+        const bq = quantOperand(B, b, ab, o.variant);
         a = {
           kind: "grouped",
-          steps: Float32Array.from(argminColumns(s1), (k, h) => cand(aInit, k)[h]),
+          steps: await search(
+            aInit,
+            (idx) =>
+              sa.scoreQuantized(idx.length, (k) => cand(aInit, idx[k]), A.data, bq, O.data, G),
+          ),
         };
       }
       if (prevA && sameOperand(prevA, a)) break;
       prevA = a;
-      const s2 = await sb.scoreQuantized(
-        o.n,
-        (k) => cand(bInit, k),
-        B.data,
-        quantOperand(A, a, ab, o.variant),
-        O.data,
-        G,
-      );
+      const aq = quantOperand(A, a, ab, o.variant);
       b = {
         kind: "grouped",
-        steps: Float32Array.from(argminColumns(s2), (k, h) => cand(bInit, k)[h]),
+        steps: await search(
+          bInit,
+          (idx) => sb.scoreQuantized(idx.length, (k) => cand(bInit, idx[k]), B.data, aq, O.data, G),
+        ),
       };
     }
   } finally {
@@ -908,9 +979,13 @@ async function quantizePtq4vit(ctx: QuantContext<Ptq4vitOptions>): Promise<Quant
   const layers = await recorder.records();
   const notes = `metric ${o.metric}${
     o.metric === "hessian" ? ` (gradient ${o.gradient}, sub-batch ${o.gradBatch})` : ""
-  }; grid ${o.alpha}..${o.beta} x ${o.n}, ${o.rounds} rounds; twin softmax ${
-    o.twinSoftmax ? o.variant : "off"
-  }, twin GELU ${o.twinGelu ? "on" : "off"}`;
+  }; grid ${o.alpha}..${o.beta} x ${o.n}${
+    (o.coarse ?? 1) > 1
+      ? ` searched coarse-to-fine (stride ${o.coarse}: approximation, vitq's)`
+      : ""
+  }, ${o.rounds} rounds; twin softmax ${o.twinSoftmax ? o.variant : "off"}, twin GELU ${
+    o.twinGelu ? "on" : "off"
+  }`;
   return { graph, layers, notes, deployable: deploy && { graph: deploy, kind: QDQ_KIND } };
 }
 
@@ -925,6 +1000,7 @@ export const ptq4vit: QuantMethod = defineMethod<Ptq4vitOptions>({
     "twin uniform quantizers (post-softmax, post-GELU) and Hessian-guided step search: per-tensor linear inputs and weights, own steps for the qkv weight thirds and patch-embed channels, per-head attention-matmul operands",
   approximations: APPROX,
   defaults: { ...PTQ4VIT_DEFAULTS },
+  optional: ["coarse"],
   optionsSchema: PTQ4VIT_SCHEMA,
   quantize: quantizePtq4vit,
 });
@@ -937,6 +1013,7 @@ export const baseptq: QuantMethod = defineMethod<Ptq4vitOptions>({
     "symmetric steps searched by cosine similarity of layer outputs (per tensor; qkv weight thirds scored per third; attention-matmul operands per head); no twin quantizers",
   approximations: "parallel calibration and per-head attention-matmul steps as the reference code",
   defaults: { ...BASEPTQ_DEFAULTS },
+  optional: ["coarse"],
   optionsSchema: PTQ4VIT_SCHEMA,
   quantize: quantizePtq4vit,
 });

@@ -154,7 +154,10 @@ function ptqPart<T>(x: Record<string, T>): Record<string, T> {
 function ptqOptions(o: TsptqOptions): Ptq4vitOptions {
   const out = { ...(ptq4vit.defaults as Ptq4vitOptions) } as unknown as Record<string, unknown>;
   const given = o as unknown as Record<string, unknown>;
-  for (const k of Object.keys(ptqPart(out))) if (k in given) out[k] = given[k];
+  // every search option TSPTQ takes, defaulted or optional (e.g. `coarse`)
+  for (const k of Object.keys(ptqPart(ptq4vit.optionsSchema as Record<string, unknown>))) {
+    if (k in given) out[k] = given[k];
+  }
   return { ...(out as unknown as Ptq4vitOptions), twinSoftmax: false, twinGelu: false };
 }
 
@@ -522,6 +525,7 @@ export const tsptq: QuantMethod = defineMethod<TsptqOptions>({
     ...(ptqPart(ptq4vit.defaults as Record<string, unknown>) as unknown as PtqPart),
     ...OWN_DEFAULTS,
   },
+  optional: ptq4vit.optional,
   optionsSchema: {
     ...(ptqPart(ptq4vit.optionsSchema as Record<string, OptionSchema>) as unknown as OptionsSchema<
       PtqPart

@@ -164,6 +164,12 @@ export interface QuantMethod<O extends object = object> {
   approximations: string;
   /** Whether the method accepts mixed-precision bit entries (`bits.mixed`). */
   mixedPrecision?: boolean;
+  /**
+   * Options with a schema entry but no default: absent unless a manifest sets
+   * them. A cell id hashes the options with their defaults filled in, so an
+   * option added this way keeps the ids (and stored results) of existing cells.
+   */
+  optional?: readonly string[];
   /** Default options; the manifest overrides them. */
   defaults: O;
   /** JSON Schema fragment of each option; the manifest loader validates options with it. */

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import type { Graph } from "../core/onnx/graph.ts";
 import { optionsError } from "../bench/manifest.ts";
-import { baseptq, ptq4vit } from "../methods/ptq4vit.ts";
+import { baseptq, gridSearch, ptq4vit } from "../methods/ptq4vit.ts";
 import { fixtureContext, randomData, runtime } from "./helpers.ts";
 import { CandidateScorer, type Metric } from "../core/quant/search.ts";
 import { fakeQuant } from "../core/quant/uniform.ts";
@@ -258,4 +258,47 @@ Deno.test({
     assert.deepEqual(spilled.layers, inMemory.layers);
     assert.deepEqual(spilled.graph.toBytes(), inMemory.graph.toBytes());
   },
+});
+
+Deno.test("gridSearch: stride 1 is the full grid's first-minimum argmin; coarse-to-fine scores fewer points and finds unimodal minima per group", async () => {
+  const n = 100;
+  // per group: a unimodal score with its minimum at `at[g]`, flat ties to the right of group 2's minimum
+  const at = [0, 37, 99, 61];
+  const f = (g: number, i: number) => g === 2 ? Math.max(0, 99 - i) : (i - at[g]) ** 2 + 0.5 * g;
+  let scored = 0;
+  const score = (idx: number[][]) => {
+    scored += idx.length;
+    return Promise.resolve(idx.map((row) => row.map((i, g) => f(g, i))));
+  };
+  const full = await gridSearch(n, 4, 1, score);
+  assert.deepEqual(full.best, at);
+  assert.deepEqual(full.score, at.map((i, g) => f(g, i)));
+  assert.equal(scored, n);
+  for (const s of [2, 5, 7, 10]) {
+    scored = 0;
+    const c = await gridSearch(n, 4, s, score);
+    assert.deepEqual(c.best, at, `stride ${s}`);
+    assert.ok(scored <= Math.ceil(n / s) + 1 + 2 * (s - 1), `stride ${s}: ${scored} scored`);
+  }
+  // ties go to the lower index, as the full grid's first minimum
+  const flat = await gridSearch(10, 1, 3, (idx) => Promise.resolve(idx.map(() => [1])));
+  assert.deepEqual(flat.best, [0]);
+  // a narrow valley between two coarse points is missed: the approximation the option states
+  const narrow = (i: number) => (i === 52 ? -1 : Math.abs(i - 20));
+  const miss = await gridSearch(n, 1, 5, (idx) => Promise.resolve(idx.map((r) => [narrow(r[0])])));
+  assert.deepEqual(miss.best, [20]);
+  const hit = await gridSearch(n, 1, 1, (idx) => Promise.resolve(idx.map((r) => [narrow(r[0])])));
+  assert.deepEqual(hit.best, [52]);
+});
+
+Deno.test("PTQ4ViT coarse-to-fine search (option coarse): runs, says it approximates, keeps W8A8 logits close", async () => {
+  const c = await ctx("tiny_vit_op17.onnx", { ...ptq4vit.defaults, n: 40, rounds: 1, coarse: 5 });
+  const q = await ptq4vit.quantize(c);
+  assert.match(q.notes ?? "", /coarse-to-fine \(stride 5: approximation/);
+  assert.ok(await maxLogitError(c.graph, q.graph, c) < 0.1);
+  assert.equal(optionsError(ptq4vit, { ...ptq4vit.defaults, coarse: 0 }) !== undefined, true);
+  const full = await ptq4vit.quantize(
+    await ctx("tiny_vit_op17.onnx", { ...ptq4vit.defaults, n: 40, rounds: 1 }),
+  );
+  assert.doesNotMatch(full.notes ?? "", /coarse/);
 });

@@ -21,11 +21,15 @@ Deno.test("experiments/schema.json: method entries equal the ones generated from
 
 for (const m of Object.values(METHODS)) {
   Deno.test(`${m.name}: one schema entry per option, and the defaults fit the schema`, () => {
+    const optional = m.optional ?? [];
     assert.deepEqual(
       Object.keys(m.optionsSchema).sort(),
-      Object.keys(m.defaults).sort(),
-      `${m.name}: optionsSchema and defaults name different options`,
+      [...Object.keys(m.defaults), ...optional].sort(),
+      `${m.name}: optionsSchema names other options than the defaults and the optional ones`,
     );
+    for (const k of optional) {
+      assert.ok(!(k in m.defaults), `${m.name}.${k}: optional with a default`);
+    }
     assert.equal(optionsError(m, { ...m.defaults }), undefined);
     assert.match(
       optionsError(m, { ...m.defaults, noSuchOption: 1 })!,
