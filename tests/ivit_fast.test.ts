@@ -26,6 +26,7 @@ import {
   type Step,
 } from "../core/ivit/mod.ts";
 import { shiftExpTable, shiftGeluTable } from "../core/ivit/tables.ts";
+import { uint8Tensor } from "../core/ivit/program.ts";
 import { shiftExp, shiftGelu } from "../core/ivit/reference.ts";
 
 /** A program on an int32 input [rows, cols]: the steps, then `out` as the output. */
@@ -446,5 +447,42 @@ Deno.test("ivit fast: residual adds fold their operands' constants and pass an o
     } finally {
       await s.release();
     }
+  }
+});
+
+Deno.test("ivit fast: a 16-bit operand's two byte products run as one stacked MatMulInteger and equal the simulation", async () => {
+  const rng = new Rng(41);
+  for (const [batch, M, K, N] of [[1, 7, 10, 5], [3, 9, 16, 4]]) {
+    const p = program(
+      K,
+      [{
+        kind: "matmul",
+        a: "z",
+        b: "w",
+        out: "y",
+        aType: "int32",
+        bType: "uint8",
+        aZp: 0,
+        bZp: 128,
+        mode: "split16",
+      }],
+      "y",
+      [["y", "int32"]],
+    );
+    p.input.dims = batch === 1 ? [M, K] : [batch, M, K];
+    const w = Array.from({ length: K * N }, () => Math.floor(rng.next() * 256));
+    p.initializers.set("w", uint8Tensor("w", [K, N], w));
+    p.types.set("w", "uint8");
+    // non-negative 15-bit codes, with both bytes at their extremes
+    const dims = p.input.dims as number[];
+    const x = Int32Array.from(
+      { length: dims.reduce((a, b) => a * b, 1) },
+      (_, i) => (i < 2 ? [32767, 255][i] : Math.floor(rng.next() * 32768)),
+    );
+    const { fast, plain, sim, fastOps, plainOps } = await runAll(p, x, dims);
+    assert.deepEqual(fast, sim, `${dims}`);
+    assert.deepEqual(plain, sim, `${dims} plain`);
+    assert.equal(fastOps.filter((o) => o === "MatMulInteger").length, 1);
+    assert.equal(plainOps.filter((o) => o === "MatMulInteger").length, 2);
   }
 });

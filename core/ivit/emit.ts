@@ -31,6 +31,8 @@
  * - I-LayerNorm's output requantization computed from P = y'·f, an int32
  *   after one Newton step (|y'| ≤ ⌊√V⌋ ≤ k), split at 2^16 with a Cast to
  *   uint16, without materializing ⌊P/2⌋;
+ * - the two byte products of a 16-bit matmul operand (`split16`) as one
+ *   MatMulInteger on the bytes stacked along the rows, split after;
  * - a patch embedding (kernel = stride) as MatMulInteger on the patches
  *   (ONNX Runtime's ConvInteger is far slower than its u8 x s8 matmul);
  * - 8- and 16-bit values keep their int32 source as a twin, so readers skip
@@ -796,6 +798,24 @@ class Emitter extends GraphEmitter {
           const a = this.toInt32(s.a, s.aType);
           const hi = this.op("Div", [a, this.i32(256)]);
           const zps = [this.u8(0), this.zp(s.bZp, s.bType)];
+          if (this.fast) {
+            // one MatMulInteger on both bytes stacked along the rows (b is packed once), split after
+            const cat = this.op("Concat", [this.cast(hi, "uint8"), this.cast(a, "uint8")], [
+              makeAttr("axis", -2),
+            ]);
+            const mm = this.op("MatMulInteger", [cat, s.b, ...zps]);
+            const mHi = this.fresh("mhi"), mLo = this.fresh("mlo");
+            const halves = this.p.opset >= 18 ? [makeAttr("num_outputs", 2)] : [];
+            this.emitNode(
+              "Split",
+              [mm],
+              [mHi, mLo],
+              [makeAttr("axis", -2), ...halves],
+              this.fresh("Split"),
+            );
+            this.op("Add", [this.op("Mul", [mHi, this.i32(256)]), mLo], [], s.out);
+            break;
+          }
           const mHi = this.op("MatMulInteger", [this.cast(hi, "uint8"), s.b, ...zps]);
           const mLo = this.op("MatMulInteger", [this.cast(a, "uint8"), s.b, ...zps]);
           this.op("Add", [this.op("Mul", [mHi, this.i32(256)]), mLo], [], s.out);
