@@ -34,7 +34,12 @@ import { outputGradients } from "../core/autodiff/gradients.ts";
 import type { Graph, Node } from "../core/onnx/graph.ts";
 import type { Site } from "../core/onnx/sites.ts";
 import { type ActPlan, applyPlan } from "../core/quant/apply.ts";
-import { distributeParts, integerMatMuls, QDQ_KIND } from "../core/quant/deploy.ts";
+import {
+  distributeParts,
+  integerMatMuls,
+  QDQ_KIND,
+  unhoistHeadCodes,
+} from "../core/quant/deploy.ts";
 import {
   activationTargets,
   type ActTarget,
@@ -288,7 +293,9 @@ interface V2sfSite {
 
 /**
  * Undo PTQ4ViT's deploy rewrite of the matmul `site` (`integerMatMuls`: MatMulInteger of the
- * operands' codes, Cast, Mul by the steps, under the site node's name) back to a MatMul of
+ * operands' codes, Cast, Mul by the steps or one DequantizeLinear, under the site node's
+ * name; operands quantized before the head split get their own codes again,
+ * `unhoistHeadCodes`) back to a MatMul of
  * DequantizeLinear operands, so that one operand can be quantized anew. A node that is
  * not so rewritten is left. Returns the DequantizeLinear values (per-channel ones need
  * their rank for `integerMatMuls` again).
@@ -298,10 +305,17 @@ function undoIntegerMatMul(g: Graph, site: Site): string[] {
   for (const n of g.nodes) for (const o of n.outputs) producer.set(o, n);
   const n = g.nodes.find((x) => x.name === site.node);
   if (!n) throw new Error(`tsptq: node ${site.node} of ${site.id} not in the deploy graph`);
-  if (n.opType !== "Mul") return [];
-  const mmi = producer.get(producer.get(n.inputs[0])?.inputs[0] ?? "");
+  // the steps after the int32 sums: Cast + Mul, or a DequantizeLinear (`stepsAsDequantize`)
+  const first = producer.get(n.inputs[0]);
+  const dqSteps = n.opType === "DequantizeLinear" && first?.opType === "MatMulInteger";
+  if (n.opType !== "Mul" && !dqSteps) return [];
+  const mmi = dqSteps ? first : producer.get(first?.inputs[0] ?? "");
   if (mmi?.opType !== "MatMulInteger") {
     throw new Error(`tsptq: ${site.id} is a Mul but not an integer matmul in the deploy graph`);
+  }
+  // operands quantized before the head split: their own QuantizeLinear again
+  if (unhoistHeadCodes(g, mmi)) {
+    for (const m of g.nodes) for (const o of m.outputs) producer.set(o, m);
   }
   const dq = [0, 1].map((k) => {
     const q = producer.get(mmi.inputs[k]);

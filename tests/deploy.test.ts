@@ -21,9 +21,11 @@ import {
   emitQdqActivation,
   emitQdqWeight,
   fractionalZpFloor,
+  hoistHeadCodes,
   integerCoverage,
   integerSite,
   qdqable,
+  unhoistHeadCodes,
 } from "../core/quant/deploy.ts";
 import { emitFakeQuant } from "../core/quant/uniform.ts";
 import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
@@ -46,6 +48,9 @@ import {
   writeManifest,
 } from "./helpers.ts";
 import { fusedOps } from "../bench/speed.ts";
+import { findSites } from "../core/onnx/sites.ts";
+import { buildVitGraph } from "../core/ivit/vits.ts";
+import { GELU_NEG_RANGE } from "../core/quant/twin.ts";
 
 function quantizers(): { name: string; q: UniformQuantizer }[] {
   const out: { name: string; q: UniformQuantizer }[] = [];
@@ -483,7 +488,10 @@ async function ortIntegerSites(deploy: Graph, sites: Site[]): Promise<string[]> 
       let p = producer.get(v);
       for (let k = 0; k < 4 && p; k++) {
         if (INTEGER_OP.test(p.opType)) return true;
-        if (!["Mul", "Cast", "Transpose", "Reshape"].includes(p.opType)) return false;
+        // the steps after an integer matmul: Cast + Mul, or a DequantizeLinear of the int32 sums
+        if (!["Mul", "Cast", "DequantizeLinear", "Transpose", "Reshape"].includes(p.opType)) {
+          return false;
+        }
         p = producer.get(p.inputs[0]);
       }
       return false;
@@ -629,15 +637,25 @@ Deno.test({
 
 Deno.test("deploy: twin quantizers become sums of integer products (MatMul split per part), equal to the fake-quant product", async () => {
   const rt = await runtime();
-  for (const [kind, bits] of [["softmax", 8], ["gelu", 8], ["gelu", 4], ["softmax", 6]] as const) {
+  // softmax splits: 2^-5 (its large part clips at the split), 2^-9 (the split's code is 0:
+  // no clip); the GELU negative part never clips (uint8 codes of -x, step -Δ); below 8 bits
+  // a part's own clip and its code range's are one Clip
+  for (
+    const [kind, bits, split, clips] of [
+      ["softmax", 8, 2 ** -5, 1],
+      ["softmax", 8, 2 ** -9, 0],
+      ["gelu", 8, 0, 1],
+      ["gelu", 4, 0, 1],
+      ["softmax", 6, 2 ** -5, 2],
+    ] as const
+  ) {
     const { g, site } = linearGraph("MatMul", [2, 5, 16], { bias: false, role: "fc2" });
     const plan: ActPlan = kind === "softmax"
       ? {
         site,
         slot: 0,
-        emit: (gg, i, p) =>
-          emitTwinSoftmax(gg, i, { bits, split: 2 ** -5, variant: "reference" }, p),
-        parts: twinSoftmaxParts({ bits, split: 2 ** -5, variant: "reference" }),
+        emit: (gg, i, p) => emitTwinSoftmax(gg, i, { bits, split, variant: "reference" }, p),
+        parts: twinSoftmaxParts({ bits, split, variant: "reference" }),
       }
       : {
         site,
@@ -653,9 +671,18 @@ Deno.test("deploy: twin quantizers become sums of integer products (MatMul split
       2,
       "one product per part",
     );
+    // clips: the GELU positive part's and the softmax large part's where the split has a code
+    assert.equal(
+      deploy!.nodes.filter((n) => n.opType === "Clip").length,
+      clips,
+      `${kind} W${bits} split ${split}: clips`,
+    );
+    // GELU-like outputs (x·σ(2x) >= -0.14), one at GELU's minimum itself
     const x = kind === "softmax"
       ? randomData(160, 5, 0.5).map(Math.abs)
-      : randomData(160, 5, 2).map((v) => v * 0.5 * (1 + Math.tanh(v)));
+      : randomData(160, 5, 2).map((v, i) =>
+        i === 7 ? -GELU_NEG_RANGE : v * 0.5 * (1 + Math.tanh(v))
+      );
     const run = async (gg: Graph) => {
       const s = await rt.createSession(gg);
       const o = await s.run({ x: { data: x, dims: [2, 5, 16] } });
@@ -671,6 +698,161 @@ Deno.test("deploy: twin quantizers become sums of integer products (MatMul split
     }
     const fused = await fusedOps(rt, deploy!.toBytes());
     assert.ok(Object.keys(fused).some((op) => /Integer|QLinear/.test(op)), JSON.stringify(fused));
+  }
+});
+
+/**
+ * Per-head operands of one linear output (a fused qkv split by Reshape -> Transpose ->
+ * Gather) quantized before the split: MatMulInteger reads codes the layout ops moved, the
+ * same codes the fake-quant graph's per-head quantizers give, and ONNX Runtime's optimized
+ * graph has no Q -> DQ pair left to re-quantize an operand.
+ */
+Deno.test("deploy: per-head q/k/v operands are quantized once before the head split, with the fake-quant graph's codes", async () => {
+  const rt = await runtime();
+  const spec = {
+    dim: 24,
+    heads: 3,
+    depth: 1,
+    mlp: 32,
+    patch: 4,
+    img: 8,
+    channels: 1,
+    classes: 5,
+  };
+  const g = buildVitGraph(spec, 7, 0.3);
+  const sites = findSites(g, "tiny vit");
+  const H = spec.heads;
+  const perHead = (seed: number): UniformQuantizer => ({
+    bits: 8,
+    signed: true,
+    scale: Float32Array.from(
+      { length: H },
+      (_, h) => Math.fround(0.012 + 0.006 * ((h + seed) % H)),
+    ),
+    zeroPoint: new Float32Array(H),
+    axis: 1,
+  });
+  const qk = sites.find((s) => s.role === "qk")!, av = sites.find((s) => s.role === "av")!;
+  const steps = [perHead(0), perHead(1), perHead(2)]; // q, k, v
+  const acts: ActPlan[] = [
+    { site: qk, slot: 0, q: steps[0], rank: 4 },
+    { site: qk, slot: 1, q: steps[1], rank: 4 },
+    { site: av, slot: 0, q: { ...symmetric(8, 1 / 127) } },
+    { site: av, slot: 1, q: steps[2], rank: 4 },
+  ];
+  const { graph, deploy } = applyPlan(g, [], acts, { deploy: true });
+  const dep = deploy!;
+  // the layout ops reach the MatMulIntegers as uint8 codes of one quantized value
+  const producer = new Map(dep.nodes.flatMap((n) => n.outputs.map((o) => [o, n] as const)));
+  const source = (v: string) => {
+    let p = producer.get(v);
+    while (p && (p.opType === "Transpose" || p.opType === "Gather")) p = producer.get(p.inputs[0]);
+    return p;
+  };
+  const mmi = dep.nodes.filter((n) => n.opType === "MatMulInteger");
+  assert.equal(mmi.length, 2);
+  const hoisted = mmi.flatMap((n) => [0, 1].map((k) => source(n.inputs[k])));
+  const quantized = new Set(hoisted.filter((p) => p?.opType === "QuantizeLinear"));
+  assert.equal(quantized.size, 2, "q·k operands and v share one QuantizeLinear; softmax its own");
+  const qx = [...quantized].find((p) => producer.get(p!.inputs[0])?.opType === "Div")!;
+  assert.ok(qx, "the head-split value is divided by its steps and quantized with step 1");
+  assert.equal(hoisted.filter((p) => p === qx).length, 3, "q, k and v read the shared codes");
+  // the codes each MatMulInteger reads equal the fake-quant operands' codes (plus 128)
+  const operands = [[qk, 0, steps[0]], [qk, 1, steps[1]], [av, 1, steps[2]]] as const;
+  // q·k's MatMulInteger is the one whose scaled sums feed the Softmax
+  const feedsSoftmax = (n: Node) =>
+    dep.nodes.some((r) =>
+      r.inputs[0] === n.outputs[0] &&
+      dep.nodes.some((s) => s.opType === "Softmax" && s.inputs.includes(r.outputs[0]))
+    );
+  const mmOf = (site: Site) => mmi.find((n) => feedsSoftmax(n) === (site.role === "qk"))!;
+  const probe = dep.clone();
+  for (const [site, slot] of operands) probe.addOutput(mmOf(site).inputs[slot], DataType.UINT8);
+  const fake = graph.clone();
+  const fakeNodes = new Map(fake.nodes.map((n) => [n.name, n]));
+  for (const [site, slot] of operands) fake.addOutput(fakeNodes.get(site.node)!.inputs[slot]);
+  const x = randomData(2 * 64, 11, 1);
+  const feed = { input: { data: x, dims: [2, 1, 8, 8] } };
+  const run = async (gg: Graph) => {
+    const s = await rt.createSession(gg);
+    try {
+      return await s.run(feed);
+    } finally {
+      await s.release();
+    }
+  };
+  const [pOut, fOut] = [await run(probe), await run(fake)];
+  for (const [site, slot, q] of operands) {
+    const codes = pOut[mmOf(site).inputs[slot]],
+      vals = fOut[fakeNodes.get(site.node)!.inputs[slot]];
+    assert.deepEqual(codes.dims, vals.dims, `${site.id} ${slot} dims`);
+    const inner = vals.dims.slice(2).reduce((a, b) => a * b, 1);
+    let saturated = 0;
+    for (let i = 0; i < vals.data.length; i++) {
+      const c = Math.round(vals.data[i] / q.scale[Math.floor(i / inner) % H]);
+      assert.ok(
+        codes.data[i] - 128 === c,
+        `${site.id} operand ${slot} [${i}]: ${codes.data[i]} ${c}`,
+      );
+      if (Math.abs(c) >= 127) saturated++;
+    }
+    assert.ok(
+      saturated > 0 && saturated < vals.data.length / 4,
+      `${site.id} ${slot}: ${saturated}`,
+    );
+  }
+  // logits equal up to float rounding of the step products
+  const [a, b] = [(await run(graph)).logits.data, (await run(dep)).logits.data];
+  for (let i = 0; i < a.length; i++) {
+    assert.ok(Math.abs(a[i] - b[i]) <= 1e-4 * (1 + Math.abs(a[i])));
+  }
+  // ONNX Runtime keeps the codes: no DequantizeLinear of a QuantizeLinear (re-quantization)
+  const dir = await tmpDir();
+  try {
+    const path = `${dir}/opt.onnx`;
+    await (await rt.createSession(dep.toBytes(), "hoisted", { optimizedModelPath: path }))
+      .release();
+    const opt = Graph.fromBytes(await Deno.readFile(path), path);
+    const op = new Map(opt.nodes.flatMap((n) => n.outputs.map((o) => [o, n.opType] as const)));
+    const requant = opt.nodes.filter((n) =>
+      n.opType === "DequantizeLinear" && op.get(n.inputs[0]) === "QuantizeLinear"
+    );
+    assert.deepEqual(requant.map((n) => n.name), []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  // idempotent: no per-head QuantizeLinear is left to move
+  assert.equal(hoistHeadCodes(dep.clone()), 0);
+  // per-head q and k but a per-tensor v: codes for two of the three Gather indices would not
+  // fit the Reshape's 3, so the operands keep their own QuantizeLinear (and the graph runs)
+  const partial = applyPlan(g, [], [...acts.slice(0, 3), {
+    site: av,
+    slot: 1,
+    q: symmetric(8, 0.02),
+  }], {
+    deploy: true,
+  });
+  const pd = partial.deploy!;
+  const reshaped = new Set(pd.nodes.filter((n) => n.opType === "Reshape").map((n) => n.outputs[0]));
+  assert.equal(pd.nodes.filter((n) => n.opType === "Div" && reshaped.has(n.inputs[0])).length, 0);
+  const [pa, pb] = [
+    (await run(partial.graph)).logits.data,
+    (await run(partial.deploy!)).logits.data,
+  ];
+  for (let i = 0; i < pa.length; i++) {
+    assert.ok(Math.abs(pa[i] - pb[i]) <= 1e-4 * (1 + Math.abs(pa[i])));
+  }
+  // undone (for a method that rewrites the matmuls again): per-head QuantizeLinears, same logits
+  const undone = dep.clone();
+  assert.equal(
+    undone.nodes.filter((n) => n.opType === "MatMulInteger")
+      .reduce((k, n) => k + unhoistHeadCodes(undone, n), 0),
+    3,
+  );
+  undone.prune();
+  const c = (await run(undone)).logits.data;
+  for (let i = 0; i < a.length; i++) {
+    assert.ok(Math.abs(c[i] - b[i]) <= 1e-6 * (1 + Math.abs(b[i])));
   }
 });
 
@@ -706,6 +888,36 @@ Deno.test({
       (fused.MatMulInteger ?? 0) >= 2 * 4,
       `per-head attention matmuls: ${JSON.stringify(fused)}`,
     );
+    // the torch export's computed head-split shapes: q, k and v (read by q·k and both A·V
+    // parts) quantized once per block before the split; steps applied as DequantizeLinear
+    // (no Cast); the GELU negative parts unclipped (uint8 codes with a negative step)
+    const dg = q.deployable!.graph;
+    const producer = new Map(dg.nodes.flatMap((n) => n.outputs.map((o) => [o, n] as const)));
+    const source = (v: string) => {
+      let p = producer.get(v);
+      while (p && (p.opType === "Transpose" || p.opType === "Gather")) {
+        p = producer.get(p.inputs[0]);
+      }
+      return p;
+    };
+    const hoisted = dg.nodes.filter((n) => n.opType === "MatMulInteger").flatMap((n) =>
+      [0, 1].filter((k) => {
+        const p = source(n.inputs[k]);
+        return p?.opType === "QuantizeLinear" && producer.get(p.inputs[0])?.opType === "Div";
+      })
+    );
+    assert.equal(hoisted.length, 4 * 6, "q, k, v operand slots per block");
+    assert.equal(
+      dg.nodes.filter((n) =>
+        n.opType === "Cast" && producer.get(n.inputs[0])?.opType === "MatMulInteger"
+      ).length,
+      0,
+    );
+    const negative = dg.nodes.filter((n) =>
+      n.opType === "QuantizeLinear" && dg.initializers.get(n.inputs[1])!.float32()[0] < 0
+    );
+    assert.equal(negative.length, 6);
+    assert.ok(negative.every((n) => producer.get(n.inputs[0])?.opType !== "Clip"));
   },
 });
 

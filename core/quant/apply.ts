@@ -28,8 +28,10 @@ import {
   foldConstantMuls,
   fractionalZpFloor,
   fractionalZpParts,
+  hoistHeadCodes,
   integerMatMuls,
   qdqable,
+  stepsAsDequantize,
 } from "./deploy.ts";
 
 /** Quantize the weight of a linear site. */
@@ -259,7 +261,10 @@ function build(
   if (sums.size) distributeParts(g, sums);
   if (perChannel.size) {
     const steps = integerMatMuls(g, new Map([...perChannel].map(([k, v]) => [k, v.rank])));
+    // per-head operands split off one linear output: quantized once before the split
+    hoistHeadCodes(g);
     foldConstantMuls(g, steps);
+    stepsAsDequantize(g);
     // a per-channel QDQ still read by any node: float fake-quant instead (ORT would fuse it
     // into an integer matmul that cannot take its steps)
     for (const [dq, p] of perChannel) {

@@ -18,6 +18,11 @@
  *   clipping after rounding.
  * - A per-tensor unsigned quantizer with a fractional zero point (RepQ-ViT's z̄)
  *   becomes two integer parts ({@link fractionalZpParts}), exact.
+ * - Per-head attention operands become MatMulInteger with the steps applied to the int32
+ *   sums ({@link integerMatMuls}, {@link stepsAsDequantize}); q, k and v split off one
+ *   linear output are quantized once before the split ({@link hoistHeadCodes}).
+ * - Twin quantizers become one integer product per part ({@link DeployPart}); a GELU
+ *   negative part needs no clip ({@link negatedPart}).
  * - Any other quantizer (twin uniform, log2 / log-√2, per-patch outlier,
  *   two-scaled, ...) keeps its float fake-quant emission: the deploy graph then
  *   computes that site in float, with the weight stored float
@@ -27,7 +32,7 @@
  *
  * @module
  */
-import { DataType, type Graph, makeAttr, type Node, Tensor } from "../onnx/graph.ts";
+import { attr, DataType, type Graph, makeAttr, type Node, Tensor } from "../onnx/graph.ts";
 import type { Site } from "../onnx/sites.ts";
 import { captureGraph, type ImageSource, type Runtime } from "../runtime/runtime.ts";
 import { qRange, quantCodes, stepDims, type UniformQuantizer } from "./uniform.ts";
@@ -165,10 +170,67 @@ export interface DeployPart {
   lo?: number;
   /** Upper clip bound. */
   hi?: number;
+  /**
+   * The smallest value the input can take (GELU's minimum for the post-GELU twin
+   * quantizer's negative part), when known: lets a non-positive part (`hi: 0`) drop its
+   * clip ({@link negatedPart}).
+   */
+  min?: number;
 }
 
-/** Emit one part: clip to [lo, hi] (when given), then QuantizeLinear/DequantizeLinear. */
+/**
+ * A non-positive part (`hi: 0`, no `lo`) of a symmetric per-tensor quantizer whose input
+ * never goes below `min`, where `min/Δ > qmin - 1/2` (its codes never saturate low and fit
+ * uint8 once negated): quantized as uint8 codes `u = clamp(round(x/(-Δ)), 0, 255)` with
+ * step `-Δ` and no clip. For `x ≤ 0`, `u = -round(x/Δ)` (round half to even is odd-symmetric)
+ * and the dequantized value `u·(-Δ)` equals the part's `round(x/Δ)·Δ`; for `x > 0` both are
+ * 0 (uint8 saturation does the clip to 0). Returns the uint8 step, or undefined.
+ */
+export function negatedPart(p: DeployPart): number | undefined {
+  const q = p.q;
+  if (p.hi !== 0 || p.lo !== undefined || p.min === undefined || !q.signed) return undefined;
+  if (q.scale.length !== 1 || q.zeroPoint[0] !== 0 || q.bits < 2 || q.bits > 8) return undefined;
+  const { qmin } = qRange(q.bits, true);
+  // a quarter code of margin for float rounding of x/Δ near the minimum
+  return Math.fround(p.min / q.scale[0]) >= qmin - 0.25 ? -q.scale[0] : undefined;
+}
+
+/**
+ * Emit one part: clip to [lo, hi] (when given), then QuantizeLinear/DequantizeLinear. A
+ * per-tensor quantizer whose code range is narrower than its container gets one Clip to
+ * the intersection of [lo, hi] and the code range's float bounds (as
+ * {@link emitQdqActivation} clips), not two; a non-positive part with a known input
+ * minimum gets none ({@link negatedPart}).
+ */
 export function emitQdqPart(g: Graph, input: string, p: DeployPart, prefix: string): string {
+  const negStep = negatedPart(p);
+  if (negStep !== undefined) {
+    const s = g.constFloat(`${prefix}_negscale`, negStep);
+    const zp = g.setInitializer(
+      new Tensor(g.uniqueName(`${prefix}_zp`), DataType.UINT8, [], Uint8Array.of(0)),
+    );
+    return g.addNode("DequantizeLinear", [g.addNode("QuantizeLinear", [input, s, zp]), s, zp]);
+  }
+  const q = p.q, c = container(q);
+  const { qmin, qmax } = qRange(q.bits, q.signed);
+  if (q.scale.length === 1 && (p.lo !== undefined || p.hi !== undefined)) {
+    let lo = p.lo ?? -3.4e38, hi = p.hi ?? 3.4e38;
+    if (qmin !== c.lo || qmax !== c.hi) {
+      lo = Math.max(lo, Math.fround((qmin - q.zeroPoint[0]) * q.scale[0]));
+      hi = Math.min(hi, Math.fround((qmax - q.zeroPoint[0]) * q.scale[0]));
+    }
+    // disjoint ranges: two clips (Clip's result for lo > hi is not the composition)
+    if (lo <= hi) {
+      const x = g.addNode("Clip", [
+        input,
+        g.constFloat(`${prefix}_plo`, lo),
+        g.constFloat(`${prefix}_phi`, hi),
+      ]);
+      const s = g.constFloat(`${prefix}_scale`, q.scale[0]);
+      const zp = zeroPoints(g, prefix, q, c.type);
+      return g.addNode("DequantizeLinear", [g.addNode("QuantizeLinear", [x, s, zp]), s, zp]);
+    }
+  }
   let x = input;
   if (p.lo !== undefined || p.hi !== undefined) {
     const lo = g.constFloat(`${prefix}_plo`, p.lo ?? -3.4e38);
@@ -353,6 +415,273 @@ export function integerMatMuls(g: Graph, ranks: Map<string, number>): string[] {
 }
 
 /**
+ * Quantize per-head attention operands where the heads are split off a linear output
+ * (Reshape -> Transpose -> Gather, as after a fused qkv linear), so integer codes move
+ * through the layout ops. Per-head operands rewritten by {@link integerMatMuls} read
+ * `QuantizeLinear(operand, per-head steps)`. Where every such operand traces back through
+ * Transposes and Gathers (constant scalar indices) to one Reshape output `r`, the operands
+ * together cover every index their Gathers take, and they agree on which axes of `r` the
+ * steps vary along, `r` is divided once by a step tensor that broadcasts over it (operand
+ * `k`'s head `h` step where the Gathers pick `k` and the head axis is `h`) and quantized
+ * with step 1 as uint8 with zero point 128; the layout ops are replayed on the codes, and
+ * each MatMulInteger reads those codes with zero point 128 in place of its operand's own
+ * QuantizeLinear.
+ *
+ * Same codes: every operand element is `r`'s element divided by the same step (the Div the
+ * fake-quant graph computes too), and `clamp(round(v) + 128, 0, 255) = clamp(round(v), -128,
+ * 127) + 128` (8-bit full-range quantizers only: a narrower range's clip sits between the
+ * operand and its QuantizeLinear and stops the trace). A step tensor that does not fit
+ * `r`'s shape fails to broadcast (an error, never other codes). No Reshape shape is read,
+ * so computed shapes (torch exports) work too. u8 x u8 MatMulInteger runs about as fast as
+ * u8 x s8 (measured on ViT-S attention shapes). Without this, ONNX Runtime's QDQ
+ * propagation re-quantizes each float operand before its head transpose (Q -> DQ ->
+ * Transpose -> Q), and per-axis QuantizeLinear runs on one thread. Returns the number of
+ * operands rewritten.
+ */
+export function hoistHeadCodes(g: Graph): number {
+  const producer = new Map<string, Node>();
+  for (const n of g.nodes) for (const o of n.outputs) producer.set(o, n);
+  interface Operand {
+    mm: Node;
+    slot: number;
+    value: string;
+    rank: number;
+    head: number;
+    fixed: Map<number, number>;
+    steps: Float32Array;
+  }
+  const byR = new Map<string, Operand[]>();
+  const u8Scalar = (v: string | undefined) => {
+    const t = v ? g.initializers.get(v) : undefined;
+    return t !== undefined && t.dataType === DataType.UINT8 && t.size === 1;
+  };
+  for (const n of g.nodes) {
+    if (n.opType !== "MatMulInteger" || n.domain) continue;
+    for (const slot of [0, 1]) {
+      // the second operand becomes uint8 only beside a uint8 first operand
+      if (slot === 1 && !u8Scalar(n.inputs[2])) continue;
+      const q = producer.get(n.inputs[slot]);
+      if (q?.opType !== "QuantizeLinear" || q.domain) continue;
+      const s = g.initializers.get(q.inputs[1]);
+      const z = q.inputs[2] ? g.initializers.get(q.inputs[2]) : undefined;
+      if (!s || s.dataType !== DataType.FLOAT || s.size < 2 || !z) continue;
+      const zps = z.dataType === DataType.INT8 ? 0 : z.dataType === DataType.UINT8 ? 128 : -1;
+      if (!z.raw.every((b) => b === zps)) continue;
+      const mz = n.inputs[2 + slot] ? g.initializers.get(n.inputs[2 + slot]) : undefined;
+      if (!(zps === 0 ? !mz || mz.raw.every((b) => b === 0) : u8Scalar(n.inputs[2 + slot]))) {
+        continue;
+      }
+      const t = traceHeads(g, producer, q.inputs[0]);
+      if (!t) continue;
+      let axis = Number(attr(q, "axis") ?? 1);
+      if (axis < 0) axis += t.desc.length;
+      const head = t.desc[axis];
+      if (head === undefined || t.fixed.has(head)) continue;
+      const op = { mm: n, slot, value: q.inputs[0], ...t, head, steps: s.float32() };
+      byR.set(t.r, [...(byR.get(t.r) ?? []), op]);
+    }
+  }
+  let count = 0;
+  for (const [r, ops] of byR) {
+    // one layout: the same rank, head axis and gathered axes for every operand of r
+    const { rank, head } = ops[0];
+    const gathered = [...ops[0].fixed.keys()].sort();
+    const same = ops.every((o) =>
+      o.rank === rank && o.head === head && o.steps.length === ops[0].steps.length &&
+      [...o.fixed.keys()].sort().join() === gathered.join()
+    );
+    if (!same) continue;
+    const dims = new Array<number>(rank).fill(1);
+    dims[head] = ops[0].steps.length;
+    for (const a of gathered) dims[a] = Math.max(...ops.map((o) => o.fixed.get(a)!)) + 1;
+    const strides = dims.map((_, i) => dims.slice(i + 1).reduce((x, y) => x * y, 1));
+    const steps = new Float32Array(dims.reduce((x, y) => x * y, 1)).fill(NaN);
+    let ok = true;
+    for (const o of ops) {
+      const base = gathered.reduce((acc, a) => acc + o.fixed.get(a)! * strides[a], 0);
+      o.steps.forEach((v, h) => {
+        const at = base + h * strides[head];
+        if (!Number.isNaN(steps[at]) && steps[at] !== v) ok = false;
+        steps[at] = v;
+      });
+    }
+    // every index the Gathers take covered, each with one step per head, and the Reshape
+    // gives each gathered axis exactly that many entries (a constant in its shape)
+    if (!ok || steps.some(Number.isNaN)) continue;
+    const shape = producer.get(r)!.inputs[1];
+    if (!gathered.every((a) => shapeEntry(g, producer, shape, a) === dims[a])) continue;
+    const prefix = r.replace(/[^A-Za-z0-9_.]+/g, "_");
+    const zp = g.setInitializer(
+      new Tensor(g.uniqueName(`${prefix}_zp128`), DataType.UINT8, [], Uint8Array.of(128)),
+    );
+    const scaled = g.addNode("Div", [r, g.constFloat(`${prefix}_steps`, steps, dims)]);
+    const qr = g.addNode("QuantizeLinear", [scaled, g.constFloat(`${prefix}_one`, 1), zp]);
+    // the layout ops replayed on the codes, each once
+    const codes = new Map<string, string>([[r, qr]]);
+    const codesOf = (v: string): string => {
+      let c = codes.get(v);
+      if (c === undefined) {
+        const p = producer.get(v)!;
+        c = g.addNode(p.opType, [codesOf(p.inputs[0]), ...p.inputs.slice(1)], {
+          attributes: p.attributes,
+        });
+        codes.set(v, c);
+      }
+      return c;
+    };
+    for (const o of ops) {
+      o.mm.inputs[o.slot] = codesOf(o.value);
+      o.mm.inputs[2 + o.slot] = zp;
+      count++;
+    }
+  }
+  return count;
+}
+
+/**
+ * Undo {@link hoistHeadCodes} for the operands of MatMulInteger `n` (for a method that
+ * rewrites the matmul again): an operand read from codes of a divided-and-quantized value
+ * `r` gets its own per-head QuantizeLinear again (int8, zero point 0, the steps the step
+ * tensor holds for it) on the layout ops replayed on `r`. Returns the number of operands
+ * restored.
+ */
+export function unhoistHeadCodes(g: Graph, n: Node): number {
+  const producer = new Map<string, Node>();
+  for (const m of g.nodes) for (const o of m.outputs) producer.set(o, m);
+  let count = 0;
+  for (const slot of [0, 1]) {
+    const chain: Node[] = [];
+    let p = producer.get(n.inputs[slot]);
+    while (p && !p.domain && (p.opType === "Transpose" || p.opType === "Gather")) {
+      chain.unshift(p);
+      p = producer.get(p.inputs[0]);
+    }
+    const div = p?.opType === "QuantizeLinear" ? producer.get(p.inputs[0]) : undefined;
+    const stepT = div?.opType === "Div" ? g.initializers.get(div.inputs[1]) : undefined;
+    if (!div || !stepT || stepT.dataType !== DataType.FLOAT) continue;
+    const r = div.inputs[0];
+    // the rank of r and where its axes went, as traceHeads computes them
+    const first = chain.findIndex((c) => c.opType === "Transpose");
+    const perm0 = first < 0 ? undefined : attr(chain[first], "perm") as number[] | undefined;
+    if (!perm0 || perm0.length + first !== stepT.dims.length) continue;
+    let desc = Array.from({ length: stepT.dims.length }, (_, i) => i);
+    const fixed = new Map<number, number>();
+    for (const c of chain) {
+      if (c.opType === "Transpose") desc = (attr(c, "perm") as number[]).map((i) => desc[i]);
+      else {
+        let axis = Number(attr(c, "axis") ?? 0);
+        if (axis < 0) axis += desc.length;
+        fixed.set(desc[axis], g.constant(c.inputs[1])!.numbers()[0]);
+        desc.splice(axis, 1);
+      }
+    }
+    const head = stepT.dims.findIndex((d, i) => d > 1 && !fixed.has(i));
+    if (head < 0) continue;
+    const strides = stepT.dims.map((_, i) => stepT.dims.slice(i + 1).reduce((x, y) => x * y, 1));
+    const base = [...fixed].reduce(
+      (acc, [a, i]) => acc + (stepT.dims[a] > 1 ? i : 0) * strides[a],
+      0,
+    );
+    const all = stepT.float32();
+    const steps = Array.from({ length: stepT.dims[head] }, (_, h) => all[base + h * strides[head]]);
+    let v = r;
+    for (const c of chain) {
+      v = g.addNode(c.opType, [v, ...c.inputs.slice(1)], { attributes: c.attributes });
+    }
+    const prefix = `${n.name}_in${slot}`;
+    const zp = g.setInitializer(
+      new Tensor(
+        g.uniqueName(`${prefix}_zp`),
+        DataType.INT8,
+        [steps.length],
+        new Uint8Array(steps.length),
+      ),
+    );
+    n.inputs[slot] = g.addNode("QuantizeLinear", [v, g.constFloat(`${prefix}_scale`, steps), zp], {
+      attributes: [makeAttr("axis", desc.indexOf(head))],
+    });
+    n.inputs[2 + slot] = g.setInitializer(
+      new Tensor(g.uniqueName(`${prefix}_zp0`), DataType.INT8, [], Uint8Array.of(0)),
+    );
+    count++;
+  }
+  return count;
+}
+
+/**
+ * Entry `i` of a Reshape's target shape when it is a positive constant: from a constant
+ * shape, or a Concat of one-element pieces (a torch export's computed shape) whose piece
+ * `i` is a constant. Undefined otherwise (0 and -1 take their value from the input).
+ */
+function shapeEntry(
+  g: Graph,
+  producer: Map<string, Node>,
+  shape: string,
+  i: number,
+): number | undefined {
+  const whole = g.constant(shape);
+  let v: number | undefined;
+  if (whole) v = whole.numbers()[i];
+  else {
+    const cat = producer.get(shape);
+    if (cat?.opType !== "Concat" || cat.domain) return undefined;
+    const piece = g.constant(cat.inputs[i] ?? "");
+    if (!piece || piece.size !== 1 || cat.inputs.length <= i) return undefined;
+    // every piece one entry, so piece i is entry i
+    if (
+      !cat.inputs.every((x) => g.constant(x)?.size === 1 || producer.get(x)?.opType === "Unsqueeze")
+    ) {
+      return undefined;
+    }
+    v = piece.numbers()[0];
+  }
+  return v !== undefined && v > 0 ? v : undefined;
+}
+
+/**
+ * Trace `v` back through Transpose and Gather (constant scalar index) nodes to a Reshape
+ * output `r`: `r`'s rank (from a Transpose's permutation: at least one is needed), the
+ * axis of `r` each axis of `v` comes from (`desc`), and the index each Gather fixed on an
+ * axis of `r`.
+ */
+function traceHeads(
+  g: Graph,
+  producer: Map<string, Node>,
+  v: string,
+): { r: string; rank: number; desc: number[]; fixed: Map<number, number> } | undefined {
+  const chain: Node[] = [];
+  let p = producer.get(v);
+  for (; p && !p.domain && (p.opType === "Transpose" || p.opType === "Gather");) {
+    chain.unshift(p);
+    p = producer.get(p.inputs[0]);
+  }
+  if (p?.opType !== "Reshape" || p.domain) return undefined;
+  const first = chain.findIndex((n) => n.opType === "Transpose");
+  const perm0 = first < 0 ? undefined : attr(chain[first], "perm") as number[] | undefined;
+  if (!perm0) return undefined;
+  // scalar Gathers before the first Transpose each removed one axis
+  const rank = perm0.length + first;
+  let desc = Array.from({ length: rank }, (_, i) => i);
+  const fixed = new Map<number, number>();
+  for (const n of chain) {
+    if (n.opType === "Transpose") {
+      const perm = attr(n, "perm") as number[] | undefined;
+      if (!perm || perm.length !== desc.length) return undefined;
+      desc = perm.map((i) => desc[i]);
+    } else {
+      const idx = g.constant(n.inputs[1]);
+      let axis = Number(attr(n, "axis") ?? 0);
+      if (axis < 0) axis += desc.length;
+      const i = idx && idx.dims.length === 0 ? idx.numbers()[0] : -1;
+      if (i < 0 || axis < 0 || axis >= desc.length) return undefined;
+      fixed.set(desc[axis], i);
+      desc.splice(axis, 1);
+    }
+  }
+  return { r: p.outputs[0], rank, desc, fixed };
+}
+
+/**
  * Store as float the integer weights that a MatMul or Gemm multiplies with a float
  * operand: the DequantizeLinear of constant codes, read next to an operand that is not a
  * DequantizeLinear output, is replaced (for that reader) by an initializer holding its
@@ -509,6 +838,57 @@ export function foldConstantMuls(g: Graph, names: Iterable<string>): number {
   return count;
 }
 
+/**
+ * Replace the step multiplications of {@link integerMatMuls} (`Mul(Cast(MatMulInteger),
+ * steps)`, also after {@link foldConstantMuls}) whose steps vary along at most one axis by
+ * `DequantizeLinear(int32 accumulator, steps, 0, axis)`: the same `float(acc)·step` in one
+ * pass instead of two (ONNX Runtime's Cast runs on one thread), where the product is read
+ * by Softmax, Add or Mul only (the attention scores, or their scaling; the parts of a twin
+ * operand). The DequantizeLinear keeps the Mul's name. Returns the number replaced.
+ */
+export function stepsAsDequantize(g: Graph): number {
+  const { producer, readers } = deployIndex(g);
+  let count = 0;
+  for (const m of g.nodes) {
+    if (m.opType !== "Mul" || m.domain) continue;
+    const cast = producer.get(m.inputs[0]);
+    const c = g.initializers.get(m.inputs[1]);
+    if (cast?.opType !== "Cast" || producer.get(cast.inputs[0])?.opType !== "MatMulInteger") {
+      continue;
+    }
+    if (readers.get(cast.outputs[0])?.length !== 1 || c?.dataType !== DataType.FLOAT) continue;
+    // only where ONNX Runtime leaves the DequantizeLinear alone: its QDQ propagation moves a
+    // DequantizeLinear past a Transpose or Reshape as a QuantizeLinear/DequantizeLinear pair
+    // with the same zero point, and an int32 QuantizeLinear is no valid graph
+    const rs = readers.get(m.outputs[0]) ?? [];
+    if (
+      g.outputNames.includes(m.outputs[0]) || !rs.every((r) => /^(Softmax|Add|Mul)$/.test(r.opType))
+    ) {
+      continue;
+    }
+    const varying = c.dims.flatMap((d, i) => (d > 1 ? [i] : []));
+    if (varying.length > 1) continue;
+    // the step tensor broadcasts from the right: its axis counts from the accumulator's end
+    const axis = varying.length ? varying[0] - c.dims.length : undefined;
+    const steps = c.float32();
+    const n = steps.length;
+    const zp = g.setInitializer(
+      new Tensor(
+        g.uniqueName(`${m.name}_zp`),
+        DataType.INT32,
+        n > 1 ? [n] : [],
+        new Uint8Array(4 * n),
+      ),
+    );
+    const s = g.constFloat(`${m.name}_dqsteps`, steps, n > 1 ? [n] : []);
+    m.opType = "DequantizeLinear";
+    m.inputs = [cast.inputs[0], s, zp];
+    m.attributes = axis === undefined ? [] : [makeAttr("axis", axis)];
+    count++;
+  }
+  return count;
+}
+
 function dqAxis(n: Node): number | undefined {
   const a = n.attributes.find((x) => x.name === "axis");
   return a === undefined ? undefined : Number(a.i);
@@ -584,7 +964,8 @@ export async function coverageShapes(
  *   float bias and a float output it stays a float Gemm (a classifier head);
  * - Conv with both inputs dequantized: QLinearConv only when its output's only reader is
  *   a QuantizeLinear (a patch embedding whose output is not quantized stays a float Conv);
- * - the step multiplication of {@link integerMatMuls} (a Mul of a Cast of MatMulInteger).
+ * - the step multiplication of {@link integerMatMuls} (a Mul of a Cast of MatMulInteger, or
+ *   the DequantizeLinear of its int32 accumulator: {@link stepsAsDequantize}).
  */
 export function integerSite(g: Graph, n: Node, index = deployIndex(g)): boolean {
   const { producer, readers } = index;
@@ -603,6 +984,9 @@ export function integerSite(g: Graph, n: Node, index = deployIndex(g)): boolean 
   };
   if (n.domain) return false;
   switch (n.opType) {
+    case "DequantizeLinear":
+      // an int32 accumulator's steps (`stepsAsDequantize`)
+      return op(n.inputs[0]) === "MatMulInteger";
     case "Mul": {
       const cast = producer.get(n.inputs[0]);
       return cast?.opType === "Cast" && op(cast.inputs[0]) === "MatMulInteger";

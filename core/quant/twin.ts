@@ -285,15 +285,25 @@ export function twinSoftmaxParts(q: TwinSoftmaxQuantizer): DeployPart[] | undefi
   const { split, small, large } = twinSoftmaxSteps(q.bits, q.split);
   // The input is a softmax output, in [0, 1]: the small branch's clip to [0, split] is the
   // code range's own saturation (split / small = qmax), and the large branch's upper bound 1
-  // is never passed, so only `lo: split` needs a clip (one float pass fewer per part).
+  // is never passed, so only `lo: split` needs a clip (one float pass fewer per part); and
+  // not even that where `split` itself rounds to code 0 (split < 1/(2·qmax)): then
+  // `round(max(x, split)/Δ) = max(round(x/Δ), 0) = round(x/Δ)` for x >= 0.
+  const lo = Math.round(Math.fround(split / large)) === 0 ? {} : { lo: split };
   return [
     { q: symmetric(q.bits, small) },
-    { q: symmetric(q.bits, large), lo: split },
+    { q: symmetric(q.bits, large), ...lo },
   ];
 }
 
-/** The post-GELU twin quantizer as a sum of uniform parts (positive and negative branch). */
+/**
+ * The post-GELU twin quantizer as a sum of uniform parts (positive and negative branch).
+ * Its input is a GELU output, never below GELU's minimum (`-GELU_NEG_RANGE`), so the
+ * negative part needs no clip in a deploy graph (`deploy.ts` `negatedPart`).
+ */
 export function twinGeluParts(q: TwinGeluQuantizer): DeployPart[] {
   const { neg, pos } = twinGeluSteps(q.bits, q.posScale);
-  return [{ q: symmetric(q.bits, pos), lo: 0 }, { q: symmetric(q.bits, neg), hi: 0 }];
+  return [
+    { q: symmetric(q.bits, pos), lo: 0 },
+    { q: symmetric(q.bits, neg), hi: 0, min: -GELU_NEG_RANGE },
+  ];
 }
