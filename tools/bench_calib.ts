@@ -7,7 +7,11 @@
  *
  *     deno run -A tools/bench_calib.ts --model /tmp/deit_t.onnx --images 32 \
  *         [--methods minmax,percentile,baseptq,ptq4vit] [--bits 8] [--batch 32] \
- *         [--threads 2] [--set ptq4vit.n=20] [--fp-speed]
+ *         [--threads 2] [--set ptq4vit.n=20] [--fp-speed] [--layers FILE]
+ *
+ * `--layers FILE` writes each method's layer records (site, tensor, quantizer, step)
+ * as JSON, one line per method, e.g. to compare the steps two option settings chose
+ * (`--set ptq4vit.coarse=5` against the full grid).
  *
  * `--fp-speed` first times the FP32 graph (bench/speed.ts harness, batch `--batch`,
  * 5 repetitions after 2 warm-up runs): the evaluation rate a manifest cell of
@@ -53,6 +57,7 @@ await runCli(async () => {
       threads: { type: "string", default: "2" },
       set: { type: "string", multiple: true, default: [] },
       "fp-speed": { type: "boolean", default: false },
+      layers: { type: "string" },
     },
   });
   if (!values.model) {
@@ -109,7 +114,7 @@ await runCli(async () => {
     }, 20);
     const cpu0 = process.cpuUsage();
     const t0 = performance.now();
-    await method.quantize({
+    const q = await method.quantize({
       graph,
       sites,
       calib,
@@ -123,6 +128,19 @@ await runCli(async () => {
       log: () => {},
     });
     const wall = (performance.now() - t0) / 1000;
+    if (values.layers) {
+      const layers = q.layers.map((l) => ({
+        site: l.site,
+        tensor: l.tensor,
+        quantizer: l.quantizer,
+        scale: l.scale,
+      }));
+      await Deno.writeTextFile(
+        values.layers,
+        JSON.stringify({ method: name, options: overrides[name] ?? {}, wall, layers }) + "\n",
+        { append: true },
+      );
+    }
     const cpu = process.cpuUsage(cpu0);
     clearInterval(timer);
     peak = Math.max(peak, process.memoryUsage.rss());
