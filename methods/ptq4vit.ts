@@ -93,8 +93,8 @@ export type Ptq4vitOptions = {
    * Grid stride of a coarse-to-fine search (vitq's approximation, not the
    * reference's): 1 scores every grid point (the reference); s > 1 scores every
    * s-th point (and the last), then every point within s - 1 of each group's best,
-   * about n/s + 2(s-1) candidates instead of n. It finds the full grid's minimum
-   * wherever a group's score has no second, deeper valley between two coarse points.
+   * about n/s + 2(s-1) candidates instead of n. It returns the full grid's minimum
+   * whenever that lies within s - 1 points of the best coarse point.
    * The twin softmax's 20 split candidates are always all scored. Absent (not a
    * default) so that cells of the full search keep their ids.
    */
@@ -590,19 +590,18 @@ async function searchLinear(
             o.n,
             1,
             o.coarse ?? 1,
-            async (idx) =>
-              (await wScorer.scoreQuantized(
-                idx.length,
-                (k) => {
-                  const steps = [...wCur];
-                  steps[gi] = wInit[gi] * factors[idx[k][0]];
-                  return expandGroups(p.groups, steps, p.cout);
-                },
-                p.w,
-                xq,
-                p.o,
-                p.g,
-              )).map((s) => [s[0]]),
+            async (idx) => (await wScorer.scoreQuantized(
+              idx.length,
+              (k) => {
+                const steps = [...wCur];
+                steps[gi] = wInit[gi] * factors[idx[k][0]];
+                return expandGroups(p.groups, steps, p.cout);
+              },
+              p.w,
+              xq,
+              p.o,
+              p.g,
+            )),
           );
           wCur[gi] = Math.fround(wInit[gi] * factors[best[0]]);
         }
@@ -621,15 +620,14 @@ async function searchLinear(
         o.n,
         1,
         o.coarse ?? 1,
-        async (idx) =>
-          (await xScorer.scoreQuantized(
-            idx.length,
-            (k) => [actStep(cands[idx[k][0]])],
-            p.x,
-            wq,
-            p.o,
-            p.g,
-          )).map((s) => [s[0]]),
+        async (idx) => (await xScorer.scoreQuantized(
+          idx.length,
+          (k) => [actStep(cands[idx[k][0]])],
+          p.x,
+          wq,
+          p.o,
+          p.g,
+        )),
       );
       act = cands[found.best[0]];
       last = found.score[0];

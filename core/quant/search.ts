@@ -250,9 +250,12 @@ export function scoringGraph(p: ScoreProblem): Graph {
         attributes: [{ name: "keepdims", type: 2, i: 0 }],
       });
     const e = g.addNode("Mul", [d, d]);
-    if (p.perColumn && p.oDims.length > 1) {
-      const cols = p.oDims[p.oDims.length - 1];
-      const rows = p.oDims.slice(0, -1).reduce((a, b) => a * b, 1);
+    const prod = (dims: number[]) => dims.reduce((a, b) => a * b, 1);
+    if (p.perColumn && p.oDims.length === 1) {
+      score = e; // one output column per element: nothing to sum
+    } else if (p.perColumn) {
+      // [K, rows, cols]: a row of ones times the squared errors
+      const cols = p.oDims[p.oDims.length - 1], rows = prod(p.oDims.slice(0, -1));
       const e3 = g.addNode("Reshape", [e, i64(g, "rowscols", [-1, rows, cols])]);
       const ones = g.setInitializer(
         Tensor.fromFloat32(g.uniqueName("ones"), [1, rows], new Float32Array(rows).fill(1)),
@@ -261,14 +264,13 @@ export function scoringGraph(p: ScoreProblem): Graph {
         g.addNode("MatMul", [ones, e3]),
         i64(g, "kcols", [-1, cols]),
       ]);
-    } else if (p.keepAxis !== undefined && !p.perColumn) {
+    } else if (p.keepAxis !== undefined) {
       const k = p.keepAxis;
-      const before = p.oDims.slice(0, k).reduce((a, b) => a * b, 1);
-      const after = p.oDims.slice(k + 1).reduce((a, b) => a * b, 1);
-      const e4 = g.addNode("Reshape", [e, i64(g, "split", [-1, before, p.oDims[k], after])]);
+      const e4 = g.addNode("Reshape", [
+        e,
+        i64(g, "split", [-1, prod(p.oDims.slice(0, k)), p.oDims[k], prod(p.oDims.slice(k + 1))]),
+      ]);
       score = sum(sum(e4, [3]), [1]);
-    } else if (p.perColumn) {
-      score = e;
     } else {
       score = all.length ? sum(e, all) : e;
     }
@@ -279,6 +281,12 @@ export function scoringGraph(p: ScoreProblem): Graph {
 
 /** Scores candidate operands of one problem, chunking the candidate axis to bound memory. */
 export class CandidateScorer {
+  private target?: {
+    o: Float32Array;
+    g?: Float32Array;
+    feeds: Record<string, { data: Float32Array; dims: number[] }>;
+  };
+
   private constructor(
     private session: Session,
     private problem: ScoreProblem,
@@ -378,7 +386,12 @@ export class CandidateScorer {
     o: Float32Array,
     g?: Float32Array,
   ): Promise<Float64Array[]> {
-    const fixedFeeds = scoringFeeds(this.problem, fixed, o, g);
+    // the error target depends on o and g only: computed once per scorer while they stay the same
+    if (this.target?.o !== o || this.target.g !== g) {
+      this.target = { o, g, feeds: scoringFeeds(this.problem, fixed, o, g) };
+    }
+    const t = this.target.feeds;
+    const fixedFeeds = { ...t, fixed: { data: fixed, dims: t.fixed.dims } };
     const out: Float64Array[] = [];
     for (let k0 = 0; k0 < count; k0 += this.chunk) {
       const kn = Math.min(this.chunk, count - k0);
@@ -395,6 +408,7 @@ export class CandidateScorer {
 
   /** Free the scoring session. */
   async release(): Promise<void> {
+    this.target = undefined;
     await this.session.release();
   }
 }
