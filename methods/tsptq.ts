@@ -31,7 +31,7 @@
  */
 import { type Captured, captureValues } from "../core/runtime/capture.ts";
 import { outputGradients } from "../core/autodiff/gradients.ts";
-import type { Graph, Node } from "../core/onnx/graph.ts";
+import type { Graph } from "../core/onnx/graph.ts";
 import type { Site } from "../core/onnx/sites.ts";
 import { type ActPlan, applyPlan } from "../core/quant/apply.ts";
 import {
@@ -301,8 +301,7 @@ interface V2sfSite {
  * their rank for `integerMatMuls` again).
  */
 function undoIntegerMatMul(g: Graph, site: Site): string[] {
-  const producer = new Map<string, Node>();
-  for (const n of g.nodes) for (const o of n.outputs) producer.set(o, n);
+  let producer = g.producers();
   const n = g.nodes.find((x) => x.name === site.node);
   if (!n) throw new Error(`tsptq: node ${site.node} of ${site.id} not in the deploy graph`);
   // the steps after the int32 sums: Cast + Mul, or a DequantizeLinear (`stepsAsDequantize`)
@@ -314,9 +313,7 @@ function undoIntegerMatMul(g: Graph, site: Site): string[] {
     throw new Error(`tsptq: ${site.id} is a Mul but not an integer matmul in the deploy graph`);
   }
   // operands quantized before the head split: their own QuantizeLinear again
-  if (unhoistHeadCodes(g, mmi)) {
-    for (const m of g.nodes) for (const o of m.outputs) producer.set(o, m);
-  }
+  if (unhoistHeadCodes(g, mmi)) producer = g.producers();
   const dq = [0, 1].map((k) => {
     const q = producer.get(mmi.inputs[k]);
     if (q?.opType !== "QuantizeLinear") {

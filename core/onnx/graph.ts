@@ -461,6 +461,13 @@ export class Graph {
     return this.outputs.map((v) => v.name);
   }
 
+  /** The node producing each value, for the current node list. */
+  producers(): Map<string, Node> {
+    const producer = new Map<string, Node>();
+    for (const n of this.nodes) for (const o of n.outputs) producer.set(o, n);
+    return producer;
+  }
+
   /** Producer/consumer index of the current node list. */
   index(): GraphIndex {
     const producer = new Map<string, number>();

@@ -368,8 +368,7 @@ export function distributeParts(g: Graph, sums: Map<string, string[]>): number {
  * step-multiplication nodes (one per rewritten MatMul, named like it).
  */
 export function integerMatMuls(g: Graph, ranks: Map<string, number>): string[] {
-  const producer = new Map<string, Node>();
-  for (const n of g.nodes) for (const o of n.outputs) producer.set(o, n);
+  const producer = g.producers();
   const rewritten: string[] = [];
   for (const n of [...g.nodes]) {
     if (n.opType !== "MatMul" || n.domain) continue;
@@ -439,8 +438,7 @@ export function integerMatMuls(g: Graph, ranks: Map<string, number>): string[] {
  * operands rewritten.
  */
 export function hoistHeadCodes(g: Graph): number {
-  const producer = new Map<string, Node>();
-  for (const n of g.nodes) for (const o of n.outputs) producer.set(o, n);
+  const producer = g.producers();
   interface Operand {
     mm: Node;
     slot: number;
@@ -546,8 +544,7 @@ export function hoistHeadCodes(g: Graph): number {
  * restored.
  */
 export function unhoistHeadCodes(g: Graph, n: Node): number {
-  const producer = new Map<string, Node>();
-  for (const m of g.nodes) for (const o of m.outputs) producer.set(o, m);
+  const producer = g.producers();
   let count = 0;
   for (const slot of [0, 1]) {
     const chain: Node[] = [];
@@ -693,8 +690,7 @@ function traceHeads(
  * Returns the number of operands replaced.
  */
 export function floatWeightsBesideFloatInputs(g: Graph): number {
-  const producer = new Map<string, Node>();
-  for (const n of g.nodes) for (const o of n.outputs) producer.set(o, n);
+  const producer = g.producers();
   const isDq = (v: string) => producer.get(v)?.opType === "DequantizeLinear";
   const floats = new Map<string, string>();
   let count = 0;
