@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { type CandidateQuantizer, CandidateScorer, type Metric } from "../core/quant/search.ts";
+import {
+  type CandidateQuantizer,
+  CandidateScorer,
+  type Metric,
+  type ScoreProblem,
+  tileCount,
+  tileRows,
+} from "../core/quant/search.ts";
 import { fakeQuant, symmetric } from "../core/quant/uniform.ts";
 import { twinGelu, twinSoftmax, type TwinVariant } from "../core/quant/twin.ts";
 import { randomData, runtime } from "./helpers.ts";
@@ -173,4 +180,73 @@ Deno.test("in-graph candidate quantization scores exactly like TypeScript-quanti
     await inGraph.release();
     assert.deepEqual(got, want, `${c.quant.kind} ${JSON.stringify(c.quant)}`);
   }
+});
+
+Deno.test("tiled scoring (rows / batch split into tiles) equals untiled scoring up to summation order, and picks its tile count by size", async () => {
+  const rt = await runtime();
+  const close = (got: Float64Array[], want: Float64Array[], what: string) => {
+    assert.equal(got.length, want.length, what);
+    got.forEach((row, i) =>
+      row.forEach((v, j) => {
+        const w = want[i][j];
+        assert.ok(Math.abs(v - w) <= 1e-5 * Math.abs(w) + 1e-12, `${what}: ${v} vs ${w}`);
+      })
+    );
+  };
+  const linear = (vary: "a" | "b") => ({
+    vary,
+    aDims: [23, 6],
+    bDims: [6, 5],
+    oDims: [23, 5],
+    metric: "hessian" as Metric,
+  });
+  const B = 5, H = 2, N = 7, d = 3;
+  const heads = (vary: "a" | "b") => ({
+    vary,
+    aDims: [B, H, N, d],
+    bDims: [B, H, d, N],
+    oDims: [B, H, N, N],
+    metric: "hessian" as Metric,
+    keepAxis: 1,
+    quant: { kind: "uniform", bits: 4, columns: H, axis: 1 } as CandidateQuantizer,
+  });
+  const cases: (ScoreProblem & { quant: CandidateQuantizer })[] = [
+    { ...linear("b"), perColumn: true, quant: { kind: "uniform", bits: 4, columns: 5 } },
+    { ...linear("a"), quant: { kind: "twin-gelu", bits: 4 } },
+    { ...linear("a"), metric: "mse", quant: { kind: "uniform", bits: 3 } },
+    heads("a"),
+    heads("b"),
+  ];
+  for (const [ci, c] of cases.entries()) {
+    const size = (dims: readonly number[]) => dims.reduce((a, b) => a * b, 1);
+    const varDims = c.vary === "a" ? c.aDims : c.bDims,
+      fixDims = c.vary === "a" ? c.bDims : c.aDims;
+    const raw = randomData(size(varDims), 40 + ci, 1);
+    const fixed = randomData(size(fixDims), 50 + ci, 1);
+    const o = randomData(size(c.oDims), 60 + ci, 1), g = randomData(size(c.oDims), 70 + ci, 1);
+    const width = c.quant.kind === "uniform" ? c.quant.columns ?? 1 : 1;
+    const params = [0.05, 0.2, 0.6].map((s) =>
+      new Array(width).fill(s).map((v, i) => v * (1 + i / 4))
+    );
+    const plain = await CandidateScorer.create(rt, { ...c, tiles: 1 });
+    const want = await plain.scoreQuantized(3, (k) => params[k], raw, fixed, o, g);
+    await plain.release();
+    for (const tiles of [2, 3, c.oDims[0]]) {
+      const sc = await CandidateScorer.create(rt, { ...c, tiles });
+      close(
+        await sc.scoreQuantized(3, (k) => params[k], raw, fixed, o, g),
+        want,
+        `case ${ci} tiles ${tiles}`,
+      );
+      await sc.release();
+    }
+  }
+  // the tile count: output (and split operands) per tile within the byte budget
+  const big = { ...linear("b"), aDims: [6304, 192], bDims: [192, 768], oDims: [6304, 768] };
+  assert.equal(tileCount({ ...big, quant: { kind: "uniform", bits: 8 } }), 10);
+  assert.equal(tileCount({ ...big, quant: { kind: "uniform", bits: 8 } }, 2 ** 30), 1);
+  assert.equal(tileCount(big), 1, "candidates fed as tensors are not tiled");
+  assert.equal(tileCount({ ...big, metric: "cosine", quant: { kind: "uniform", bits: 8 } }), 1);
+  assert.deepEqual(tileRows(10, 3), [4, 3, 3]);
+  assert.deepEqual(tileRows(2, 5), [1, 1]);
 });
