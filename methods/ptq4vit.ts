@@ -532,8 +532,12 @@ async function searchLinear(
   // per-channel patch embedding keeps the sequential search (see groupCosine)
   const perGroupCos = !decomposes && o.groupCosine === "per-group" && p.groups.length > 1 &&
     p.groups.length < p.cout && p.groups.every(([a, b]) => b - a === p.cout / p.groups.length);
+  // with a uniform input quantizer both operands are int8 codes: large layers are scored
+  // by an integer matmul (CandidateScorer.create decides by size, see ScoreProblem.integer)
+  const integer = act?.kind === "uniform" && decomposes && wb <= 8 && ab <= 8;
   const wScorer = await CandidateScorer.create(ctx.runtime, {
     vary: "b",
+    integer,
     aDims: [p.m, p.cin],
     bDims: [p.cin, p.cout],
     oDims: [p.m, p.cout],
@@ -546,6 +550,7 @@ async function searchLinear(
   const xScorer = act
     ? await CandidateScorer.create(ctx.runtime, {
       vary: "a",
+      integer,
       aDims: [p.m, p.cin],
       bDims: [p.cin, p.cout],
       oDims: [p.m, p.cout],
@@ -573,6 +578,7 @@ async function searchLinear(
             xq,
             p.o,
             p.g,
+            act ? [actStep(act)] : undefined,
           );
           return scores.map((s) =>
             p.groups.map(([a, b], gi) => {
@@ -627,6 +633,7 @@ async function searchLinear(
           wq,
           p.o,
           p.g,
+          expandGroups(p.groups, wCur, p.cout),
         )),
       );
       act = cands[found.best[0]];

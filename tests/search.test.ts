@@ -250,3 +250,106 @@ Deno.test("tiled scoring (rows / batch split into tiles) equals untiled scoring 
   assert.deepEqual(tileRows(10, 3), [4, 3, 3]);
   assert.deepEqual(tileRows(2, 5), [1, 1]);
 });
+
+Deno.test("integer scoring (MatMulIntegerToFloat on the codes) equals the float path up to rounding, for A and B searches, tiled or not", async () => {
+  const rt = await runtime();
+  const m = 37, k = 16, n = 6;
+  const x = randomData(m * k, 81, 1), w = randomData(k * n, 82, 0.3);
+  const o = randomData(m * n, 83, 1), g = randomData(m * n, 84, 1);
+  const colSteps = Array.from({ length: n }, (_, j) => 0.004 * (1 + j / 3));
+  const wq = new Float32Array(w.length);
+  for (let i = 0; i < w.length; i++) {
+    const c = Math.max(-8, Math.min(7, Math.round(w[i] / colSteps[i % n])));
+    wq[i] = Math.fround(c * Math.fround(colSteps[i % n]));
+  }
+  const xq = fakeQuant(x, [m, k], symmetric(8, 0.02));
+  const base = { aDims: [m, k], bDims: [k, n], oDims: [m, n], metric: "hessian" as Metric };
+  const cases: {
+    p: ScoreProblem;
+    raw: Float32Array;
+    fixed: Float32Array;
+    fs: number[];
+    params: number[][];
+  }[] = [
+    {
+      p: { ...base, vary: "a", quant: { kind: "uniform", bits: 8 } },
+      raw: x,
+      fixed: wq,
+      fs: colSteps,
+      params: [[0.01], [0.02], [0.05]],
+    },
+    {
+      p: { ...base, vary: "a", metric: "mse", quant: { kind: "uniform", bits: 4 } },
+      raw: x,
+      fixed: wq,
+      fs: colSteps,
+      params: [[0.1], [0.3]],
+    },
+    {
+      p: { ...base, vary: "b", perColumn: true, quant: { kind: "uniform", bits: 4, columns: n } },
+      raw: w,
+      fixed: xq,
+      fs: [0.02],
+      params: [colSteps, colSteps.map((s) => 2 * s)],
+    },
+    {
+      p: { ...base, vary: "b", quant: { kind: "uniform", bits: 8 } },
+      raw: w,
+      fixed: xq,
+      fs: [0.02],
+      params: [[0.003], [0.01]],
+    },
+  ];
+  for (const [ci, c] of cases.entries()) {
+    const float = await CandidateScorer.create(rt, { ...c.p, tiles: 1 });
+    const want = await float.scoreQuantized(
+      c.params.length,
+      (i) => c.params[i],
+      c.raw,
+      c.fixed,
+      o,
+      g,
+    );
+    await float.release();
+    for (const tiles of [1, 3]) {
+      const int = await CandidateScorer.create(rt, { ...c.p, tiles, integer: true });
+      const got = await int.scoreQuantized(
+        c.params.length,
+        (i) => c.params[i],
+        c.raw,
+        c.fixed,
+        o,
+        g,
+        c.fs,
+      );
+      await int.release();
+      got.forEach((row, i) =>
+        row.forEach((v, j) => {
+          const wv = want[i][j];
+          assert.ok(
+            Math.abs(v - wv) <= 1e-4 * Math.abs(wv) + 1e-9,
+            `case ${ci} tiles ${tiles}: ${v} vs ${wv}`,
+          );
+        })
+      );
+    }
+  }
+  // a small problem keeps the float path unless its tiles are set
+  const small = await CandidateScorer.create(rt, { ...cases[0].p, integer: true });
+  const same = await small.scoreQuantized(1, () => [0.02], x, wq, o, g, colSteps);
+  await small.release();
+  const plain = await CandidateScorer.create(rt, cases[0].p);
+  assert.deepEqual(same, await plain.scoreQuantized(1, () => [0.02], x, wq, o, g));
+  await plain.release();
+  // a problem the integer path cannot take is refused, not approximated
+  await assert.rejects(
+    CandidateScorer.create(rt, {
+      ...base,
+      vary: "a",
+      integer: true,
+      tiles: 1,
+      quant: { kind: "twin-gelu", bits: 8 },
+    }),
+    /integer scoring/,
+  );
+});

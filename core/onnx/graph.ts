@@ -444,6 +444,13 @@ export class Graph {
     };
   }
 
+  /** Import operator set `domain` at `version` unless the model already imports it. */
+  useDomain(domain: string, version: number): void {
+    const ops = (this.model.opsetImport ?? []) as Proto[];
+    if (ops.some((o) => o.domain === domain)) return;
+    this.model = { ...this.model, opsetImport: [...ops, { domain, version }] };
+  }
+
   /** Opset version of the default ONNX domain. */
   get opset(): number {
     const ops = (this.model.opsetImport ?? []) as Proto[];

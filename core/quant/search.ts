@@ -22,7 +22,7 @@
  *
  * @module
  */
-import { Graph, Tensor } from "../onnx/graph.ts";
+import { DataType, Graph, makeAttr, Tensor } from "../onnx/graph.ts";
 import type { Runtime, Session } from "../runtime/runtime.ts";
 import { emitTwinGeluWith, emitTwinSoftmaxWith, GELU_NEG_RANGE, type TwinVariant } from "./twin.ts";
 import { emitSymmetricWith, qRange } from "./uniform.ts";
@@ -83,6 +83,20 @@ export interface ScoreProblem {
    * not split) stay whole. Default 1: one graph as without tiles.
    */
   tiles?: number;
+  /**
+   * Linear problems only (2-D operands, hessian / mse, a uniform candidate
+   * quantizer with one step per tensor, or per output column when B varies):
+   * the fixed operand is a uniform symmetric fake-quantized tensor of at most 8
+   * bits whose steps each call passes (`fixedSteps`: one for A, one per column
+   * of B), and A·B runs on the int8 codes as ONNX Runtime's MatMulIntegerToFloat
+   * (exact integer sums times s_A·s_B) instead of a float32 MatMul of the
+   * fake-quantized operands: about 2.5x faster on a VNNI CPU. The scores are
+   * the same quantities, rounded differently (the float path rounds every
+   * product and partial sum). One candidate per run. {@link CandidateScorer}
+   * takes it only for problems large enough to be tiled (or with `tiles` set):
+   * small layers keep the float path.
+   */
+  integer?: boolean;
 }
 
 /** Rows of each of `tiles` near-equal tiles of `n` rows (the first ones one larger). */
@@ -226,7 +240,7 @@ export function scoringGraph(p: ScoreProblem): Graph {
   const varDims = p.vary === "a" ? p.aDims : p.bDims;
   const fixDims = p.vary === "a" ? p.bDims : p.aDims;
   const tiles = p.tiles ?? 1;
-  if (tiles > 1) return tiledScoringGraph(g, p, tiles);
+  if (tiles > 1 || p.integer) return tiledScoringGraph(g, p, tiles);
   let cand = "cand";
   if (p.quant) {
     g.addInput("x", varDims);
@@ -340,7 +354,10 @@ function errorScore(
   return all.length ? sum(e, all) : e;
 }
 
-/** The scoring graph of a problem with `tiles` > 1 (see {@link ScoreProblem.tiles}). */
+/**
+ * The scoring graph of a problem with `tiles` > 1 (see {@link ScoreProblem.tiles}),
+ * or of an `integer` problem (any tiles; with one tile the inputs keep their plain names).
+ */
 function tiledScoringGraph(g: Graph, p: ScoreProblem, tiles: number): Graph {
   const q = p.quant;
   if (!q || p.metric === "cosine") {
@@ -355,31 +372,95 @@ function tiledScoringGraph(g: Graph, p: ScoreProblem, tiles: number): Graph {
   if (varSplit && q.kind === "uniform" && q.axis === 0 && (q.columns ?? 1) > 1) {
     throw new Error("tiled scoring: per-column steps along the tiled axis 0");
   }
+  const rows = tileRows(p.oDims[0], tiles);
+  const name = (base: string, i: number) => (rows.length > 1 ? `${base}_${i}` : base);
   g.addInput("p", ["K", paramWidth(q)]);
-  const params = emitParams(g, q, varDims);
+  const int = p.integer ? integerOperands(g, p, q) : undefined;
+  const params = int ? "" : emitParams(g, q, varDims);
   let whole: string | undefined;
   if (!varSplit) {
     g.addInput("x", varDims);
-    whole = emitCandidates(g, q, "x", params);
+    whole = int ? int.whole("x") : emitCandidates(g, q, "x", params);
   }
   if (!fixSplit) g.addInput("fixed", fixDims);
-  const parts = tileRows(p.oDims[0], tiles).map((r, i) => {
+  const parts = rows.map((r, i) => {
     const tile = (dims: number[]) => [r, ...dims.slice(1)];
     let cand = whole;
     if (!cand) {
-      g.addInput(`x_${i}`, tile(varDims));
-      cand = emitCandidates(g, q, `x_${i}`, params);
+      g.addInput(name("x", i), tile(varDims));
+      cand = int ? int.rows(name("x", i)) : emitCandidates(g, q, name("x", i), params);
     }
     let fixed = "fixed";
-    if (fixSplit) g.addInput(fixed = `fixed_${i}`, tile(fixDims));
-    const y = p.vary === "a"
-      ? g.addNode("MatMul", [cand, fixed])
-      : g.addNode("MatMul", [fixed, cand]);
-    return errorScore(g, p, y, tile(p.oDims), `t_${i}`, `g_${i}`);
+    if (fixSplit) g.addInput(fixed = name("fixed", i), tile(fixDims));
+    let y: string;
+    if (int) {
+      const a = p.vary === "a" ? cand : int.rows(fixed);
+      const b = p.vary === "a" ? int.whole(fixed) : cand;
+      y = g.addNode("MatMulIntegerToFloat", [a, b, int.aScale, int.bScale, int.zp128], {
+        domain: "com.microsoft",
+      });
+      // the float path's candidate axis (K = 1)
+      y = g.addNode("Reshape", [y, i64(g, "k1", [1, ...tile(p.oDims)])]);
+    } else {
+      y = p.vary === "a" ? g.addNode("MatMul", [cand, fixed]) : g.addNode("MatMul", [fixed, cand]);
+    }
+    return errorScore(g, p, y, tile(p.oDims), name("t", i), name("g", i));
   });
   const score = parts.length > 1 ? g.addNode("Sum", parts) : parts[0];
   g.outputs = [{ name: score, type: { tensorType: { elemType: 1 } } }];
   return g;
+}
+
+/**
+ * The int8 operands of an `integer` problem's product (see
+ * {@link ScoreProblem.integer}): `rows(x)` quantizes rows of A to uint8 codes
+ * with zero point 128 (QuantizeLinear: the same division, round half to even
+ * and saturation as the float quantizer's Div, Round, Clip), `whole(w)` B to
+ * int8 codes (Div, Round, Clip, Cast on the small weight), each at its step:
+ * the candidate's (`p`, one row) for the varying operand, the fed `fs` for the
+ * fixed one. Memoized: the shared B is quantized once per graph.
+ */
+function integerOperands(g: Graph, p: ScoreProblem, q: CandidateQuantizer) {
+  if (q.kind !== "uniform" || p.aDims.length !== 2 || p.bDims.length !== 2) {
+    throw new Error("integer scoring: a linear problem with a uniform candidate quantizer only");
+  }
+  const cols = p.bDims[1];
+  const width = q.columns ?? 1;
+  if (
+    p.keepAxis !== undefined || (q.axis !== undefined && q.axis !== 1) ||
+    (p.vary === "a" ? width !== 1 : width !== 1 && width !== cols) || q.bits > 8
+  ) {
+    throw new Error("integer scoring: steps per tensor (A) or per output column (B), <= 8 bits");
+  }
+  const { qmin, qmax } = qRange(q.bits, true);
+  const u8 = (v: number) =>
+    g.setInitializer(new Tensor(g.uniqueName("u8"), DataType.UINT8, [], Uint8Array.of(v)));
+  const zp128 = u8(128);
+  // A's step is one scalar, B's one per column ([cols] or [1])
+  g.addInput("fs", [p.vary === "a" ? cols : 1]);
+  const vecP = g.addNode("Reshape", ["p", i64(g, "pvec", [-1])]);
+  const scalar = (x: string) => g.addNode("Reshape", [x, i64(g, "scalar", [])]);
+  const aScale = p.vary === "a" ? scalar(vecP) : scalar("fs");
+  const bScale = p.vary === "a" ? "fs" : vecP;
+  const memo = new Map<string, string>();
+  const rowsOf = (x: string) => {
+    let c = g.addNode("QuantizeLinear", [x, aScale, zp128]);
+    if (p.vary === "a" && q.bits < 8) c = g.addNode("Clip", [c, u8(128 + qmin), u8(128 + qmax)]);
+    return c;
+  };
+  const wholeOf = (w: string) => {
+    let c = g.addNode("Round", [g.addNode("Div", [w, bScale])]);
+    if (p.vary === "b") {
+      c = g.addNode("Clip", [c, g.constFloat("qmin", qmin), g.constFloat("qmax", qmax)]);
+    }
+    return g.addNode("Cast", [c], { attributes: [makeAttr("to", DataType.INT8)] });
+  };
+  const once = (f: (x: string) => string) => (x: string) => {
+    if (!memo.has(x)) memo.set(x, f(x));
+    return memo.get(x)!;
+  };
+  g.useDomain("com.microsoft", 1);
+  return { rows: once(rowsOf), whole: once(wholeOf), aScale, bScale, zp128 };
 }
 
 type Feeds = Record<string, { data: Float32Array; dims: number[] }>;
@@ -442,13 +523,17 @@ export class CandidateScorer {
     p: ScoreProblem,
     maxBytes = 8 * 2 ** 20,
   ): Promise<CandidateScorer> {
-    p = { ...p, tiles: p.tiles ?? tileCount(p) };
+    // integer products only where the problem is large enough to be tiled (unless tiles are
+    // set): small layers, e.g. the shipped models', keep the float path and their results
+    const integer = p.integer && (p.tiles !== undefined || tileCount(p) > 1);
+    p = { ...p, tiles: p.tiles ?? tileCount(p), integer };
     const session = await rt.createSession(scoringGraph(p), "scoring graph");
     const perCand = 4 * Math.max(
       p.oDims.reduce((a, b) => a * b, 1),
       (p.vary === "a" ? p.aDims : p.bDims).reduce((a, b) => a * b, 1),
     );
-    return new CandidateScorer(session, p, Math.max(1, Math.floor(maxBytes / perCand)));
+    const chunk = p.integer ? 1 : Math.max(1, Math.floor(maxBytes / perCand));
+    return new CandidateScorer(session, p, chunk);
   }
 
   /**
@@ -485,6 +570,8 @@ export class CandidateScorer {
    * Score `count` candidates quantized in the graph from the raw varying operand
    * `raw`: `params(k)` gives candidate k's parameters (one value, or one per
    * column for a per-column uniform quantizer). Returns K scores, or K x columns.
+   * An `integer` problem takes the fixed operand's steps in `fixedSteps` (one for
+   * A, one per column of B).
    */
   async scoreQuantized(
     count: number,
@@ -493,9 +580,18 @@ export class CandidateScorer {
     fixed: Float32Array,
     o: Float32Array,
     g?: Float32Array,
+    fixedSteps?: ArrayLike<number>,
   ): Promise<Float64Array[]> {
     const q = this.problem.quant;
     if (!q) throw new Error("scoring graph has no candidate quantizer: use score");
+    let fs: Record<string, { data: Float32Array; dims: number[] }> = {};
+    if (this.problem.integer) {
+      const n = this.problem.vary === "a" ? this.problem.bDims[1] : 1;
+      if (fixedSteps?.length !== n) {
+        throw new Error(`integer scoring: ${fixedSteps?.length ?? 0} fixed steps, expected ${n}`);
+      }
+      fs = { fs: { data: Float32Array.from(fixedSteps), dims: [n] } };
+    }
     const width = paramWidth(q);
     const varDims = this.problem.vary === "a" ? this.problem.aDims : this.problem.bDims;
     return await this.run(
@@ -509,7 +605,7 @@ export class CandidateScorer {
           }
           p.set(v, i * width);
         }
-        return { x: { data: raw, dims: varDims }, p: { data: p, dims: [kn, width] } };
+        return { x: { data: raw, dims: varDims }, p: { data: p, dims: [kn, width] }, ...fs };
       },
       fixed,
       o,
