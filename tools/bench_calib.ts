@@ -7,11 +7,14 @@
  *
  *     deno run -A tools/bench_calib.ts --model /tmp/deit_t.onnx --images 32 \
  *         [--methods minmax,percentile,baseptq,ptq4vit] [--bits 8] [--batch 32] \
- *         [--threads 2] [--set ptq4vit.n=20] [--fp-speed] [--layers FILE]
+ *         [--threads 2] [--set ptq4vit.n=20] [--fp-speed] [--layers FILE] [--roles]
  *
  * `--layers FILE` writes each method's layer records (site, tensor, quantizer, step)
  * as JSON, one line per method, e.g. to compare the steps two option settings chose
  * (`--set ptq4vit.coarse=5` against the full grid).
+ *
+ * `--roles` prints each method's seconds per site role and search round (from the
+ * method's step messages; PTQ4ViT, BasePTQ and the methods built on their searches).
  *
  * `--fp-speed` first times the FP32 graph (bench/speed.ts harness, batch `--batch`,
  * 5 repetitions after 2 warm-up runs): the evaluation rate a manifest cell of
@@ -46,6 +49,40 @@ function synthetic(n: number, shape: number[], seed: number): ImageSource {
   return { length: n, shape, slice: (a, b) => Promise.resolve(data.slice(a * per, b * per)) };
 }
 
+/**
+ * Seconds per site role and round from a method's step messages (`<site> round r/R`, the
+ * time until the next message), summed over blocks: `b3.fc1 round 2/3` counts as fc1,
+ * round 2, `b3.fc1: searching` as fc1, round 1. Time before the first message (capture, gradients) and after the last
+ * search (graph building) is listed on its own.
+ */
+function printRoles(method: string, marks: [number, string][], end: number): void {
+  const table = new Map<string, number[]>();
+  let rounds = 1;
+  marks.forEach(([t, msg], i) => {
+    const next = i + 1 < marks.length ? marks[i + 1][0] : end;
+    // "b3.fc1 round 2/3", "b3.fc1: searching" (round 1)
+    const m = /^(?:b\d+\.|blocks?\.\d+\.)?([^\s:]+)(?:: .*| round (\d+)\/\d+.*)$/.exec(msg);
+    const role = m ? m[1] : msg, r = m?.[2] ? Number(m[2]) : 1;
+    rounds = Math.max(rounds, r);
+    const row = table.get(role) ?? [];
+    row[r - 1] = (row[r - 1] ?? 0) + (next - t) / 1000;
+    table.set(role, row);
+  });
+  console.log(`${method}: seconds per role and round (summed over blocks)`);
+  const head = Array.from({ length: rounds }, (_, i) => `round ${i + 1}`.padStart(9)).join("");
+  console.log(`${"role".padEnd(28)}${head}    total`);
+  for (const [role, row] of [...table].sort((a, b) => sum(b[1]) - sum(a[1]))) {
+    const cells = Array.from({ length: rounds }, (_, i) => (row[i] ?? 0).toFixed(1).padStart(9));
+    console.log(
+      `${role.slice(0, 27).padEnd(28)}${cells.join("")}${sum(row).toFixed(1).padStart(9)}`,
+    );
+  }
+}
+
+function sum(xs: (number | undefined)[]): number {
+  return xs.reduce((a: number, b) => a + (b ?? 0), 0);
+}
+
 await runCli(async () => {
   const { values } = parseArgs({
     options: {
@@ -58,6 +95,7 @@ await runCli(async () => {
       set: { type: "string", multiple: true, default: [] },
       "fp-speed": { type: "boolean", default: false },
       layers: { type: "string" },
+      roles: { type: "boolean", default: false },
     },
   });
   if (!values.model) {
@@ -114,6 +152,7 @@ await runCli(async () => {
     }, 20);
     const cpu0 = process.cpuUsage();
     const t0 = performance.now();
+    const marks: [number, string][] = [[t0, "before the first search step"]];
     const q = await method.quantize({
       graph,
       sites,
@@ -126,8 +165,10 @@ await runCli(async () => {
       modelHash,
       calibHash: `synthetic ${n} seed 1`,
       log: () => {},
+      step: values.roles ? (msg: string) => marks.push([performance.now(), msg]) : undefined,
     });
     const wall = (performance.now() - t0) / 1000;
+    if (values.roles) printRoles(name, marks, t0 + wall * 1000);
     if (values.layers) {
       const layers = q.layers.map((l) => ({
         site: l.site,
