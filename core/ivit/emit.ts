@@ -20,8 +20,10 @@
  *   b-bit codes by one lookup in a table indexed by the code and its row's
  *   maximum, with the per-tensor requantization that alone reads it folded in
  *   (the table holds the uint8 codes of the next MatMulInteger); a lookup is
- *   GatherElements on the flattened indices (ONNX Runtime's Gather is 4 to 6
- *   times slower per element);
+ *   GatherElements along the last axis (ONNX Runtime's Gather is 4 to 6
+ *   times slower per element), on indices in K rows with the table repeated
+ *   K times (the op runs rows in parallel), or, for ShiftGELU, with each
+ *   row's slice of the table gathered first (no per-element index Add);
  * - a clamped requantization as Clip (one range, or per channel), Mul, Add,
  *   a truncating Div and Clip: the addend lifts the result's range to start at
  *   0, where truncation and floor clamp alike (`TruncPlan` of kernels.ts; the
@@ -462,14 +464,26 @@ class Emitter extends GraphEmitter {
 
   /**
    * `table[idx]` for a 1-D table and indices of any shape (negative indices
-   * count from the end): GatherElements on the flattened indices, reshaped
-   * back. ONNX Runtime's Gather copies each element with its own memcpy
-   * (several ns per element); GatherElements of equal-rank operands is a
-   * plain indexed loop, 4 to 6 times faster.
+   * count from the end): GatherElements along the last axis of the indices
+   * reshaped to K rows, the table repeated K times (one copy per row), then
+   * reshaped back. ONNX Runtime's Gather copies each element with its own
+   * memcpy (several ns per element); GatherElements of equal-rank operands is
+   * a plain indexed loop, 4 to 6 times faster, and it splits its work across
+   * threads by rows only (one row runs on one thread). K divides `rowLength`
+   * (the indices' last dimension), so it divides the element count.
    */
-  lookup(table: string, idx: string, out?: string): string {
-    const flat = this.op("Reshape", [idx, this.i64([-1])]);
-    const g = this.op("GatherElements", [table, flat], [makeAttr("axis", 0)]);
+  lookup(values: number[], idx: string, rowLength: number, out?: string): string {
+    const T = values.length;
+    let K = 1;
+    for (let d = 16; d <= rowLength; d++) {
+      if (rowLength % d === 0) {
+        if (d * T <= 2 ** 20) K = d;
+        break;
+      }
+    }
+    const table = this.i32(Array.from({ length: K }, () => values).flat(), [K, T]);
+    const flat = this.op("Reshape", [idx, this.i64([K, -1])]);
+    const g = this.op("GatherElements", [table, flat], [makeAttr("axis", 1)]);
     return this.op("Reshape", [g, this.op("Shape", [idx])], [], out);
   }
 
@@ -478,7 +492,13 @@ class Emitter extends GraphEmitter {
    * (unless the codes' range keeps it there), then one Gather with negative
    * indices (index −j is entry T − j); undefined when the table would be too large.
    */
-  shiftExpByTable(d: string, scale: number, n: number, width?: number): string | undefined {
+  shiftExpByTable(
+    d: string,
+    scale: number,
+    n: number,
+    rowLength: number,
+    width?: number,
+  ): string | undefined {
     if (!this.fast) return undefined;
     let t;
     try {
@@ -490,7 +510,7 @@ class Emitter extends GraphEmitter {
     const T = t.values.length;
     const table = [t.values[T - 1], ...t.values.slice(0, T - 1)];
     const dc = width !== undefined && width - 1 <= -t.dMin ? d : this.clip(d, t.dMin, 0);
-    return this.lookup(this.i32(table, [T]), dc);
+    return this.lookup(table, dc, rowLength);
   }
 
   shiftmax(s: ShiftmaxStep): void {
@@ -498,8 +518,9 @@ class Emitter extends GraphEmitter {
     const range = this.codeRange(s.x);
     const x = this.toInt32(s.x, type);
     const d = this.op("Sub", [x, this.reduceMax(x)]);
-    const e = this.shiftExpByTable(d, s.scale, s.n, range && range[1] - range[0] + 1) ??
-      this.shiftExpNonPositive(d, s.x0, s.n);
+    const e =
+      this.shiftExpByTable(d, s.scale, s.n, s.rowLength, range && range[1] - range[0] + 1) ??
+        this.shiftExpNonPositive(d, s.x0, s.n);
     let sum: string;
     if (!s.splitSum) sum = this.reduceSum(e);
     else {
@@ -524,9 +545,10 @@ class Emitter extends GraphEmitter {
 
   /**
    * ShiftGELU by table (tables.ts), with the per-tensor requantization that
-   * alone reads its output folded in: index = code + w·(row max code) −
-   * lo·(w + 1), one Gather. False when the codes' range is unknown or the
-   * table too large.
+   * alone reads its output folded in: the w×w table's row (row max − lo) per
+   * row by Gather, then each code's entry (code − lo) in its row by
+   * GatherElements. False when the codes' range is unknown or the table too
+   * large.
    */
   shiftGeluByTable(s: ShiftGeluStep): boolean {
     if (!this.fast) return false;
@@ -552,30 +574,34 @@ class Emitter extends GraphEmitter {
     }
     const outType: IntType = rqOut ? rqOut.outType : "int32";
     const table = this.cachedConstant(
-      `gelu|${values.join(",")}|${outType}`,
+      `gelu|${w}|${values.join(",")}|${outType}`,
       "gelu_table",
       (nm) =>
         outType === "uint8"
-          ? uint8Tensor(nm, [values.length], values)
+          ? uint8Tensor(nm, [w, w], values)
           : outType === "int8"
-          ? int8Tensor(nm, [values.length], values)
+          ? int8Tensor(nm, [w, w], values)
           : outType === "int16"
           ? new Tensor(
             nm,
             DataType.INT16,
-            [values.length],
+            [w, w],
             new Uint8Array(Int16Array.from(values).buffer),
           )
-          : int32Tensor(nm, [values.length], values),
+          : int32Tensor(nm, [w, w], values),
     );
     const x = this.toInt32(s.x, this.p.types.get(s.x) ?? "int32");
-    // emitted codes are (code − off): index = (code − lo) + w·(max − lo)
+    // emitted codes are (code − off); the table as w rows of w, row max − lo, column code − lo:
+    // each row of x gathers its row of the table (Gather), then looks its codes up in that row
+    // (GatherElements along the last axis: no per-element index Add, and rows run in parallel)
     const off = this.offset.get(s.x) ?? 0;
-    let row = this.op("Mul", [this.reduceMax(x), this.i32(w)]);
-    if (off !== lo) row = this.op("Add", [row, this.i32((off - lo) * (w + 1))]);
-    const idx = this.op("Add", [x, row]);
+    const shift = (v: string) => (off !== lo ? this.op("Add", [v, this.i32(off - lo)]) : v);
+    const mx = shift(this.op("Reshape", [this.reduceMax(x), this.i64([-1])]));
+    const rows = this.op("Gather", [table, mx], [makeAttr("axis", 0)]);
+    const flat = this.op("Reshape", [shift(x), this.i64([-1, s.rowLength])]);
+    const g = this.op("GatherElements", [rows, flat], [makeAttr("axis", 1)]);
     if (rqOut) this.folded.add(rqOut);
-    this.lookup(table, idx, rqOut ? rqOut.out : s.out);
+    this.op("Reshape", [g, this.op("Shape", [x])], [], rqOut ? rqOut.out : s.out);
     return true;
   }
 

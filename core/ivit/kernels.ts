@@ -446,14 +446,9 @@ export function planTruncRequant(plan: RequantPlan, bits: number, outZp: number)
   // one range: the clamp stays unless it is every channel's own range
   const own = (i: number) => lows[i] === lo1 && highs[i] === hi1;
   if (consts.every((_, i) => ok(i, lo1, hi1))) {
+    // even where per-channel bounds would drop the clamp: ONNX Runtime's broadcasting Max and
+    // Min cost more than two scalar Clips
     const cl = !consts.every((_, i) => own(i)) || clamp(() => lo1, () => hi1);
-    // per-channel bounds where they drop the clamp at no extra pass (Max and Min for Clip and Clip)
-    if (
-      cl && consts.every((_, i) => ok(i, lows[i], highs[i])) &&
-      !clamp((i) => lows[i], (i) => highs[i])
-    ) {
-      return { clip: { lo: lows, hi: highs }, ...rest, clamp: false };
-    }
     return { clip: { lo: lo1, hi: hi1 }, ...rest, clamp: cl };
   }
   if (consts.every((_, i) => ok(i, lows[i], highs[i]))) {
