@@ -201,14 +201,20 @@ Deno.test("ivit fast: Shiftmax by table on 8-bit codes and on int32 scores equal
       rowLength: N,
       splitSum: N * -x0 * 2 ** 15 > 2 ** 31 - 1,
     });
-    const p8 = program(N, [requant("z", "c", 3e-4, 8, "int32", 0, -1e6, 1e6), sm("c")], "sm", [
-      ["c", "int32"],
-      ["sm", "int32"],
-    ]);
-    const a = await runAll(p8, z, [rows, N]);
-    assert.deepEqual(a.fast, a.sim);
-    assert.deepEqual(a.plain, a.sim);
-    assert.ok(a.fastOps.includes("GatherElements") && !a.plainOps.includes("GatherElements"));
+    // rows of one clipped value and rows at the clip bounds
+    for (let i = 0; i < N; i++) z[i] = 1e6, z[N + i] = i % 2 ? 1e6 : -1e6, z[2 * N + i] = -1e6;
+    // 3e-4: the lift to [0, 255] leaves int32 (split form); 6e-3: truncating form, its lift
+    // skipped (Shiftmax cancels it)
+    for (const r of [3e-4, 6e-3]) {
+      const p8 = program(N, [requant("z", "c", r, 8, "int32", 0, -1e6, 1e6), sm("c")], "sm", [
+        ["c", "int32"],
+        ["sm", "int32"],
+      ]);
+      const a = await runAll(p8, z, [rows, N]);
+      assert.deepEqual(a.fast, a.sim);
+      assert.deepEqual(a.plain, a.sim);
+      assert.ok(a.fastOps.includes("GatherElements") && !a.plainOps.includes("GatherElements"));
+    }
     // int32 scores of any range: d is clipped to the table's dMin first
     const wide = Int32Array.from({ length: rows * N }, () => Math.floor((rng.next() - 0.5) * 4e5));
     const b = await runAll(program(N, [sm("z")], "sm", [["sm", "int32"]]), wide, [rows, N]);

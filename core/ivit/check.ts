@@ -48,6 +48,7 @@ const SAME_AS_INPUT0 = new Set([
   "Abs",
   "Clip",
   "ReduceSum",
+  "ReduceSumSquare",
   "ReduceMax",
   "ReduceMin",
   "MatMul",

@@ -717,7 +717,12 @@ class Emitter extends GraphEmitter {
       yp = this.op("Sub", [this.op("Div", [yo, this.i32(p)]), this.i32(off / p)]);
     } else yp = this.op("Sub", [x, xOff ? this.op("Sub", [mean, this.i32(xOff)]) : mean]);
     if (s.sign) yp = this.op("Mul", [yp, this.i32(s.sign, [s.channels])]);
-    const v = this.reduceSum(this.op("Mul", [yp, yp]));
+    // Σy'² in one pass (fast forms): ReduceSumSquare, exact on int32 below 2^31
+    const v = !this.fast
+      ? this.reduceSum(this.op("Mul", [yp, yp]))
+      : this.p.opset >= 18
+      ? this.op("ReduceSumSquare", [yp, this.i64([-1])], [makeAttr("keepdims", 1)])
+      : this.op("ReduceSumSquare", [yp], [makeAttr("axes", [-1]), makeAttr("keepdims", 1)]);
     let k = this.i32(s.k0);
     for (let i = 0; i < s.steps; i++) {
       k = this.op("Div", [this.op("Add", [k, this.op("Div", [v, k])]), this.i32(2)]);
