@@ -532,12 +532,14 @@ async function searchLinear(
   // per-channel patch embedding keeps the sequential search (see groupCosine)
   const perGroupCos = !decomposes && o.groupCosine === "per-group" && p.groups.length > 1 &&
     p.groups.length < p.cout && p.groups.every(([a, b]) => b - a === p.cout / p.groups.length);
-  // with a uniform input quantizer both operands are int8 codes: large layers are scored
-  // by an integer matmul (CandidateScorer.create decides by size, see ScoreProblem.integer)
-  const integer = act?.kind === "uniform" && decomposes && wb <= 8 && ab <= 8;
+  // with a quantized input (uniform, or the post-GELU twin as two parts) both operands are
+  // 8-bit codes: large layers are scored by integer matmuls (CandidateScorer.create decides
+  // by size, see ScoreProblem.integer)
+  const integer = act !== undefined && decomposes && wb <= 8 && ab <= 8;
   const wScorer = await CandidateScorer.create(ctx.runtime, {
     vary: "b",
     integer,
+    fixedA: act ? { kind: act.kind, bits: ab } : undefined,
     aDims: [p.m, p.cin],
     bDims: [p.cin, p.cout],
     oDims: [p.m, p.cout],

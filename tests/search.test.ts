@@ -263,6 +263,8 @@ Deno.test("integer scoring (MatMulIntegerToFloat on the codes) equals the float 
     wq[i] = Math.fround(c * Math.fround(colSteps[i % n]));
   }
   const xq = fakeQuant(x, [m, k], symmetric(8, 0.02));
+  // GELU outputs: down to about -0.17, with ties and zeros
+  const geluX = x.map((v, i) => (i % 7 === 0 ? 0 : v < 0 ? -0.17 * Math.tanh(-v) : v));
   const base = { aDims: [m, k], bDims: [k, n], oDims: [m, n], metric: "hessian" as Metric };
   const cases: {
     p: ScoreProblem;
@@ -291,6 +293,26 @@ Deno.test("integer scoring (MatMulIntegerToFloat on the codes) equals the float 
       fixed: xq,
       fs: [0.02],
       params: [colSteps, colSteps.map((s) => 2 * s)],
+    },
+    {
+      p: { ...base, vary: "a", quant: { kind: "twin-gelu", bits: 4 } },
+      raw: geluX,
+      fixed: wq,
+      fs: colSteps,
+      params: [[0.05], [0.2], [0.7]],
+    },
+    {
+      p: {
+        ...base,
+        vary: "b",
+        perColumn: true,
+        fixedA: { kind: "twin-gelu", bits: 6 },
+        quant: { kind: "uniform", bits: 8, columns: n },
+      },
+      raw: w,
+      fixed: twinGelu(geluX, { bits: 6, posScale: 0.1 }),
+      fs: [0.1],
+      params: [colSteps, colSteps.map((s) => 3 * s)],
     },
     {
       p: { ...base, vary: "b", quant: { kind: "uniform", bits: 8 } },
@@ -348,7 +370,7 @@ Deno.test("integer scoring (MatMulIntegerToFloat on the codes) equals the float 
       vary: "a",
       integer: true,
       tiles: 1,
-      quant: { kind: "twin-gelu", bits: 8 },
+      quant: { kind: "twin-softmax", bits: 8, variant: "reference" },
     }),
     /integer scoring/,
   );

@@ -24,8 +24,15 @@
  */
 import { DataType, Graph, makeAttr, Tensor } from "../onnx/graph.ts";
 import type { Runtime, Session } from "../runtime/runtime.ts";
-import { emitTwinGeluWith, emitTwinSoftmaxWith, GELU_NEG_RANGE, type TwinVariant } from "./twin.ts";
-import { emitSymmetricWith, qRange } from "./uniform.ts";
+import {
+  emitTwinGeluWith,
+  emitTwinSoftmaxWith,
+  GELU_NEG_RANGE,
+  twinGeluSteps,
+  type TwinVariant,
+} from "./twin.ts";
+import type { FeedData } from "../runtime/runtime.ts";
+import { emitSymmetricWith, qRange, roundHalfEven } from "./uniform.ts";
 
 /** Search metric. */
 export type Metric = "hessian" | "mse" | "cosine";
@@ -97,6 +104,8 @@ export interface ScoreProblem {
    * small layers keep the float path.
    */
   integer?: boolean;
+  /** `integer` with B varying: the fixed A's quantizer (default uniform, 8 bits; PTQ4ViT's fc2 input: post-GELU twin). */
+  fixedA?: { kind: "uniform" | "twin-gelu"; bits: number };
 }
 
 /** Rows of each of `tiles` near-equal tiles of `n` rows (the first ones one larger). */
@@ -375,30 +384,29 @@ function tiledScoringGraph(g: Graph, p: ScoreProblem, tiles: number): Graph {
   const rows = tileRows(p.oDims[0], tiles);
   const name = (base: string, i: number) => (rows.length > 1 ? `${base}_${i}` : base);
   g.addInput("p", ["K", paramWidth(q)]);
-  const int = p.integer ? integerOperands(g, p, q) : undefined;
+  const int = p.integer ? integerProduct(g, p, q) : undefined;
   const params = int ? "" : emitParams(g, q, varDims);
   let whole: string | undefined;
   if (!varSplit) {
     g.addInput("x", varDims);
-    whole = int ? int.whole("x") : emitCandidates(g, q, "x", params);
+    whole = int ? "x" : emitCandidates(g, q, "x", params);
   }
-  if (!fixSplit) g.addInput("fixed", fixDims);
+  if (!fixSplit) int ? int.fixed("fixed", fixDims) : g.addInput("fixed", fixDims);
   const parts = rows.map((r, i) => {
     const tile = (dims: number[]) => [r, ...dims.slice(1)];
     let cand = whole;
     if (!cand) {
-      g.addInput(name("x", i), tile(varDims));
-      cand = int ? int.rows(name("x", i)) : emitCandidates(g, q, name("x", i), params);
+      g.addInput(cand = name("x", i), tile(varDims));
+      if (!int) cand = emitCandidates(g, q, cand, params);
     }
     let fixed = "fixed";
-    if (fixSplit) g.addInput(fixed = name("fixed", i), tile(fixDims));
+    if (fixSplit) {
+      fixed = name("fixed", i);
+      int ? int.fixed(fixed, tile(fixDims)) : g.addInput(fixed, tile(fixDims));
+    }
     let y: string;
     if (int) {
-      const a = p.vary === "a" ? cand : int.rows(fixed);
-      const b = p.vary === "a" ? int.whole(fixed) : cand;
-      y = g.addNode("MatMulIntegerToFloat", [a, b, int.aScale, int.bScale, int.zp128], {
-        domain: "com.microsoft",
-      });
+      y = int.product(cand, fixed);
       // the float path's candidate axis (K = 1)
       y = g.addNode("Reshape", [y, i64(g, "k1", [1, ...tile(p.oDims)])]);
     } else {
@@ -411,59 +419,158 @@ function tiledScoringGraph(g: Graph, p: ScoreProblem, tiles: number): Graph {
   return g;
 }
 
+/** Parts of an integer operand: 8-bit codes and the step they are scaled by. */
+type CodeParts = { codes: string; step: string }[];
+
 /**
- * The int8 operands of an `integer` problem's product (see
- * {@link ScoreProblem.integer}): `rows(x)` quantizes rows of A to uint8 codes
- * with zero point 128 (QuantizeLinear: the same division, round half to even
- * and saturation as the float quantizer's Div, Round, Clip), `whole(w)` B to
- * int8 codes (Div, Round, Clip, Cast on the small weight), each at its step:
- * the candidate's (`p`, one row) for the varying operand, the fed `fs` for the
- * fixed one. Memoized: the shared B is quantized once per graph.
+ * Validate an `integer` problem; returns A's quantizer (uniform or twin-gelu, at its bits).
  */
-function integerOperands(g: Graph, p: ScoreProblem, q: CandidateQuantizer) {
-  if (q.kind !== "uniform" || p.aDims.length !== 2 || p.bDims.length !== 2) {
-    throw new Error("integer scoring: a linear problem with a uniform candidate quantizer only");
-  }
+function integerA(
+  p: ScoreProblem,
+  q: CandidateQuantizer,
+): { kind: "uniform" | "twin-gelu"; bits: number } {
   const cols = p.bDims[1];
-  const width = q.columns ?? 1;
+  const width = q.kind === "uniform" ? q.columns ?? 1 : 1;
+  const a = p.vary === "a" ? q : p.fixedA ?? { kind: "uniform" as const, bits: 8 };
   if (
-    p.keepAxis !== undefined || (q.axis !== undefined && q.axis !== 1) ||
-    (p.vary === "a" ? width !== 1 : width !== 1 && width !== cols) || q.bits > 8
+    p.aDims.length !== 2 || p.bDims.length !== 2 || p.keepAxis !== undefined ||
+    (p.vary === "b" && q.kind !== "uniform") || (a.kind !== "uniform" && a.kind !== "twin-gelu") ||
+    (q.kind === "uniform" && q.axis !== undefined && q.axis !== 1) ||
+    (p.vary === "a" ? width !== 1 : width !== 1 && width !== cols) || q.bits > 8 || a.bits > 8
   ) {
-    throw new Error("integer scoring: steps per tensor (A) or per output column (B), <= 8 bits");
+    throw new Error(
+      "integer scoring: a linear problem, A uniform or post-GELU twin, B uniform per tensor or column, <= 8 bits",
+    );
   }
-  const { qmin, qmax } = qRange(q.bits, true);
+  return { kind: a.kind, bits: a.bits };
+}
+
+/**
+ * The integer product of an `integer` problem (see {@link ScoreProblem.integer}):
+ * A as uint8 codes with zero point 128 (one part, or the post-GELU twin's
+ * positive and negative parts), B as int8 codes, each part's product by
+ * MatMulIntegerToFloat (exact integer sums times s_A·s_B) and the parts added.
+ * The varying operand is quantized here from its raw values and the candidate's
+ * steps (`p`, one row): rows of A by QuantizeLinear (the same division, round
+ * half to even and saturation as the float quantizers' Div, Round, Clip, then a
+ * Clip to the code range), B by Div, Round, Clip, Cast. The fixed operand comes
+ * as codes ({@link integerCodes}: `fixed` and, for a twin A, `fixedn`) with its
+ * step in `fs` (A: one, or the twin's positive step; B: one per column).
+ */
+function integerProduct(g: Graph, p: ScoreProblem, q: CandidateQuantizer) {
+  const a = integerA(p, q);
+  const cols = p.bDims[1];
   const u8 = (v: number) =>
     g.setInitializer(new Tensor(g.uniqueName("u8"), DataType.UINT8, [], Uint8Array.of(v)));
   const zp128 = u8(128);
-  // A's step is one scalar, B's one per column ([cols] or [1])
   g.addInput("fs", [p.vary === "a" ? cols : 1]);
   const vecP = g.addNode("Reshape", ["p", i64(g, "pvec", [-1])]);
   const scalar = (x: string) => g.addNode("Reshape", [x, i64(g, "scalar", [])]);
-  const aScale = p.vary === "a" ? scalar(vecP) : scalar("fs");
-  const bScale = p.vary === "a" ? "fs" : vecP;
-  const memo = new Map<string, string>();
-  const rowsOf = (x: string) => {
-    let c = g.addNode("QuantizeLinear", [x, aScale, zp128]);
-    if (p.vary === "a" && q.bits < 8) c = g.addNode("Clip", [c, u8(128 + qmin), u8(128 + qmax)]);
-    return c;
+  // A's steps are scalars, B's one per column ([cols] or [1])
+  const aStep = p.vary === "a" ? scalar(vecP) : scalar("fs");
+  const bStep = p.vary === "a" ? "fs" : vecP;
+  const neg = a.kind === "twin-gelu" ? g.constFloat("neg", twinGeluSteps(a.bits, 1).neg) : "";
+  const fixedParts = new Map<string, CodeParts>();
+  const rowsOf = (x: string): CodeParts => {
+    const codes = (step: string, lo: number, hi: number) => {
+      const c = g.addNode("QuantizeLinear", [x, step, zp128]);
+      return lo === 0 && hi === 255 ? c : g.addNode("Clip", [c, u8(lo), u8(hi)]);
+    };
+    const { qmin, qmax } = qRange(a.bits, true);
+    if (a.kind === "uniform") return [{ codes: codes(aStep, 128 + qmin, 128 + qmax), step: aStep }];
+    return [
+      { codes: codes(aStep, 128, 128 + qmax), step: aStep },
+      { codes: codes(neg, 128 + qmin, 128), step: neg },
+    ];
   };
-  const wholeOf = (w: string) => {
-    let c = g.addNode("Round", [g.addNode("Div", [w, bScale])]);
-    if (p.vary === "b") {
-      c = g.addNode("Clip", [c, g.constFloat("qmin", qmin), g.constFloat("qmax", qmax)]);
-    }
-    return g.addNode("Cast", [c], { attributes: [makeAttr("to", DataType.INT8)] });
-  };
-  const once = (f: (x: string) => string) => (x: string) => {
-    if (!memo.has(x)) memo.set(x, f(x));
-    return memo.get(x)!;
+  let bCodes: string | undefined;
+  const candidateB = (w: string) => {
+    if (bCodes) return bCodes;
+    const { qmin, qmax } = qRange(q.bits, true);
+    const c = g.addNode("Clip", [
+      g.addNode("Round", [g.addNode("Div", [w, bStep])]),
+      g.constFloat("qmin", qmin),
+      g.constFloat("qmax", qmax),
+    ]);
+    return bCodes = g.addNode("Cast", [c], { attributes: [makeAttr("to", DataType.INT8)] });
   };
   g.useDomain("com.microsoft", 1);
-  return { rows: once(rowsOf), whole: once(wholeOf), aScale, bScale, zp128 };
+  return {
+    /** Declare fixed-operand input(s) `name` of `dims` (codes). */
+    fixed(name: string, dims: number[]): void {
+      if (p.vary === "a") {
+        g.addInput(name, dims, DataType.INT8);
+        return;
+      }
+      g.addInput(name, dims, DataType.UINT8);
+      const parts: CodeParts = [{ codes: name, step: aStep }];
+      if (a.kind === "twin-gelu") {
+        // "fixed" -> "fixedn", tile "fixed_3" -> "fixedn_3" (see tileFeeds)
+        const nName = name.replace(/^fixed/, "fixedn");
+        g.addInput(nName, dims, DataType.UINT8);
+        parts.push({ codes: nName, step: neg });
+      }
+      fixedParts.set(name, parts);
+    },
+    /** The float product of the candidate (raw values `cand`) and the fixed codes `fixed`. */
+    product(cand: string, fixed: string): string {
+      const [aParts, b, bs] = p.vary === "a"
+        ? [rowsOf(cand), fixed, bStep]
+        : [fixedParts.get(fixed)!, candidateB(cand), bStep];
+      const ys = aParts.map((ap) =>
+        g.addNode("MatMulIntegerToFloat", [ap.codes, b, ap.step, bs, zp128], {
+          domain: "com.microsoft",
+        })
+      );
+      return ys.length > 1 ? g.addNode("Add", ys) : ys[0];
+    },
+  };
 }
 
-type Feeds = Record<string, { data: Float32Array; dims: number[] }>;
+/**
+ * The fixed operand of an `integer` problem as the codes and steps its graph
+ * reads (see {@link integerProduct}): A (`fixed`, a fake-quantized uniform or
+ * post-GELU twin tensor with step, or positive step, `steps[0]`) as uint8 codes
+ * + 128, a twin's negative part as `fixedn`; B (fake-quantized with one step
+ * per column) as int8 codes. A fake-quantized value is code·step rounded to
+ * float32, so value/step rounds back to its code.
+ */
+export function integerCodes(
+  p: ScoreProblem,
+  fixed: Float32Array,
+  steps: ArrayLike<number>,
+): Record<string, FeedData> {
+  const q = p.quant!;
+  const a = integerA(p, q);
+  const code = (v: number, s: number) => roundHalfEven(Math.fround(v / s));
+  const fs = { data: Float32Array.from(steps), dims: [steps.length] };
+  if (p.vary === "a") {
+    const cols = p.bDims[1];
+    const c = new Int8Array(fixed.length);
+    for (let i = 0; i < fixed.length; i++) c[i] = code(fixed[i], steps[i % cols]);
+    return { fixed: { data: c, dims: p.bDims }, fs };
+  }
+  const s = Math.fround(steps[0]);
+  const pos = new Uint8Array(fixed.length);
+  if (a.kind === "uniform") {
+    for (let i = 0; i < fixed.length; i++) pos[i] = 128 + code(fixed[i], s);
+    return { fixed: { data: pos, dims: p.aDims }, fs };
+  }
+  // the twin's parts: a value is either a positive code·pos or a negative code·neg
+  const neg = twinGeluSteps(a.bits, 1).neg;
+  const nc = new Uint8Array(fixed.length).fill(128);
+  for (let i = 0; i < fixed.length; i++) {
+    const v = fixed[i];
+    if (v >= 0) pos[i] = 128 + code(v, s);
+    else {
+      pos[i] = 128;
+      nc[i] = 128 + code(v, neg);
+    }
+  }
+  return { fixed: { data: pos, dims: p.aDims }, fixedn: { data: nc, dims: p.aDims }, fs };
+}
+
+type Feeds = Record<string, FeedData>;
 
 /**
  * The feeds of a tiled problem: each input split along axis 0 (see
@@ -476,7 +583,7 @@ export function tileFeeds(p: ScoreProblem, feeds: Feeds): Feeds {
   const split = splitOperands(p);
   const splitNames = new Set(["t", "g"]);
   if (p.vary === "a" ? split.a : split.b) splitNames.add("x");
-  if (p.vary === "a" ? split.b : split.a) splitNames.add("fixed");
+  if (p.vary === "a" ? split.b : split.a) splitNames.add("fixed").add("fixedn");
   const out: Feeds = {};
   const rows = tileRows(p.oDims[0], tiles);
   for (const [name, f] of Object.entries(feeds)) {
@@ -502,8 +609,9 @@ export class CandidateScorer {
   private target?: {
     o: Float32Array;
     g?: Float32Array;
-    feeds: Record<string, { data: Float32Array; dims: number[] }>;
+    feeds: Feeds;
   };
+  private codes?: { fixed: Float32Array; steps: Float32Array; feeds: Feeds };
 
   private constructor(
     private session: Session,
@@ -584,13 +692,22 @@ export class CandidateScorer {
   ): Promise<Float64Array[]> {
     const q = this.problem.quant;
     if (!q) throw new Error("scoring graph has no candidate quantizer: use score");
-    let fs: Record<string, { data: Float32Array; dims: number[] }> = {};
+    let codes: Feeds | undefined;
     if (this.problem.integer) {
       const n = this.problem.vary === "a" ? this.problem.bDims[1] : 1;
       if (fixedSteps?.length !== n) {
         throw new Error(`integer scoring: ${fixedSteps?.length ?? 0} fixed steps, expected ${n}`);
       }
-      fs = { fs: { data: Float32Array.from(fixedSteps), dims: [n] } };
+      // the fixed operand's codes: computed once while it and its steps stay the same
+      const c = this.codes;
+      if (c?.fixed !== fixed || c.steps.some((v, i) => v !== Math.fround(fixedSteps[i]))) {
+        this.codes = {
+          fixed,
+          steps: Float32Array.from(fixedSteps),
+          feeds: integerCodes(this.problem, fixed, fixedSteps),
+        };
+      }
+      codes = this.codes!.feeds;
     }
     const width = paramWidth(q);
     const varDims = this.problem.vary === "a" ? this.problem.aDims : this.problem.bDims;
@@ -605,27 +722,31 @@ export class CandidateScorer {
           }
           p.set(v, i * width);
         }
-        return { x: { data: raw, dims: varDims }, p: { data: p, dims: [kn, width] }, ...fs };
+        return { x: { data: raw, dims: varDims }, p: { data: p, dims: [kn, width] } };
       },
       fixed,
       o,
       g,
+      codes,
     );
   }
 
   private async run(
     count: number,
-    feedsOf: (k0: number, kn: number) => Record<string, { data: Float32Array; dims: number[] }>,
+    feedsOf: (k0: number, kn: number) => Feeds,
     fixed: Float32Array,
     o: Float32Array,
     g?: Float32Array,
+    codes?: Feeds,
   ): Promise<Float64Array[]> {
     // the error target depends on o and g only: computed once per scorer while they stay the same
     if (this.target?.o !== o || this.target.g !== g) {
       this.target = { o, g, feeds: scoringFeeds(this.problem, fixed, o, g) };
     }
     const t = this.target.feeds;
-    const fixedFeeds = { ...t, fixed: { data: fixed, dims: t.fixed.dims } };
+    const fixedFeeds = codes
+      ? { ...t, ...codes }
+      : { ...t, fixed: { data: fixed, dims: t.fixed.dims } };
     const out: Float64Array[] = [];
     for (let k0 = 0; k0 < count; k0 += this.chunk) {
       const kn = Math.min(this.chunk, count - k0);
@@ -642,7 +763,7 @@ export class CandidateScorer {
 
   /** Free the scoring session. */
   async release(): Promise<void> {
-    this.target = undefined;
+    this.target = this.codes = undefined;
     await this.session.release();
   }
 }

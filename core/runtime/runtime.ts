@@ -17,12 +17,18 @@ export interface TensorData {
   dims: number[];
 }
 
+/** A feed: float32, or 8-bit integer codes (uint8 / int8 inputs, e.g. of an integer matmul). */
+export interface FeedData {
+  data: Float32Array | Uint8Array | Int8Array;
+  dims: number[];
+}
+
 /** A loaded model, ready to run. */
 export interface Session {
   readonly inputNames: readonly string[];
   readonly outputNames: readonly string[];
-  /** Run with float32 feeds; returns every graph output as float32. */
-  run(feeds: Record<string, TensorData>): Promise<Record<string, TensorData>>;
+  /** Run with float32 (or 8-bit integer) feeds; returns every graph output as float32. */
+  run(feeds: Record<string, FeedData>): Promise<Record<string, TensorData>>;
   /** Free native resources. */
   release(): Promise<void>;
 }
@@ -102,7 +108,12 @@ class OrtRuntime implements Runtime {
       async run(feeds) {
         const f: Record<string, unknown> = {};
         for (const [k, v] of Object.entries(feeds)) {
-          f[k] = new ort.Tensor("float32", v.data, v.dims);
+          const type = v.data instanceof Uint8Array
+            ? "uint8"
+            : v.data instanceof Int8Array
+            ? "int8"
+            : "float32";
+          f[k] = new ort.Tensor(type, v.data, v.dims);
         }
         const out = await s.run(f);
         const res: Record<string, TensorData> = {};
