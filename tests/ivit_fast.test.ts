@@ -182,6 +182,65 @@ Deno.test("ivit fast: a clamped requantization by truncating division equals req
   );
 });
 
+Deno.test("ivit fast: a clamped per-tensor requantization with m split (lift beyond int32) equals requantValue", async () => {
+  const rng = new Rng(23);
+  let tested = 0;
+  for (let t = 0; t < 40; t++) {
+    const bits = t % 4 === 3 ? 16 : 8;
+    // small ratios (large k): the lifted dividend z·m + A spans more than int32
+    const r = 2 ** (-10 - rng.next() * 6) * (t % 5 === 4 ? 16 : 1);
+    const span = 2 ** (20 + Math.floor(rng.next() * 10));
+    const [lo, hi] = [-span, span - 1];
+    const plan = planRequant([dyadic15(r)], null, bits, lo, hi, "test");
+    if (planTruncRequant(plan, bits, 128)) continue;
+    const [outType, outZp]: [IntType, number] = bits === 16
+      ? ["int16", 0]
+      : (["uint8", "int8", "int32"] as IntType[])[t % 3] === "uint8"
+      ? ["uint8", 128]
+      : [(["uint8", "int8", "int32"] as IntType[])[t % 3], 0];
+    const step: Step = {
+      kind: "requant",
+      x: "z",
+      out: "q",
+      xType: "int32",
+      axis: -1,
+      rank: 2,
+      plan,
+      bits,
+      outType,
+      outZp,
+    };
+    const C = 16, rows = 64;
+    const z = new Int32Array(rows * C);
+    const sat = (2 ** (bits - 1) + 2) / r;
+    for (let i = 0; i < z.length; i++) {
+      // around the saturation bounds, near 0, and anywhere in the range
+      const u = rng.next();
+      z[i] = i < 4 ? [lo, hi, 0, -1][i] : Math.round(
+        u < 0.4
+          ? (rng.next() - 0.5) * 2 * Math.min(sat, span)
+          : u < 0.7
+          ? (rng.next() - 0.5) * 2 * Math.min(4 / r, span)
+          : lo + rng.next() * (hi - lo),
+      );
+    }
+    const p = program(C, [step], "q", [["q", outType]]);
+    const { fast, plain, sim, fastOps } = await runAll(p, z, [rows, C]);
+    const ref = Array.from(z, (v) => requantValue(v, plan.consts[0], bits) + outZp);
+    assert.deepEqual(sim, ref);
+    assert.deepEqual(plain, ref, `case ${t} plain`);
+    assert.deepEqual(fast, ref, `case ${t}`);
+    // m split where it fits: no split of z (its Mod or Sub), one Div of the product's low part
+    // and one of the sum
+    if (fastOps.includes("Mod") || fastOps.includes("Sub")) continue;
+    assert.ok(fastOps.filter((o) => o === "Div").length <= 2, `case ${t}: ${fastOps}`);
+    // ratio ≤ 1: z clipped to its saturation bounds needs no clamp of the quotient
+    assert.equal(fastOps.filter((o) => o === "Clip").length, 1);
+    tested++;
+  }
+  assert.ok(tested >= 8, `${tested} cases with m split`);
+});
+
 Deno.test("ivit fast: Shiftmax by table on 8-bit codes and on int32 scores equals the plain graph and the simulation", async () => {
   const rng = new Rng(8);
   const rows = 16, N = 40;

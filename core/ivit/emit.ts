@@ -50,7 +50,7 @@
 import { DataType, Graph, makeAttr, Tensor } from "../onnx/graph.ts";
 import { GraphEmitter } from "../onnx/emitter.ts";
 import { INT31_MAX } from "./reference.ts";
-import { floorDivBig, planTruncRequant } from "./kernels.ts";
+import { floorDivBig, planTruncRequant, saturation } from "./kernels.ts";
 import { MAX_TABLE, shiftExpTable, shiftGeluTable } from "./tables.ts";
 import {
   type ConvStep,
@@ -387,8 +387,86 @@ class Emitter extends GraphEmitter {
     return true;
   }
 
+  /**
+   * A clamped per-tensor requantization whose lifted dividend z·m + A spans
+   * more than int32 (a large k: e.g. Shiftmax@V, 16-bit probabilities times
+   * 8-bit values), with m split instead of z: z clipped to its saturation
+   * bounds [lo, hi], w = zc + c0 ≥ 0, m = mh·2^s + ml (0 ≤ ml < 2^s), and
+   * with E = cl + (ch + outZp − base)·2^k − c0·m a multiple of 2^s (c0
+   * chosen so, else its remainder El is added), the code is
+   * ⌊(w·mh + ⌊(w·ml + El)/2^s⌋ + ⌊E/2^s⌋)/2^(k−s)⌋ + base, every dividend
+   * non-negative (truncation is floor) where zc maps into the output range
+   * (ratio m/2^k ≤ 1; else false). Clip, Add, Mul, Div, Mul, Add, Add, Div
+   * (then the shift and Cast where needed; fewer where ml or a constant is
+   * 0), against the split of z's 13; false (nothing emitted) when a term
+   * leaves int32.
+   */
+  requantSplitM(s: RequantStep): boolean {
+    if (!this.fast || s.bits === null || s.plan.consts.length !== 1) return false;
+    if (this.offset.has(s.x)) return false;
+    const c = s.plan.consts[0];
+    const bits = s.bits;
+    if (c.m <= 0 || c.k < 2 || c.k > 62) return false;
+    const qmin = -(2n ** BigInt(bits - 1)), qmax = 2n ** BigInt(bits - 1) - 1n;
+    const base = qmin + BigInt(s.outZp) < 0n ? qmin + BigInt(s.outZp) : 0n;
+    const sat = saturation(c, bits);
+    const zlo = BigInt(s.plan.zlo), zhi = BigInt(s.plan.zhi);
+    const lo = sat.zLo > zlo ? sat.zLo : zlo, hi = sat.zHi < zhi ? sat.zHi : zhi;
+    if (lo > hi) return false;
+    const M = BigInt(c.m), P = 1n << BigInt(c.k);
+    const q = (z: bigint) => floorDivBig(z * M + c.cl, P) + c.ch;
+    // only where the clipped z maps into the output range (ratio m/2^k ≤ 1): no quotient clamp
+    if (q(lo) < qmin || q(hi) > qmax) return false;
+    const fits = (v: bigint) => v >= -(2n ** 31n) && v < 2n ** 31n;
+    const E0 = c.cl + (c.ch + BigInt(s.outZp) - base) * P;
+    for (let sh = 1; sh < Math.min(c.k, 16); sh++) {
+      const S = 1n << BigInt(sh);
+      const mh = M / S, ml = M % S;
+      // c0 ≥ −lo with E ≡ 0 (mod 2^s) where one exists among 2^s candidates
+      let c0 = -lo;
+      for (let j = 0n; j < S; j++) {
+        if ((((E0 - (c0 + j) * M) % S) + S) % S === 0n) {
+          c0 += j;
+          break;
+        }
+      }
+      const E = E0 - c0 * M;
+      const el = ((E % S) + S) % S, eh = (E - el) / S;
+      const W = hi + c0;
+      const inner = W * ml + el;
+      const top = W * mh + inner / S + eh, bottom = (lo + c0) * mh + eh;
+      const terms = [c0, lo, hi, W, inner, W * mh, W * mh + inner / S, W * mh + eh, top, bottom];
+      if (!terms.every(fits)) continue;
+      const n = (v: bigint) => this.i32(Number(v));
+      let w = this.clip(this.toInt32(s.x, s.xType), Number(lo), Number(hi));
+      if (c0 !== 0n) w = this.op("Add", [w, n(c0)]);
+      let low = ml === 0n ? undefined : this.op("Mul", [w, n(ml)]);
+      if (low && el !== 0n) low = this.op("Add", [low, n(el)]);
+      let h = mh === 1n ? w : this.op("Mul", [w, n(mh)]);
+      if (low) h = this.op("Add", [h, this.op("Div", [low, n(S)])]);
+      if (eh !== 0n) h = this.op("Add", [h, n(eh)]);
+      let z = this.op("Div", [h, n(1n << BigInt(c.k - sh))]);
+      // the shift as an offset where every reader takes it (as in requantTrunc)
+      const shift = Number(base);
+      if (
+        shift &&
+        ((s.outType === "int32" && this.offsetTolerant(s.out)) || this.offsetAware(s.out, shift))
+      ) {
+        this.offset.set(s.out, shift);
+      } else if (shift) z = this.op("Add", [z, n(base)]);
+      if (s.outType === "int32") this.op("Identity", [z], [], s.out);
+      else if (this.offset.has(s.out)) this.wide.set(s.out, z);
+      else {
+        this.cast(z, s.outType, s.out);
+        this.wide.set(s.out, z);
+      }
+      return true;
+    }
+    return false;
+  }
+
   requant(s: RequantStep): void {
-    if (this.requantTrunc(s)) return;
+    if (this.requantTrunc(s) || this.requantSplitM(s)) return;
     const { plan, axis, rank } = s;
     let z = this.toInt32(s.x, s.xType);
     const ch = (vals: number[]) => this.chan(vals, axis, rank);
