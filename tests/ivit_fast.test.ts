@@ -377,13 +377,14 @@ Deno.test("ivit fast: I-LayerNorm with its per-channel requantization from y'·f
     const res = await runAll(both, z, [rows, C]);
     assert.deepEqual(res.fast, res.sim, `C ${C}`);
     assert.deepEqual(res.plain, res.sim, `C ${C} plain`);
-    // fused: the only Mods left are the two of the row mean (the unfused output floors with a third)
+    // fused: the only Mods left are the two of the row mean
     assert.equal(res.fastOps.filter((o) => o === "Mod").length, 2, `C ${C} bias ${bias} not fused`);
     // the large β: H is clipped per channel (Max/Min) before the division
     assert.equal(res.fastOps.includes("Min"), bias > 1e9, `C ${C} bias ${bias}`);
-    // the LayerNorm output alone (⌊y'·f/2⌋ with Mod)
+    // the LayerNorm output alone (⌊y'·f/2⌋ as y'·⌊f/2⌋ + (f mod 2)·⌊y'/2⌋, no Mod of P)
     const only = await runAll(program(C, [ln], "ln", [["ln", "int32"]]), z, [rows, C]);
     assert.deepEqual(only.fast, only.sim, `C ${C} ln`);
+    assert.equal(only.fastOps.filter((o) => o === "Mod").length, 2, `C ${C} ln`);
   }
 });
 
