@@ -14,6 +14,15 @@
  * quantization out of TypeScript into ONNX Runtime, and feeds the raw operand
  * once per run instead of K copies.
  *
+ * Large problems (a candidate's output above 2 MiB, e.g. every layer of a
+ * 224x224 timm model, none of the shipped Fashion-MNIST models') are scored
+ * in row tiles that stay in the CPU cache ({@link ScoreProblem.tiles}), and a
+ * linear layer whose two operands are both quantized (PTQ4ViT's and BasePTQ's
+ * hessian / mse searches with a quantized input) by integer matmuls on their
+ * codes ({@link ScoreProblem.integer}). Both compute the same scores up to
+ * float32 rounding and summation order; small problems keep the one-MatMul
+ * float graph, so the shipped models' results do not change.
+ *
  * Metrics (lower is better for all three as returned):
  * - `hessian`: Σ (G ⊙ (Ô − O))², the diagonal-Fisher-weighted output error of
  *   PTQ4ViT, G = ∂L/∂O on the calibration set;
