@@ -30,9 +30,13 @@
  *   last Clip only where the clipped input can leave the output range); the
  *   lift is skipped where the only reader cancels it (Shiftmax) or folds it
  *   (the ShiftGELU table index);
+ * - a clamped per-tensor requantization whose lifted dividend would leave
+ *   int32 (Shiftmax@V) with m split instead of z: z clipped, offset to be
+ *   non-negative, w·mh + ⌊w·ml/2^s⌋ + constant, one truncating Div
+ *   (`requantSplitM`);
  * - I-LayerNorm's output requantization computed from P = y'·f, an int32
  *   after one Newton step (|y'| ≤ ⌊√V⌋ ≤ k), split at 2^16 with a Cast to
- *   uint16, without materializing ⌊P/2⌋;
+ *   uint16, without materializing ⌊P/2⌋; Σy'² by one ReduceSumSquare;
  * - the two byte products of a 16-bit matmul operand (`split16`) as one
  *   MatMulInteger on the bytes stacked along the rows, split after;
  * - a patch embedding (kernel = stride) as MatMulInteger on the patches
