@@ -805,9 +805,14 @@ class Emitter extends GraphEmitter {
       : this.p.opset >= 18
       ? this.op("ReduceSumSquare", [yp, this.i64([-1])], [makeAttr("keepdims", 1)])
       : this.op("ReduceSumSquare", [yp], [makeAttr("axes", [-1]), makeAttr("keepdims", 1)]);
-    let k = this.i32(s.k0);
+    // fast forms: the Newton constants as per-row tensors (ONNX Runtime runs an op on a small
+    // tensor and a scalar several times slower than on two tensors of one shape)
+    const vShape = this.fast ? this.op("Shape", [v]) : "";
+    const row = (c: number) => (this.fast ? this.op("Expand", [this.i32(c), vShape]) : this.i32(c));
+    let k = row(s.k0);
+    const two = row(2);
     for (let i = 0; i < s.steps; i++) {
-      k = this.op("Div", [this.op("Add", [k, this.op("Div", [v, k])]), this.i32(2)]);
+      k = this.op("Div", [this.op("Add", [k, this.op("Div", [v, k])]), two]);
     }
     const f = this.op("Div", [this.i32(INT31_MAX), k]);
     if (this.fast && s.steps >= 1) {
