@@ -495,8 +495,13 @@ Deno.test("ivit fast: residual adds fold their operands' constants and pass an o
       const sums = new Set(
         g.nodes.filter((n) => n.opType === "ReduceSum").map((n) => n.outputs[0]),
       );
+      // (a constant: an initializer expanded to the row sums' shape)
+      const expanded = new Set(
+        g.nodes.filter((n) => n.opType === "Expand" && g.initializers.has(n.inputs[0]))
+          .map((n) => n.outputs[0]),
+      );
       const fixed = g.nodes.filter((n) =>
-        n.opType === "Add" && sums.has(n.inputs[0]) && g.initializers.has(n.inputs[1])
+        n.opType === "Add" && sums.has(n.inputs[0]) && expanded.has(n.inputs[1])
       );
       assert.equal(fixed.length, 2);
     }

@@ -619,7 +619,11 @@ class Emitter extends GraphEmitter {
       const sat = this.clip(this.op("Sub", [hi, this.i32(32767)]), 0, 1);
       sum = this.op("Max", [raw, this.op("Mul", [sat, this.i32(INT31_MAX)])]);
     }
-    const f = this.op("Div", [this.i32(INT31_MAX), sum]);
+    // (fast forms: the numerator as a per-row tensor, as in layerNorm)
+    const num = this.fast
+      ? this.op("Expand", [this.i32(INT31_MAX), this.op("Shape", [sum])])
+      : this.i32(INT31_MAX);
+    const f = this.op("Div", [num, sum]);
     const out = this.op("Div", [this.op("Mul", [e, f]), this.i32(2 ** (32 - s.bits))]);
     if (s.outType === "int32") this.op("Identity", [out], [], s.out);
     else this.cast(out, s.outType, s.out);
@@ -779,25 +783,36 @@ class Emitter extends GraphEmitter {
 
   layerNorm(s: LayerNormStep, xType: IntType, yMax: number): void {
     const x = this.toInt32(s.x, xType);
-    const C = this.i32(s.channels);
     // x emitted as (codes − off): the row sum and mean move by off (added back per row)
     const xOff = this.offset.get(s.x) ?? 0;
     let sum = this.reduceSum(x);
-    if (xOff) sum = this.op("Add", [sum, this.i32(xOff * s.channels)]);
+    // fast forms: the per-row arithmetic's constants as per-row tensors (Expand to the shape of
+    // the row sums): ONNX Runtime runs an op on a small tensor and a scalar several times slower
+    // than on two tensors of one shape
+    const rowShape = this.fast ? this.op("Shape", [sum]) : "";
+    const consts = new Map<number, string>();
+    const row = (c: number) => {
+      if (!this.fast) return this.i32(c);
+      let r = consts.get(c);
+      if (!r) consts.set(c, r = this.op("Expand", [this.i32(c), rowShape]));
+      return r;
+    };
+    const C = row(s.channels);
+    if (xOff) sum = this.op("Add", [sum, row(xOff * s.channels)]);
     const rem = this.op("Mod", [sum, C]);
     const qf = this.op("Div", [this.op("Sub", [sum, rem]), C]);
     // round half to even: up = clip(2·rem − C + (qf mod 2), 0, 1)
-    const t = this.op("Sub", [this.op("Mul", [rem, this.i32(2)]), C]);
-    const up = this.clip(this.op("Add", [t, this.op("Mod", [qf, this.i32(2)])]), 0, 1);
+    const t = this.op("Sub", [this.op("Mul", [rem, row(2)]), C]);
+    const up = this.clip(this.op("Add", [t, this.op("Mod", [qf, row(2)])]), 0, 1);
     const mean = this.op("Add", [qf, up]);
     let yp: string;
     if (s.prescale > 0) {
       // floor(y / 2^a) = (y + off) / 2^a − off / 2^a with off ≥ |y| a multiple of 2^a
       const p = 2 ** s.prescale;
       const off = Math.ceil(yMax / p) * p;
-      const yo = this.op("Sub", [x, this.op("Sub", [mean, this.i32(off + xOff)])]);
+      const yo = this.op("Sub", [x, this.op("Sub", [mean, row(off + xOff)])]);
       yp = this.op("Sub", [this.op("Div", [yo, this.i32(p)]), this.i32(off / p)]);
-    } else yp = this.op("Sub", [x, xOff ? this.op("Sub", [mean, this.i32(xOff)]) : mean]);
+    } else yp = this.op("Sub", [x, xOff ? this.op("Sub", [mean, row(xOff)]) : mean]);
     if (s.sign) yp = this.op("Mul", [yp, this.i32(s.sign, [s.channels])]);
     // Σy'² in one pass (fast forms): ReduceSumSquare, exact on int32 below 2^31
     const v = !this.fast
@@ -805,16 +820,11 @@ class Emitter extends GraphEmitter {
       : this.p.opset >= 18
       ? this.op("ReduceSumSquare", [yp, this.i64([-1])], [makeAttr("keepdims", 1)])
       : this.op("ReduceSumSquare", [yp], [makeAttr("axes", [-1]), makeAttr("keepdims", 1)]);
-    // fast forms: the Newton constants as per-row tensors (ONNX Runtime runs an op on a small
-    // tensor and a scalar several times slower than on two tensors of one shape)
-    const vShape = this.fast ? this.op("Shape", [v]) : "";
-    const row = (c: number) => (this.fast ? this.op("Expand", [this.i32(c), vShape]) : this.i32(c));
     let k = row(s.k0);
-    const two = row(2);
     for (let i = 0; i < s.steps; i++) {
-      k = this.op("Div", [this.op("Add", [k, this.op("Div", [v, k])]), two]);
+      k = this.op("Div", [this.op("Add", [k, this.op("Div", [v, k])]), row(2)]);
     }
-    const f = this.op("Div", [this.i32(INT31_MAX), k]);
+    const f = this.op("Div", [row(INT31_MAX), k]);
     if (this.fast && s.steps >= 1) {
       // after a Newton step from above k ≥ ⌊√V⌋ ≥ |y'|, so P = y'·f = y'·⌊(2^31−1)/k⌋ is an int32
       const P = this.op("Mul", [yp, f]);
