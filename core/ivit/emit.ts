@@ -547,7 +547,8 @@ class Emitter extends GraphEmitter {
   /**
    * `table[idx]` for a 1-D table and indices of any shape (negative indices
    * count from the end): GatherElements along the last axis of the indices
-   * reshaped to K rows, the table repeated K times (one copy per row), then
+   * reshaped to K rows, the table repeated K times (one copy per row; the
+   * file holds it once, Expand repeats it), then
    * reshaped back. ONNX Runtime's Gather copies each element with its own
    * memcpy (several ns per element); GatherElements of equal-rank operands is
    * a plain indexed loop, 4 to 6 times faster, and it splits its work across
@@ -563,7 +564,9 @@ class Emitter extends GraphEmitter {
         break;
       }
     }
-    const table = this.i32(Array.from({ length: K }, () => values).flat(), [K, T]);
+    // stored once, repeated by an Expand of constants (ONNX Runtime folds it at session load)
+    let table = this.i32(values, [1, T]);
+    if (K > 1) table = this.op("Expand", [table, this.i64([K, T])]);
     const flat = this.op("Reshape", [idx, this.i64([K, -1])]);
     const g = this.op("GatherElements", [table, flat], [makeAttr("axis", 1)]);
     return this.op("Reshape", [g, this.op("Shape", [idx])], [], out);
