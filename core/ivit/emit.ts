@@ -376,19 +376,28 @@ class Emitter extends GraphEmitter {
     if (t.add.some((v) => v !== 0)) z = this.op("Add", [z, ch(t.add)]);
     if (t.div.some((v) => v !== 1)) z = this.op("Div", [z, ch(t.div)]);
     if (t.clamp) z = this.clip(z, 0, t.hi);
+    this.shiftedOutput(s, z, t.shift);
+    return true;
+  }
+
+  /**
+   * The end of a truncating requantization: its result `z` is the output minus
+   * `shift`; the shift becomes an offset where every reader takes one (else an
+   * Add), then the output is stored in its type (the int32 kept as its twin).
+   */
+  private shiftedOutput(s: RequantStep, z: string, shift: number): void {
     if (
-      t.shift &&
-      ((s.outType === "int32" && this.offsetTolerant(s.out)) || this.offsetAware(s.out, t.shift))
+      shift &&
+      ((s.outType === "int32" && this.offsetTolerant(s.out)) || this.offsetAware(s.out, shift))
     ) {
-      this.offset.set(s.out, t.shift);
-    } else if (t.shift) z = this.op("Add", [z, this.i32(t.shift)]);
+      this.offset.set(s.out, shift);
+    } else if (shift) z = this.op("Add", [z, this.i32(shift)]);
     if (s.outType === "int32") this.op("Identity", [z], [], s.out);
     else if (this.offset.has(s.out)) this.wide.set(s.out, z);
     else {
       this.cast(z, s.outType, s.out);
       this.wide.set(s.out, z);
     }
-    return true;
   }
 
   /**
@@ -449,21 +458,8 @@ class Emitter extends GraphEmitter {
       let h = mh === 1n ? w : this.op("Mul", [w, n(mh)]);
       if (low) h = this.op("Add", [h, this.op("Div", [low, n(S)])]);
       if (eh !== 0n) h = this.op("Add", [h, n(eh)]);
-      let z = this.op("Div", [h, n(1n << BigInt(c.k - sh))]);
-      // the shift as an offset where every reader takes it (as in requantTrunc)
-      const shift = Number(base);
-      if (
-        shift &&
-        ((s.outType === "int32" && this.offsetTolerant(s.out)) || this.offsetAware(s.out, shift))
-      ) {
-        this.offset.set(s.out, shift);
-      } else if (shift) z = this.op("Add", [z, n(base)]);
-      if (s.outType === "int32") this.op("Identity", [z], [], s.out);
-      else if (this.offset.has(s.out)) this.wide.set(s.out, z);
-      else {
-        this.cast(z, s.outType, s.out);
-        this.wide.set(s.out, z);
-      }
+      const z = this.op("Div", [h, n(1n << BigInt(c.k - sh))]);
+      this.shiftedOutput(s, z, Number(base));
       return true;
     }
     return false;
