@@ -617,7 +617,8 @@ async function searchLinear(
       if (prevW && prevW.every((v, i) => v === wCur[i])) break;
       prevW = [...wCur];
       if (!act || !xScorer) continue;
-      const wq = quantW(p.w, p.cin, p.cout, expandGroups(p.groups, wCur, p.cout), wb);
+      const colSteps = expandGroups(p.groups, wCur, p.cout);
+      const wq = quantW(p.w, p.cin, p.cout, colSteps, wb);
       const cands: ActQ[] = factors.map((f) =>
         act!.kind === "twin-gelu" ? { kind: "twin-gelu", pos: Math.fround(actInit * f) } : {
           kind: "uniform",
@@ -635,7 +636,7 @@ async function searchLinear(
           wq,
           p.o,
           p.g,
-          expandGroups(p.groups, wCur, p.cout),
+          colSteps,
         )),
       );
       act = cands[found.best[0]];

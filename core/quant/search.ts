@@ -33,13 +33,7 @@
  */
 import { DataType, Graph, makeAttr, Tensor } from "../onnx/graph.ts";
 import type { Runtime, Session } from "../runtime/runtime.ts";
-import {
-  emitTwinGeluWith,
-  emitTwinSoftmaxWith,
-  GELU_NEG_RANGE,
-  twinGeluSteps,
-  type TwinVariant,
-} from "./twin.ts";
+import { emitTwinGeluWith, emitTwinSoftmaxWith, twinGeluSteps, type TwinVariant } from "./twin.ts";
 import type { FeedData } from "../runtime/runtime.ts";
 import { emitSymmetricWith, qRange, roundHalfEven } from "./uniform.ts";
 
@@ -100,11 +94,11 @@ export interface ScoreProblem {
    */
   tiles?: number;
   /**
-   * Linear problems only (2-D operands, hessian / mse, a uniform candidate
-   * quantizer with one step per tensor, or per output column when B varies):
-   * the fixed operand is a uniform symmetric fake-quantized tensor of at most 8
-   * bits whose steps each call passes (`fixedSteps`: one for A, one per column
-   * of B), and A·B runs on the int8 codes as ONNX Runtime's MatMulIntegerToFloat
+   * Linear problems only (2-D operands, hessian / mse, at most 8 bits; A
+   * uniform symmetric or the post-GELU twin, B uniform symmetric with one step
+   * per tensor or per output column): the fixed operand is a fake-quantized
+   * tensor whose steps each call passes (`fixedSteps`: one for A, the twin's
+   * positive step, or one per column of B), and A·B runs on the int8 codes as ONNX Runtime's MatMulIntegerToFloat
    * (exact integer sums times s_A·s_B) instead of a float32 MatMul of the
    * fake-quantized operands: about 2.5x faster on a VNNI CPU. The scores are
    * the same quantities, rounded differently (the float path rounds every
@@ -172,13 +166,13 @@ function emitCandidates(g: Graph, q: CandidateQuantizer, x: string, p: string): 
     return emitSymmetricWith(g, x, p, c("qmin", qmin), c("qmax", qmax));
   }
   if (q.kind === "twin-gelu") {
-    const half = 2 ** (q.bits - 1);
+    const { neg, pmax, nmin } = twinGeluSteps(q.bits, 1);
     return emitTwinGeluWith(g, x, {
       pos: p,
-      neg: c("neg", Math.fround(GELU_NEG_RANGE / half)),
+      neg: c("neg", neg),
       zero: c("zero", 0),
-      pmax: c("pmax", half - 1),
-      nmin: c("nmin", -half),
+      pmax: c("pmax", pmax),
+      nmin: c("nmin", nmin),
     });
   }
   const qmax = c("qmax", 2 ** (q.bits - 1) - 1);
@@ -523,11 +517,11 @@ function integerProduct(g: Graph, p: ScoreProblem, q: CandidateQuantizer) {
     },
     /** The float product of the candidate (raw values `cand`) and the fixed codes `fixed`. */
     product(cand: string, fixed: string): string {
-      const [aParts, b, bs] = p.vary === "a"
-        ? [rowsOf(cand), fixed, bStep]
-        : [fixedParts.get(fixed)!, candidateB(cand), bStep];
+      const [aParts, b] = p.vary === "a"
+        ? [rowsOf(cand), fixed]
+        : [fixedParts.get(fixed)!, candidateB(cand)];
       const ys = aParts.map((ap) =>
-        g.addNode("MatMulIntegerToFloat", [ap.codes, b, ap.step, bs, zp128], {
+        g.addNode("MatMulIntegerToFloat", [ap.codes, b, ap.step, bStep, zp128], {
           domain: "com.microsoft",
         })
       );
