@@ -586,6 +586,7 @@ export function tileFeeds(p: ScoreProblem, feeds: Feeds): Feeds {
   const split = splitOperands(p);
   const splitNames = new Set(["t", "g"]);
   if (p.vary === "a" ? split.a : split.b) splitNames.add("x");
+  // "fixedn": an integer problem's twin negative codes (integerProduct names its tiles fixedn_i)
   if (p.vary === "a" ? split.b : split.a) splitNames.add("fixed").add("fixedn");
   const out: Feeds = {};
   const rows = tileRows(p.oDims[0], tiles);
