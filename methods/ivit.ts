@@ -33,6 +33,7 @@ import type { Graph } from "../core/onnx/graph.ts";
 import { VitqError } from "../core/errors.ts";
 import { buildIntegerProgram } from "../core/ivit/build.ts";
 import { emitFloatWrapper, emitIntegerGraph } from "../core/ivit/emit.ts";
+import { batchChunkFor, CHUNK_BYTES } from "../core/onnx/chunk.ts";
 import type { IvitVariant } from "../core/ivit/lower.ts";
 import type { NDArray } from "../core/ivit/nd.ts";
 import type { IntProgram } from "../core/ivit/program.ts";
@@ -90,7 +91,8 @@ export async function quantizeIvit(ctx: QuantContext): Promise<IvitQuantizedMode
     { variant, wBits: w, aBits: a, source: "model" },
   );
   const program = built.program;
-  const graph = emitFloatWrapper(program);
+  const batchChunk = batchChunkFor(built.dims.values());
+  const graph = emitFloatWrapper(program, { batchChunk });
   const integerGraph = emitIntegerGraph(program);
   const rec = new LayerRecorder(ctx);
   for (const r of program.records) {
@@ -122,6 +124,13 @@ export async function quantizeIvit(ctx: QuantContext): Promise<IvitQuantizedMode
     } ConvInteger, ${ops.get("MatMul") ?? 0} int32 MatMul, ${
       ops.get("Gather") ?? 0
     } Gather, incl. the ShiftExp/ShiftGELU lookup tables); no float between QuantizeLinear and the output Cast`,
+    ...(batchChunk
+      ? [
+        `the deployed graph runs the batch ${batchChunk} images at a time (ONNX Loop; the same outputs bit for bit, each chunk's int32 activations within ${
+          CHUNK_BYTES / 2 ** 20
+        } MiB)`,
+      ]
+      : []),
     ...program.facts,
   ].join("; ");
   ctx.log(notes);

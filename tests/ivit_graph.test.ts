@@ -22,6 +22,7 @@ import { type LabelledSource, makeSource } from "../datasets/source.ts";
 import {
   createRawSession,
   dyadic15,
+  emitFloatWrapper,
   emitIntegerGraph,
   iLayerNormInt32,
   inferTypes,
@@ -41,6 +42,7 @@ import { optionsError } from "../bench/manifest.ts";
 import { ivit, type IvitQuantizedModel, quantizeIvit } from "../methods/ivit.ts";
 import { FIXTURE_CARD, FIXTURES, quantContext, randomData, runtime } from "./helpers.ts";
 import { checkLowerable } from "../core/ivit/lower.ts";
+import { batchChunkFor, chunkBatch, chunkBody } from "../core/onnx/chunk.ts";
 
 // ------------------------------------------------------------------ helpers
 
@@ -359,6 +361,52 @@ Deno.test("ivit: the integer graph equals the TypeScript simulation bit for bit 
   } finally {
     await s.release();
   }
+});
+
+Deno.test("ivit: the batch-chunked graph (ONNX Loop) gives the unchunked graph's outputs bit for bit and keeps the integer-only rule", async () => {
+  const { q, calib } = await shippedModel();
+  const flat = emitFloatWrapper(q.program);
+  const chunked = emitFloatWrapper(q.program, { batchChunk: 3 });
+  assert.ok(chunked.nodes.some((n) => n.opType === "Loop"));
+  assert.ok(!flat.nodes.some((n) => n.opType === "Loop"));
+  const a = await createRawSession(flat, 2, "flat");
+  const b = await createRawSession(chunked, 2, "chunked");
+  try {
+    // 7 images: chunks of 3, 3 and 1; then one image (a single short chunk)
+    for (const n of [7, 1]) {
+      const x = await calib.slice(10, 10 + n);
+      const dims = [n, ...calib.shape];
+      const [ra, rb] = [await a.run(x, dims), await b.run(x, dims)];
+      const name = flat.outputNames[0];
+      assert.deepEqual(rb[name].dims, ra[name].dims);
+      assert.deepEqual(
+        Array.from(rb[name].data as Float32Array),
+        Array.from(ra[name].data as Float32Array),
+      );
+    }
+  } finally {
+    await a.release();
+    await b.release();
+  }
+  // the rule is checked on the per-chunk graph, which is the unchunked graph again
+  const body = chunkBody(chunked)!;
+  assert.equal(chunkBody(flat), undefined);
+  const sig = (g: Graph) => g.nodes.map((n) => `${n.opType} ${n.inputs} ${n.outputs}`).sort();
+  assert.deepEqual(sig(body), sig(flat));
+  assert.deepEqual(integerOnlyViolations(chunked), []);
+  // negative control: a float detour inside the chunk body is reported
+  const bad = flat.clone();
+  const mm = bad.nodes.find((n) => n.opType === "MatMulInteger")!;
+  const f = mm.outputs[0];
+  for (const n of bad.nodes) n.inputs = n.inputs.map((v) => (v === f ? "leak_i" : v));
+  bad.addNode("Cast", [f], { outputs: ["leak_f"], attributes: [makeAttr("to", DataType.FLOAT)] });
+  bad.addNode("Cast", ["leak_f"], { outputs: ["leak_i"], attributes: [makeAttr("to", 6)] });
+  assert.ok(integerOnlyViolations(chunkBatch(bad, 3)).some((v) => v.startsWith("leak_f: float32")));
+  // chunk size from the activation dims: ViT-S's MLP activation (197 x 1536 int32, 1.2 MB)
+  // gives 6 images per 8 MiB; the shipped models' activations fit a whole batch of 64
+  assert.equal(batchChunkFor([[1, 3, 224, 224], [1, 197, 1536], [1, 6, 197, 197]]), 6);
+  assert.equal(batchChunkFor([[1, 1, 28, 28], [1, 17, 256]]), undefined);
+  assert.equal(q.graph.nodes.some((n) => n.opType === "Loop"), false);
 });
 
 Deno.test("ivit: Top-1 of the integer graph equals Top-1 of its simulation", async () => {

@@ -33,6 +33,7 @@ import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { buildIntegerProgram } from "../core/ivit/build.ts";
 import { emitFloatWrapper } from "../core/ivit/emit.ts";
+import { batchChunkFor } from "../core/onnx/chunk.ts";
 import { buildVitGraph, randomImages, VIT_S } from "../core/ivit/vits.ts";
 import { minmax } from "../methods/baselines.ts";
 import { ptq4vit } from "../methods/ptq4vit.ts";
@@ -111,12 +112,13 @@ async function main(): Promise<void> {
       ? { ...ptq4vit.defaults, n: vitsGrid, rounds: 1 }
       : { ...ptq4vit.defaults };
     const p8 = await ptq4vit.quantize(await ctx({ w: 8, a: 8 }, pOpts));
-    const ivit = emitFloatWrapper(
-      (await buildIntegerProgram(
-        { runtime, graph, sites, calib, batchSize: Math.min(32, calib.length) },
-        { variant: "reference", wBits: 8, aBits: 8, source: m },
-      )).program,
+    const built = await buildIntegerProgram(
+      { runtime, graph, sites, calib, batchSize: Math.min(32, calib.length) },
+      { variant: "reference", wBits: 8, aBits: 8, source: m },
     );
+    const ivit = emitFloatWrapper(built.program, {
+      batchChunk: batchChunkFor(built.dims.values()),
+    });
     console.log(`${m}: quantized in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
     const dims = await coverageShapes(runtime, graph, sites, calib);
     const graphs: [string, Uint8Array, QuantizedModel?][] = [

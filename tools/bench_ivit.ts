@@ -31,6 +31,7 @@ import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { buildIntegerProgram } from "../core/ivit/build.ts";
 import { emitFloatWrapper } from "../core/ivit/emit.ts";
+import { batchChunkFor } from "../core/onnx/chunk.ts";
 import type { IvitVariant } from "../core/ivit/lower.ts";
 import { buildVitGraph, VIT_S } from "../core/ivit/vits.ts";
 
@@ -116,11 +117,14 @@ async function main(): Promise<void> {
       { runtime, graph, sites: findSites(graph, m), calib, batchSize: Math.min(100, calib.length) },
       { variant, wBits: 8, aBits: 8, source: m },
     );
-    const wrapper = emitFloatWrapper(built.program);
+    const batchChunk = batchChunkFor(built.dims.values());
+    const wrapper = emitFloatWrapper(built.program, { batchChunk });
     console.log(
       `${m}: lowered in ${
         ((performance.now() - t0) / 1000).toFixed(1)
-      } s, ${graph.nodes.length} FP nodes -> ${wrapper.nodes.length} integer-graph nodes`,
+      } s, ${graph.nodes.length} FP nodes -> ${
+        emitFloatWrapper(built.program).nodes.length
+      } integer-graph nodes${batchChunk ? `, run ${batchChunk} images at a time` : ""}`,
     );
     const opts = { batch: b, repetitions: reps, warmup };
     for (const [label, g] of [["fp32", graph], ["ivit-int", wrapper]] as const) {

@@ -21,6 +21,7 @@
  */
 import { attr, DataType, type Graph, Tensor } from "../onnx/graph.ts";
 import { VitqError } from "../errors.ts";
+import { chunkBody } from "../onnx/chunk.ts";
 
 const SAME_AS_INPUT0 = new Set([
   "Identity",
@@ -162,7 +163,27 @@ export function inferTypes(g: Graph): Map<string, number> {
  * empty when the graph computes in integers from its input quantizer to its
  * output dequantizer.
  */
-export function integerOnlyViolations(g: Graph, types = inferTypes(g)): string[] {
+export function integerOnlyViolations(g: Graph, types?: Map<string, number>): string[] {
+  // a batch-chunked graph (core/onnx/chunk.ts): its outer graph only slices the image into
+  // chunks and concatenates the outputs; the rule applies to the per-chunk graph
+  const body = chunkBody(g);
+  if (body) {
+    const plumbing = [
+      "Shape",
+      "Gather",
+      "Add",
+      "Div",
+      "SequenceEmpty",
+      "Loop",
+      "ConcatFromSequence",
+    ];
+    const odd = g.nodes.filter((n) => !plumbing.includes(n.opType));
+    return [
+      ...odd.map((n) => `chunked graph: ${n.opType} ${n.name} outside the chunk loop`),
+      ...integerOnlyViolations(body),
+    ];
+  }
+  types ??= inferTypes(g);
   const out: string[] = [];
   const copy = g.clone();
   copy.topoSort();

@@ -53,6 +53,7 @@
  */
 import { DataType, Graph, makeAttr, Tensor } from "../onnx/graph.ts";
 import { GraphEmitter } from "../onnx/emitter.ts";
+import { chunkBatch } from "../onnx/chunk.ts";
 import { INT31_MAX } from "./reference.ts";
 import { floorDivBig, planTruncRequant, saturation } from "./kernels.ts";
 import { MAX_TABLE, shiftExpTable, shiftGeluTable } from "./tables.ts";
@@ -1048,7 +1049,13 @@ export function emitIntegerGraph(p: IntProgram, opts: EmitOptions = {}): Graph {
   return g;
 }
 
-/** The float-in/float-out graph: the integer graph plus the output dequantizer. */
-export function emitFloatWrapper(p: IntProgram): Graph {
-  return emitIntegerGraph(p, { dequantize: true });
+/**
+ * The float-in/float-out graph: the integer graph plus the output dequantizer;
+ * with `batchChunk`, run over the batch that many images at a time (an ONNX
+ * Loop, core/onnx/chunk.ts: the same outputs bit for bit, each chunk's int32
+ * passes in cache; `batchChunkFor` picks the size from the activation dims).
+ */
+export function emitFloatWrapper(p: IntProgram, opts: { batchChunk?: number } = {}): Graph {
+  const g = emitIntegerGraph(p, { dequantize: true });
+  return opts.batchChunk ? chunkBatch(g, opts.batchChunk) : g;
 }

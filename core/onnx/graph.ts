@@ -45,8 +45,9 @@ const ELEM_BYTES: Record<number, number> = {
   13: 8,
 };
 
+/** A decoded ONNX protobuf message (a plain object). */
 // deno-lint-ignore no-explicit-any
-type Proto = any;
+export type Proto = any;
 
 /** Convert a protobufjs int64 (number or Long) to a JS number. */
 export function toNumber(v: unknown): number {
@@ -386,10 +387,13 @@ export class Graph {
     return Graph.fromBytes(bytes, path);
   }
 
-  /** Encode to ONNX bytes (nodes are topologically sorted first). */
-  toBytes(): Uint8Array {
+  /**
+   * The graph as a decoded GraphProto (nodes topologically sorted first): what
+   * {@link toBytes} encodes, and what a `Loop`/`Scan`/`If` node holds as a body.
+   */
+  toGraphProto(): Proto {
     this.topoSort();
-    const graph = {
+    return {
       ...this.graphRest,
       node: this.nodes.map((n) => ({
         input: n.inputs,
@@ -404,7 +408,16 @@ export class Graph {
       output: this.outputs,
       valueInfo: this.valueInfo,
     };
-    return ModelProtoType.encode({ ...this.model, graph }).finish();
+  }
+
+  /** A graph from a decoded GraphProto (e.g. a Loop body), with the opsets and IR version of `like`. */
+  static fromGraphProto(graph: Proto, like: Graph): Graph {
+    return new Graph({ ...like.model, graph });
+  }
+
+  /** Encode to ONNX bytes (nodes are topologically sorted first). */
+  toBytes(): Uint8Array {
+    return ModelProtoType.encode({ ...this.model, graph: this.toGraphProto() }).finish();
   }
 
   /** Write the model to a file. */
