@@ -492,8 +492,9 @@ Deno.test("ivit fast: residual adds fold their operands' constants and pass an o
     if (fast) {
       assert.equal(shift(g), 0, "the 16-bit shift is folded into its reader");
       // both I-LayerNorms read an offset stream: their row sums get the offset back
+      // (row sums: an int32 MatMul by a column of ones)
       const sums = new Set(
-        g.nodes.filter((n) => n.opType === "ReduceSum").map((n) => n.outputs[0]),
+        g.nodes.filter((n) => n.opType === "MatMul").map((n) => n.outputs[0]),
       );
       // (a constant: an initializer expanded to the row sums' shape)
       const expanded = new Set(
