@@ -23,11 +23,12 @@ const P = "vitq_chunk_";
 
 /**
  * Bytes of the largest per-image activation a chunk aims to hold in cache:
- * 8 MiB, tuned on a 2-core Zen 5 with a 32 MiB L3 (ViT-S I-ViT graph, batch
- * 32: chunks of 4 to 12 images ran 1.20-1.25x faster than the unchunked
- * graph, 16 images 1.10x; see the README).
+ * 10 MiB, tuned on a 2-core Zen 5 with a 32 MiB L3 (ViT-S I-ViT graph, batch
+ * 32, interleaved timing: chunks of 4 to 12 images ran 1.2-1.25x faster than
+ * the unchunked graph, 8 (this budget) a little ahead of 6 and 4 in the
+ * median, 16 only 1.1x; see the README).
  */
-export const CHUNK_BYTES = 8 * 2 ** 20;
+export const CHUNK_BYTES = 10 * 2 ** 20;
 
 /**
  * Images per chunk so that the largest int32 activation of one chunk stays
