@@ -1,6 +1,8 @@
 /**
  * Deploy-graph benchmark: FP32, the fake-quant graph, the QDQ deploy graphs of
- * minmax and PTQ4ViT at W8A8 (and minmax W4A4), and I-ViT's integer-only graph,
+ * minmax and PTQ4ViT at W8A8 (and minmax W4A4), and I-ViT's integer-only graph
+ * (the `reference` variant, 16-bit residual stream and Shiftmax output, and
+ * the `paper` variant, 8-bit everywhere),
  * all timed in ONE interleaved loop (bench/speed.ts `measureInterleaved`:
  * warm-up each, then round-robin repetitions), so their ratios are side by
  * side. Also: file sizes, the deploy graphs' integer MAC share and the fused
@@ -125,6 +127,14 @@ async function main(): Promise<void> {
     );
     const chunk = batchChunkFor(built.dims.values());
     const ivit = emitFloatWrapper(built.program, { batchChunk: chunk });
+    // the paper's variant: 8-bit everywhere (one MatMulInteger for A·V, 8-bit residual stream)
+    const ivitPaper = emitFloatWrapper(
+      (await buildIntegerProgram(
+        { runtime, graph, sites, calib, batchSize: Math.min(32, calib.length) },
+        { variant: "paper", wBits: 8, aBits: 8, source: m },
+      )).program,
+      { batchChunk: chunk },
+    );
     console.log(`${m}: quantized in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
     const dims = await coverageShapes(runtime, graph, sites, calib);
     const graphs: [string, Uint8Array, QuantizedModel?][] = [
@@ -134,6 +144,7 @@ async function main(): Promise<void> {
       ["minmax W4A4 deploy", mm4.deployable!.graph.toBytes(), mm4],
       ["PTQ4ViT W8A8 deploy", p8.deployable!.graph.toBytes(), p8],
       ["I-ViT W8A8 integer-only", ivit.toBytes()],
+      ["I-ViT paper (8-bit) integer-only", ivitPaper.toBytes()],
     ];
     // the batch chunking I-ViT's graph gets (core/onnx/chunk.ts) applied alike to FP32 and to
     // the PTQ4ViT deploy graph: the like-for-like comparison (chunking speeds those up too)
