@@ -12,7 +12,9 @@
  * about 60 per block) is bound by how far its tensors sit from the core. At
  * batch 32 a ViT-S MLP activation is 39 MB of int32, larger than this
  * machine's 32 MiB L3; a chunk of a few images keeps each pass's operands in
- * cache. Matmul-bound graphs (FP32, QDQ) gain nothing from it.
+ * cache. Float graphs gain too (ViT-S FP32 1.18-1.28x with chunks of 8: its
+ * softmax, GELU and LayerNorm passes; the PTQ4ViT QDQ deploy graph
+ * 1.05-1.15x), which is why tools/bench_deploy.ts times FP32 chunked alike.
  *
  * @module
  */
@@ -24,9 +26,9 @@ const P = "vitq_chunk_";
 /**
  * Bytes of the largest per-image activation a chunk aims to hold in cache:
  * 10 MiB, tuned on a 2-core Zen 5 with a 32 MiB L3 (ViT-S I-ViT graph, batch
- * 32, interleaved timing: chunks of 4 to 12 images ran 1.2-1.25x faster than
- * the unchunked graph, 8 (this budget) a little ahead of 6 and 4 in the
- * median, 16 only 1.1x; see the README).
+ * 32, interleaved timing: chunks of 4 to 12 images ran 1.15-1.2x faster
+ * than the unchunked graph, 8 (this budget) a little ahead of 6 and 4 in the
+ * median, 16 less; see the README).
  */
 export const CHUNK_BYTES = 10 * 2 ** 20;
 
