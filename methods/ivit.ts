@@ -91,7 +91,8 @@ export async function quantizeIvit(ctx: QuantContext): Promise<IvitQuantizedMode
     { variant, wBits: w, aBits: a, source: "model" },
   );
   const program = built.program;
-  const batchChunk = batchChunkFor(built.dims.values());
+  // (tensor sequences need opset 11: older programs run unchunked)
+  const batchChunk = program.opset >= 11 ? batchChunkFor(built.dims.values()) : undefined;
   const graph = emitFloatWrapper(program, { batchChunk });
   const integerGraph = emitIntegerGraph(program);
   const rec = new LayerRecorder(ctx);

@@ -407,6 +407,8 @@ Deno.test("ivit: the batch-chunked graph (ONNX Loop) gives the unchunked graph's
   assert.equal(batchChunkFor([[1, 3, 224, 224], [1, 197, 1536], [1, 6, 197, 197]]), 8);
   assert.equal(batchChunkFor([[1, 1, 28, 28], [1, 17, 256]]), undefined);
   assert.equal(q.graph.nodes.some((n) => n.opType === "Loop"), false);
+  // tensor sequences need opset 11
+  assert.throws(() => chunkBatch(Graph.create(10), 2), /opset 10 < 11/);
 });
 
 Deno.test("ivit: Top-1 of the integer graph equals Top-1 of its simulation", async () => {

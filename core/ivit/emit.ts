@@ -1069,9 +1069,10 @@ export function emitIntegerGraph(p: IntProgram, opts: EmitOptions = {}): Graph {
  * The float-in/float-out graph: the integer graph plus the output dequantizer;
  * with `batchChunk`, run over the batch that many images at a time (an ONNX
  * Loop, core/onnx/chunk.ts: the same outputs bit for bit, each chunk's int32
- * passes in cache; `batchChunkFor` picks the size from the activation dims).
+ * passes in cache; `batchChunkFor` picks the size from the activation dims;
+ * programs below opset 11, which has no tensor sequences, are not chunked).
  */
 export function emitFloatWrapper(p: IntProgram, opts: { batchChunk?: number } = {}): Graph {
   const g = emitIntegerGraph(p, { dequantize: true });
-  return opts.batchChunk ? chunkBatch(g, opts.batchChunk) : g;
+  return opts.batchChunk && p.opset >= 11 ? chunkBatch(g, opts.batchChunk) : g;
 }

@@ -55,11 +55,14 @@ function elemType(v: Proto): number {
 
 /**
  * `g` run over its (first) input's batch axis in chunks of `chunk` images
- * (module doc). `g` must have one input, batched along axis 0, and compute
- * each image independently; its initializers move into the Loop body.
+ * (module doc). `g` must have one input, batched along axis 0, compute each
+ * image independently and be at opset 11 or later; its initializers move into
+ * the Loop body.
  */
 export function chunkBatch(g: Graph, chunk: number): Graph {
   if (!Number.isInteger(chunk) || chunk < 1) throw new Error(`chunkBatch: bad chunk ${chunk}`);
+  // tensor sequences (SequenceEmpty/Insert, ConcatFromSequence) need opset 11
+  if (g.opset < 11) throw new Error(`chunkBatch: opset ${g.opset} < 11`);
   const [image] = g.inputNames;
   const body = g.clone();
   const sliced = `${P}image`;
