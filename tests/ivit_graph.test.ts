@@ -402,6 +402,12 @@ Deno.test("ivit: the batch-chunked graph (ONNX Loop) gives the unchunked graph's
   bad.addNode("Cast", [f], { outputs: ["leak_f"], attributes: [makeAttr("to", DataType.FLOAT)] });
   bad.addNode("Cast", ["leak_f"], { outputs: ["leak_i"], attributes: [makeAttr("to", 6)] });
   assert.ok(integerOnlyViolations(chunkBatch(bad, 3)).some((v) => v.startsWith("leak_f: float32")));
+  // and float arithmetic on the image outside the loop
+  const outside = chunked.clone();
+  const img = outside.inputNames[0];
+  outside.addNode("Add", [img, img], { outputs: ["img2"], name: "outer_leak" });
+  outside.nodes.find((n) => n.opType === "Shape")!.inputs = ["img2"];
+  assert.ok(integerOnlyViolations(outside).some((v) => v.includes("Add outer_leak")));
   // chunk size from the activation dims: ViT-S's MLP activation (197 x 1536 int32, 1.2 MB)
   // gives 8 images per 10 MiB; the shipped models' activations fit a whole batch of 64
   assert.equal(batchChunkFor([[1, 3, 224, 224], [1, 197, 1536], [1, 6, 197, 197]]), 8);

@@ -17,6 +17,10 @@
  *    int64 or bool as well; a float one may only feed the input quantizer's
  *    scale or the output dequantizer.
  *
+ * A batch-chunked graph (core/onnx/chunk.ts) is checked as its per-chunk
+ * graph; its outer graph may hold only the chunk plumbing (Shape of the image,
+ * int64 trip-count arithmetic, the Loop, SequenceEmpty, ConcatFromSequence).
+ *
  * @module
  */
 import { attr, DataType, type Graph, Tensor } from "../onnx/graph.ts";
@@ -168,20 +172,23 @@ export function integerOnlyViolations(g: Graph, types?: Map<string, number>): st
   // chunks and concatenates the outputs; the rule applies to the per-chunk graph
   const body = chunkBody(g);
   if (body) {
-    const plumbing = [
-      "Shape",
-      "Gather",
-      "Add",
-      "Div",
-      "SequenceEmpty",
-      "Loop",
-      "ConcatFromSequence",
-    ];
-    const odd = g.nodes.filter((n) => !plumbing.includes(n.opType));
-    return [
-      ...odd.map((n) => `chunked graph: ${n.opType} ${n.name} outside the chunk loop`),
-      ...integerOnlyViolations(body),
-    ];
+    // the outer graph: the image read only by Shape, trip-count arithmetic (Gather, Add, Div)
+    // on int64 shape values and constants, the Loop, and ConcatFromSequence of its sequences
+    const shapeVals = new Set<string>();
+    const odd: string[] = [];
+    const copy = g.clone();
+    copy.topoSort();
+    for (const n of copy.nodes) {
+      const int64 = (v: string) =>
+        shapeVals.has(v) || copy.initializers.get(v)?.dataType === DataType.INT64;
+      if (n.opType === "Shape") n.outputs.forEach((o) => shapeVals.add(o));
+      else if (["Gather", "Add", "Div"].includes(n.opType) && n.inputs.every(int64)) {
+        n.outputs.forEach((o) => shapeVals.add(o));
+      } else if (!["SequenceEmpty", "Loop", "ConcatFromSequence"].includes(n.opType)) {
+        odd.push(`chunked graph: ${n.opType} ${n.name} outside the chunk loop`);
+      }
+    }
+    return [...odd, ...integerOnlyViolations(body)];
   }
   types ??= inferTypes(g);
   const out: string[] = [];
