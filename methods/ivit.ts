@@ -91,9 +91,10 @@ export async function quantizeIvit(ctx: QuantContext): Promise<IvitQuantizedMode
     { variant, wBits: w, aBits: a, source: "model" },
   );
   const program = built.program;
-  // (tensor sequences need opset 11: older programs run unchunked)
-  const batchChunk = program.opset >= 11 ? batchChunkFor(built.dims.values()) : undefined;
+  const batchChunk = batchChunkFor(built.dims.values());
   const graph = emitFloatWrapper(program, { batchChunk });
+  // (emitFloatWrapper leaves programs below opset 11 unchunked: no tensor sequences there)
+  const chunked = graph.nodes.some((n) => n.opType === "Loop");
   const integerGraph = emitIntegerGraph(program);
   const rec = new LayerRecorder(ctx);
   for (const r of program.records) {
@@ -125,7 +126,7 @@ export async function quantizeIvit(ctx: QuantContext): Promise<IvitQuantizedMode
     } ConvInteger, ${ops.get("MatMul") ?? 0} int32 MatMul, ${
       ops.get("Gather") ?? 0
     } Gather, incl. the ShiftExp/ShiftGELU lookup tables); no float between QuantizeLinear and the output Cast`,
-    ...(batchChunk
+    ...(chunked
       ? [
         `the deployed graph runs the batch ${batchChunk} images at a time (ONNX Loop; the same outputs bit for bit, each chunk's int32 activations within ${
           CHUNK_BYTES / 2 ** 20

@@ -53,6 +53,12 @@ function elemType(v: Proto): number {
   return Number(v.type?.tensorType?.elemType ?? DataType.FLOAT);
 }
 
+/** Adds one-output nodes to `g`, each named after its output (the plumbing's names carry the prefix). */
+function nodeAdder(g: Graph) {
+  return (op: string, inputs: string[], out: string, attributes: Proto[] = []) =>
+    g.addNode(op, inputs, { outputs: [out], name: out, attributes });
+}
+
 /**
  * `g` run over its (first) input's batch axis in chunks of `chunk` images
  * (module doc). `g` must have one input, batched along axis 0, compute each
@@ -78,8 +84,7 @@ export function chunkBatch(g: Graph, chunk: number): Graph {
   const step = c64(`${P}step`, [chunk], []);
   const one = c64(`${P}one`, [1]);
   const axis = c64(`${P}axis`, [0]);
-  const node = (op: string, inputs: string[], out: string, attributes: Proto[] = []) =>
-    body.addNode(op, inputs, { outputs: [out], name: out, attributes });
+  const node = nodeAdder(body);
   node("Mul", [`${P}i`, step], `${P}start`);
   node("Add", [`${P}start`, step], `${P}end`);
   node("Reshape", [`${P}start`, one], `${P}starts`);
@@ -107,8 +112,7 @@ export function chunkBatch(g: Graph, chunk: number): Graph {
   outer.setInitializer(Tensor.fromInt64(`${P}pad`, [], [chunk - 1]));
   outer.setInitializer(Tensor.fromInt64(`${P}size`, [], [chunk]));
   outer.setInitializer(new Tensor(`${P}true`, DataType.BOOL, [], new Uint8Array([1])));
-  const o = (op: string, inputs: string[], out: string, attributes: Proto[] = []) =>
-    outer.addNode(op, inputs, { outputs: [out], name: out, attributes });
+  const o = nodeAdder(outer);
   o("Shape", [image], `${P}shape`);
   o("Gather", [`${P}shape`, `${P}zero`], `${P}n`);
   o("Add", [`${P}n`, `${P}pad`], `${P}n_pad`);
