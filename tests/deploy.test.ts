@@ -74,6 +74,22 @@ function quantizers(): { name: string; q: UniformQuantizer }[] {
   return out;
 }
 
+/**
+ * The node a MatMulInteger operand's codes come from: past the int8 conversion of hoisted
+ * uint8 codes (`Cast(Sub(codes, 128), int8)`, asserted) and the head layout ops.
+ */
+function codesSource(g: Graph, producer: Map<string, Node>, v: string): Node | undefined {
+  let p = producer.get(v);
+  if (p?.opType === "Cast") {
+    const sub = producer.get(p.inputs[0])!;
+    assert.equal(sub.opType, "Sub");
+    assert.equal(g.initializers.get(sub.inputs[1])?.numbers()[0], 128);
+    p = producer.get(sub.inputs[0]);
+  }
+  while (p && (p.opType === "Transpose" || p.opType === "Gather")) p = producer.get(p.inputs[0]);
+  return p;
+}
+
 Deno.test("deploy: integer codes reproduce fakeQuant bit for bit ((code - z) * step)", () => {
   const x = randomData(3 * 3 * 50, 7, 6);
   for (const { name, q } of quantizers()) {
@@ -742,13 +758,10 @@ Deno.test("deploy: per-head q/k/v operands are quantized once before the head sp
   ];
   const { graph, deploy } = applyPlan(g, [], acts, { deploy: true });
   const dep = deploy!;
-  // the layout ops reach the MatMulIntegers as uint8 codes of one quantized value
+  // the layout ops reach the MatMulIntegers as uint8 codes of one quantized value (a second
+  // operand converted to int8 after them: Cast(Sub(codes, 128), int8))
   const producer = new Map(dep.nodes.flatMap((n) => n.outputs.map((o) => [o, n] as const)));
-  const source = (v: string) => {
-    let p = producer.get(v);
-    while (p && (p.opType === "Transpose" || p.opType === "Gather")) p = producer.get(p.inputs[0]);
-    return p;
-  };
+  const source = (v: string) => codesSource(dep, producer, v);
   const mmi = dep.nodes.filter((n) => n.opType === "MatMulInteger");
   assert.equal(mmi.length, 2);
   const hoisted = mmi.flatMap((n) => [0, 1].map((k) => source(n.inputs[k])));
@@ -757,7 +770,8 @@ Deno.test("deploy: per-head q/k/v operands are quantized once before the head sp
   const qx = [...quantized].find((p) => producer.get(p!.inputs[0])?.opType === "Div")!;
   assert.ok(qx, "the head-split value is divided by its steps and quantized with step 1");
   assert.equal(hoisted.filter((p) => p === qx).length, 3, "q, k and v read the shared codes");
-  // the codes each MatMulInteger reads equal the fake-quant operands' codes (plus 128)
+  // the codes each MatMulInteger reads equal the fake-quant operands' codes (plus its zero
+  // point: 128 on uint8 first operands, 0 on the int8 second operands)
   const operands = [[qk, 0, steps[0]], [qk, 1, steps[1]], [av, 1, steps[2]]] as const;
   // q·k's MatMulInteger is the one whose scaled sums feed the Softmax
   const feedsSoftmax = (n: Node) =>
@@ -767,7 +781,17 @@ Deno.test("deploy: per-head q/k/v operands are quantized once before the head sp
     );
   const mmOf = (site: Site) => mmi.find((n) => feedsSoftmax(n) === (site.role === "qk"))!;
   const probe = dep.clone();
-  for (const [site, slot] of operands) probe.addOutput(mmOf(site).inputs[slot], DataType.UINT8);
+  const zpOf = (site: Site, slot: number) =>
+    dep.initializers.get(mmOf(site).inputs[2 + slot])!.numbers()[0];
+  for (const [site, slot] of operands) {
+    const t = dep.initializers.get(mmOf(site).inputs[2 + slot])!.dataType;
+    probe.addOutput(mmOf(site).inputs[slot], t);
+  }
+  assert.deepEqual(
+    operands.map(([site, slot]) => zpOf(site, slot)),
+    [128, 0, 0],
+    "uint8 x int8 matmuls",
+  );
   const fake = graph.clone();
   const fakeNodes = new Map(fake.nodes.map((n) => [n.name, n]));
   for (const [site, slot] of operands) fake.addOutput(fakeNodes.get(site.node)!.inputs[slot]);
@@ -791,7 +815,7 @@ Deno.test("deploy: per-head q/k/v operands are quantized once before the head sp
     for (let i = 0; i < vals.data.length; i++) {
       const c = Math.round(vals.data[i] / q.scale[Math.floor(i / inner) % H]);
       assert.ok(
-        codes.data[i] - 128 === c,
+        codes.data[i] - zpOf(site, slot) === c,
         `${site.id} operand ${slot} [${i}]: ${codes.data[i]} ${c}`,
       );
       if (Math.abs(c) >= 127) saturated++;
@@ -893,13 +917,7 @@ Deno.test({
     // (no Cast); the GELU negative parts unclipped (uint8 codes with a negative step)
     const dg = q.deployable!.graph;
     const producer = new Map(dg.nodes.flatMap((n) => n.outputs.map((o) => [o, n] as const)));
-    const source = (v: string) => {
-      let p = producer.get(v);
-      while (p && (p.opType === "Transpose" || p.opType === "Gather")) {
-        p = producer.get(p.inputs[0]);
-      }
-      return p;
-    };
+    const source = (v: string) => codesSource(dg, producer, v);
     const hoisted = dg.nodes.filter((n) => n.opType === "MatMulInteger").flatMap((n) =>
       [0, 1].filter((k) => {
         const p = source(n.inputs[k]);

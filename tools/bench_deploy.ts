@@ -22,6 +22,10 @@
  *
  *     deno run -A tools/bench_deploy.ts [--models vit_fmnist,vits] [--batch 32]
  *       [--reps 10] [--warmup 3] [--threads 2] [--calib 32] [--json out.json]
+ *       [--save-graphs DIR]
+ *
+ * `--save-graphs DIR` writes every timed graph as `DIR/<model>_<row>.onnx`
+ * (rows numbered as printed, from 0), to profile or time them elsewhere.
  *
  * @module
  */
@@ -70,6 +74,7 @@ async function main(): Promise<void> {
       calib: { type: "string", default: "32" },
       "vits-grid": { type: "string", default: "10" },
       json: { type: "string" },
+      "save-graphs": { type: "string" },
     },
   });
   const num = (k: string, v: string | undefined) => {
@@ -153,6 +158,13 @@ async function main(): Promise<void> {
           chunkBatch(p8.deployable!.graph, chunk).toBytes(),
         ],
       );
+    }
+    const saveDir = values["save-graphs"];
+    if (saveDir) {
+      await Deno.mkdir(saveDir, { recursive: true });
+      for (const [i, g] of graphs.entries()) {
+        await Deno.writeFile(`${saveDir}/${m}_${i}.onnx`, g[1]);
+      }
     }
     const speeds = await measureInterleaved(runtime, graphs.map((g) => g[1]), calib.shape, {
       batch,

@@ -431,8 +431,11 @@ export function integerMatMuls(g: Graph, ranks: Map<string, number>): string[] {
  * 127) + 128` (8-bit full-range quantizers only: a narrower range's clip sits between the
  * operand and its QuantizeLinear and stops the trace). A step tensor that does not fit
  * `r`'s shape fails to broadcast (an error, never other codes). No Reshape shape is read,
- * so computed shapes (torch exports) work too. u8 x u8 MatMulInteger runs about as fast as
- * u8 x s8 (measured on ViT-S attention shapes). Without this, ONNX Runtime's QDQ
+ * so computed shapes (torch exports) work too. A second operand is then converted to int8
+ * codes (`Cast(Sub(u, 128), int8)`, both on bytes; opset 14 and later): ONNX Runtime's
+ * uint8 x uint8 MatMulInteger takes a 16-bit path, 1.5x (Q·Kᵀ) to 3x (attn·V) slower than
+ * uint8 x int8 at ViT-S attention shapes, batch 32, on this project's AVX-512 VNNI machine
+ * (ONNX Runtime 1.30, 2 threads). Without this, ONNX Runtime's QDQ
  * propagation re-quantizes each float operand before its head transpose (Q -> DQ ->
  * Transpose -> Q), and per-axis QuantizeLinear runs on one thread. Returns the number of
  * operands rewritten.
@@ -527,9 +530,27 @@ export function hoistHeadCodes(g: Graph): number {
       }
       return c;
     };
+    // a second operand as int8 (uint8 Sub and Cast wrap modulo 2^8: code u becomes u − 128)
+    const signed = new Map<string, string>();
+    let zp0: string | undefined;
     for (const o of ops) {
-      o.mm.inputs[o.slot] = codesOf(o.value);
-      o.mm.inputs[2 + o.slot] = zp;
+      const c = codesOf(o.value);
+      if (o.slot === 1 && g.opset >= 14) {
+        let sc = signed.get(c);
+        if (sc === undefined) {
+          sc = g.addNode("Cast", [g.addNode("Sub", [c, zp])], {
+            attributes: [makeAttr("to", DataType.INT8)],
+          });
+          signed.set(c, sc);
+        }
+        o.mm.inputs[1] = sc;
+        o.mm.inputs[3] = zp0 ??= g.setInitializer(
+          new Tensor(g.uniqueName(`${prefix}_zp0`), DataType.INT8, [], Uint8Array.of(0)),
+        );
+      } else {
+        o.mm.inputs[o.slot] = c;
+        o.mm.inputs[2 + o.slot] = zp;
+      }
       count++;
     }
   }
@@ -549,6 +570,9 @@ export function unhoistHeadCodes(g: Graph, n: Node): number {
   for (const slot of [0, 1]) {
     const chain: Node[] = [];
     let p = producer.get(n.inputs[slot]);
+    // the int8 form of hoisted uint8 codes: Cast(Sub(codes, 128), int8)
+    const sub = p?.opType === "Cast" && !p.domain ? producer.get(p.inputs[0]) : undefined;
+    if (sub?.opType === "Sub" && !sub.domain) p = producer.get(sub.inputs[0]);
     while (p && !p.domain && (p.opType === "Transpose" || p.opType === "Gather")) {
       chain.unshift(p);
       p = producer.get(p.inputs[0]);
