@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { quantileSorted } from "../core/quantile.ts";
+import { type MedianInterval, medianInterval, quantileSorted } from "../core/quantile.ts";
 import { Graph } from "../core/onnx/graph.ts";
 import type { Runtime, Session } from "../core/runtime/runtime.ts";
 import { Rng } from "../core/rng.ts";
@@ -16,6 +16,11 @@ export interface Speed {
   ips: number;
   /** Images per second at `batch` from the 90th-percentile (slow) batch time. */
   ipsP90?: number;
+  /**
+   * Batch times (ms) of every repetition, in round order: entry r of two graphs timed by one
+   * {@link measureInterleaved} call ran in the same round (see {@link pairedRatio}).
+   */
+  batchMs?: number[];
   /** Batch-1 latency, median over repetitions (ms). */
   latMedMs: number;
   /** Batch-1 latency, 90th percentile (ms). */
@@ -102,6 +107,7 @@ export async function measureInterleaved(
     return sessions.map((_, j) => ({
       ...(load === undefined ? {} : { load }),
       ips: opts.batch / (quantile(big[j], 0.5) / 1000),
+      batchMs: big[j],
       ipsP90: opts.batch / (quantile(big[j], 0.9) / 1000),
       latMedMs: quantile(one[j], 0.5),
       latP90Ms: quantile(one[j], 0.9),
@@ -110,6 +116,19 @@ export async function measureInterleaved(
   } finally {
     for (const s of sessions) await s.release();
   }
+}
+
+/**
+ * How many times faster `x` ran than `ref` (both from one {@link measureInterleaved} call),
+ * round by round: the median of the per-round ratios `ref.batchMs[r] / x.batchMs[r]` (the two
+ * graphs ran back to back in round r, so a slower stretch of the machine lands on both) and
+ * its distribution-free 95 % interval ({@link medianInterval}). Undefined without per-round
+ * times or with fewer than 6 rounds (no 95 % interval exists).
+ */
+export function pairedRatio(ref: Speed, x: Speed): MedianInterval | undefined {
+  const a = ref.batchMs, b = x.batchMs;
+  if (!a || !b || a.length !== b.length) return undefined;
+  return medianInterval(a.map((t, r) => t / b[r]));
 }
 
 /**

@@ -6,6 +6,8 @@ import {
   pairedBootstrap,
   pairedCounts,
 } from "../bench/stats.ts";
+import { pairedRatio } from "../bench/speed.ts";
+import { medianInterval } from "../core/quantile.ts";
 
 /** num / den as a double, exact to rounding even when both are huge BigInts. */
 function bigRatio(num: bigint, den: bigint): number {
@@ -186,4 +188,53 @@ Deno.test("isDifferent: interval excludes 0", () => {
   assert.equal(isDifferent({ lo: -0.5, hi: 0.5 }), false);
   assert.equal(isDifferent({ lo: 0, hi: 1 }), false);
   assert.equal(isDifferent({ lo: -1, hi: 0 }), false);
+});
+
+Deno.test("medianInterval: sign-test order statistics and their exact coverage", () => {
+  const ranks = (n: number) => Array.from({ length: n }, (_, i) => n - i); // descending input
+  assert.equal(medianInterval(ranks(5)), undefined, "[min, max] of 5 covers only 93.75 %");
+  // n = 6: [x(1), x(6)], 1 - 2/64; n = 10: [x(2), x(9)]; n = 12: [x(3), x(10)]; n = 20: [x(6), x(15)]
+  for (
+    const [n, k, cover] of [[6, 1, 62 / 64], [10, 2, 1 - 2 * 11 / 1024], [12, 3, 1 - 2 * 79 / 4096]]
+  ) {
+    const r = medianInterval(ranks(n))!;
+    assert.deepEqual([r.lo, r.hi], [k, n - k + 1], `n = ${n}`);
+    assert.ok(Math.abs(r.level - cover) < 1e-12, `n = ${n}: ${r.level}`);
+    assert.equal(r.median, (n + 1) / 2);
+  }
+  assert.deepEqual(
+    [medianInterval(ranks(20))!.lo, medianInterval(ranks(20))!.hi],
+    [6, 15],
+  );
+  // a lower level narrows it: n = 12 at 0.8 is [x(4), x(9)] (coverage 0.854)
+  assert.deepEqual([medianInterval(ranks(12), 0.8)!.lo, medianInterval(ranks(12), 0.8)!.hi], [
+    4,
+    9,
+  ]);
+  assert.equal(medianInterval([], 0.95), undefined);
+});
+
+Deno.test("pairedRatio: median and interval of the per-round ratios, round by round", () => {
+  const speed = (ms: number[]) => ({
+    ips: 1000 / ms[0],
+    batchMs: ms,
+    latMedMs: 0,
+    latP90Ms: 0,
+    batch: 1,
+    repetitions: ms.length,
+    warmup: 0,
+  });
+  // the machine slows down round by round; x is 1.5x faster in every round
+  const ref = [10, 10.5, 11, 30, 32, 34, 36, 38];
+  const p = pairedRatio(speed(ref), speed(ref.map((t) => t / 1.5)))!;
+  for (const v of [p.median, p.lo, p.hi]) assert.ok(Math.abs(v - 1.5) < 1e-12, JSON.stringify(p));
+  // per-round ratios 1.2, 1.5, 2, 1, 3, 2: median 1.75, n = 6 gives [min, max]
+  const q = pairedRatio(speed([12, 12, 12, 12, 12, 12]), speed([10, 8, 6, 12, 4, 6]))!;
+  assert.deepEqual([q.median, q.lo, q.hi], [1.75, 1, 3]);
+  // a slow round for ref alone moves that round's ratio (3 -> 4 at the top), not the median
+  const r = pairedRatio(speed([12, 12, 12, 12, 12, 24]), speed([10, 8, 6, 12, 4, 6]))!;
+  assert.deepEqual([r.median, r.lo, r.hi], [1.75, 1, 4]);
+  assert.equal(pairedRatio(speed(ref), { ...speed(ref), batchMs: undefined }), undefined);
+  assert.equal(pairedRatio(speed(ref), speed(ref.slice(1))), undefined, "rounds must match");
+  assert.equal(pairedRatio(speed(ref.slice(0, 5)), speed(ref.slice(0, 5))), undefined, "n < 6");
 });

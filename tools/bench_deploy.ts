@@ -13,6 +13,12 @@
  * every row gets a second ratio against chunked FP32: chunking speeds FP32
  * up as well, so that is the like-for-like figure.
  *
+ * Ratios are paired (bench/speed.ts `pairedRatio`): the median over rounds of
+ * the reference graph's batch time over this graph's in the same round, with
+ * its distribution-free 95 % interval in brackets (order statistics of the
+ * per-round ratios; at least 6 repetitions, else ratios of median
+ * throughputs without an interval).
+ *
  * Models: `vit_fmnist`, `deit_fmnist`, `swin_fmnist` (shipped; 32 calibration
  * images of the shipped train sample) and `vits` (a ViT-S sized graph with
  * random weights, core/ivit/vits.ts; random calibration images). On `vits`,
@@ -31,7 +37,13 @@
  */
 import { parseArgs } from "node:util";
 import { envInfo } from "../bench/env.ts";
-import { fusedOps, integerKernels, measureInterleaved } from "../bench/speed.ts";
+import {
+  fusedOps,
+  integerKernels,
+  measureInterleaved,
+  pairedRatio,
+  type Speed,
+} from "../bench/speed.ts";
 import { resolveModel } from "../core/models.ts";
 import { Graph } from "../core/onnx/graph.ts";
 import { findSites } from "../core/onnx/sites.ts";
@@ -50,13 +62,21 @@ import { minmax } from "../methods/baselines.ts";
 import { ptq4vit } from "../methods/ptq4vit.ts";
 import type { Bits, QuantContext, QuantizedModel } from "../methods/types.ts";
 
+/** A ratio against a reference graph: the estimate and, with 6 or more repetitions, its 95 % interval. */
+interface Ratio {
+  x: number;
+  lo?: number;
+  hi?: number;
+}
+
 interface Timed {
   graph: string;
   bytes: number;
   ips: number;
-  ratio: number;
-  /** Images/s over those of FP32 run in the same batch chunks as I-ViT's graph (where it is chunked). */
-  ratioChunked?: number;
+  /** Speed over FP32's (paired per round, see the module doc). */
+  ratio: Ratio;
+  /** Speed over FP32 run in the same batch chunks as I-ViT's graph (where it is chunked). */
+  ratioChunked?: Ratio;
   latMedMs: number;
   intMacShare?: number;
   kernels?: string;
@@ -172,13 +192,21 @@ async function main(): Promise<void> {
       warmup,
     });
     const rows: Timed[] = [];
+    const ratioTo = (ref: Speed, x: Speed): Ratio => {
+      const p = pairedRatio(ref, x);
+      return p ? { x: p.median, lo: p.lo, hi: p.hi } : { x: x.ips / ref.ips };
+    };
+    const fmt = (r: Ratio, what: string) =>
+      `${r.x.toFixed(2)}x${
+        r.lo !== undefined ? ` [${r.lo.toFixed(2)}, ${r.hi!.toFixed(2)}]` : ""
+      } ${what}`;
     for (const [i, [name, bytes, q]] of graphs.entries()) {
       const row: Timed = {
         graph: name,
         bytes: bytes.length,
         ips: speeds[i].ips,
-        ratio: speeds[i].ips / speeds[0].ips,
-        ...(chunk ? { ratioChunked: speeds[i].ips / speeds[fpChunked].ips } : {}),
+        ratio: ratioTo(speeds[0], speeds[i]),
+        ...(chunk ? { ratioChunked: ratioTo(speeds[fpChunked], speeds[i]) } : {}),
         latMedMs: speeds[i].latMedMs,
       };
       if (q?.deployable) {
@@ -189,9 +217,9 @@ async function main(): Promise<void> {
       rows.push(row);
       console.log(
         `  ${name.padEnd(24)} ${row.ips.toFixed(1).padStart(8)} img/s @ ${batch} (${
-          row.ratio.toFixed(2)
-        }x FP32${
-          row.ratioChunked !== undefined ? `, ${row.ratioChunked.toFixed(2)}x FP32 chunked` : ""
+          fmt(row.ratio, "FP32")
+        }${
+          row.ratioChunked !== undefined ? `, ${fmt(row.ratioChunked, "FP32 chunked")}` : ""
         }), batch-1 ${row.latMedMs.toFixed(2)} ms, ${(row.bytes / 1e6).toFixed(2)} MB (${
           (row.bytes / fpBytes.length).toFixed(2)
         }x)${
