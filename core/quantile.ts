@@ -41,12 +41,19 @@ export function medianInterval(xs: readonly number[], level = 0.95): MedianInter
   const n = xs.length;
   if (n === 0 || !(level > 0 && level < 1)) return undefined;
   const s = [...xs].sort((a, b) => a - b);
-  // P(B ≤ k − 1) for B ~ Binomial(n, 1/2), accumulated term by term
-  let term = 2 ** -n, cdf = 0;
+  // P(B ≤ k − 1) for B ~ Binomial(n, 1/2), from the pmf relative to its centre (no underflow
+  // of 2^−n for large n; the far tails may underflow to 0, which they are to double precision)
+  const c = Math.floor(n / 2);
+  const t = new Float64Array(c + 1);
+  t[c] = 1;
+  for (let j = c; j > 0; j--) t[j - 1] = (t[j] * j) / (n - j + 1);
+  let total = 0;
+  for (let j = 0; j <= c; j++) total += 2 * t[j];
+  if (n % 2 === 0) total -= t[c];
+  let cdf = 0;
   let best: { k: number; cover: number } | undefined;
   for (let k = 1; 2 * k <= n + 1; k++) {
-    cdf += term;
-    term *= (n - k + 1) / k;
+    cdf += t[k - 1] / total;
     const cover = 1 - 2 * cdf;
     if (cover < level) break;
     best = { k, cover };

@@ -212,6 +212,10 @@ Deno.test("medianInterval: sign-test order statistics and their exact coverage",
     9,
   ]);
   assert.equal(medianInterval([], 0.95), undefined);
+  // large n (2^-n underflows): the normal approximation's ranks, 1000.5 ± 1.96·√2000/2
+  const big = medianInterval(ranks(2000))!;
+  assert.deepEqual([big.lo, big.hi], [956, 1045]);
+  assert.ok(big.level >= 0.95 && big.level < 0.96, `${big.level}`);
 });
 
 Deno.test("pairedRatio: median and interval of the per-round ratios, round by round", () => {

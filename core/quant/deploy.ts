@@ -570,9 +570,14 @@ export function unhoistHeadCodes(g: Graph, n: Node): number {
   for (const slot of [0, 1]) {
     const chain: Node[] = [];
     let p = producer.get(n.inputs[slot]);
-    // the int8 form of hoisted uint8 codes: Cast(Sub(codes, 128), int8)
-    const sub = p?.opType === "Cast" && !p.domain ? producer.get(p.inputs[0]) : undefined;
-    if (sub?.opType === "Sub" && !sub.domain) p = producer.get(sub.inputs[0]);
+    // the int8 form of hoisted uint8 codes: Cast(Sub(codes, uint8 128), int8)
+    const sub = p?.opType === "Cast" && !p.domain && attr(p, "to") === DataType.INT8
+      ? producer.get(p.inputs[0])
+      : undefined;
+    const k = sub?.opType === "Sub" && !sub.domain ? g.initializers.get(sub.inputs[1]) : undefined;
+    if (k?.dataType === DataType.UINT8 && k.size === 1 && k.raw[0] === 128) {
+      p = producer.get(sub!.inputs[0]);
+    }
     while (p && !p.domain && (p.opType === "Transpose" || p.opType === "Gather")) {
       chain.unshift(p);
       p = producer.get(p.inputs[0]);
