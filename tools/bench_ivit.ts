@@ -31,7 +31,7 @@ import { loadFashionMnist, SHIPPED_FMNIST } from "../datasets/fashion_mnist.ts";
 import { makeSource } from "../datasets/source.ts";
 import { buildIntegerProgram } from "../core/ivit/build.ts";
 import { emitFloatWrapper } from "../core/ivit/emit.ts";
-import { batchChunkFor } from "../core/onnx/chunk.ts";
+import { batchChunkFor, chunkBody } from "../core/onnx/chunk.ts";
 import type { IvitVariant } from "../core/ivit/lower.ts";
 import { buildVitGraph, VIT_S } from "../core/ivit/vits.ts";
 
@@ -123,7 +123,7 @@ async function main(): Promise<void> {
       `${m}: lowered in ${
         ((performance.now() - t0) / 1000).toFixed(1)
       } s, ${graph.nodes.length} FP nodes -> ${
-        emitFloatWrapper(built.program).nodes.length
+        (chunkBody(wrapper) ?? wrapper).nodes.length
       } integer-graph nodes${batchChunk ? `, run ${batchChunk} images at a time` : ""}`,
     );
     const opts = { batch: b, repetitions: reps, warmup };
