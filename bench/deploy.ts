@@ -7,11 +7,22 @@
  * fake-quant and deploy graphs interleaved in one loop. Optionally save the
  * deploy graph (or the fake-quant one where none exists) with a model card.
  *
+ * Where a model's activations outgrow the cache (ViT-S-sized and larger: the
+ * rule of `batchChunkFor`, core/onnx/chunk.ts, that I-ViT's integer graph
+ * uses too), the deploy graph runs the batch a few images at a time (an ONNX
+ * `Loop` over chunks): its many elementwise passes (QuantizeLinear, Clip,
+ * DequantizeLinear) then stay in cache. The chunked graph is what is
+ * evaluated, timed and saved; its outputs are checked against the unchunked
+ * graph's on the first images before it replaces it (else the unchunked
+ * graph is kept), and `deploy_kind` says so. The FP32 and fake-quant graphs
+ * are timed as given.
+ *
  * @module
  */
 import type { Graph } from "../core/onnx/graph.ts";
+import { batchChunkFor, CHUNK_BYTES, chunkBatch } from "../core/onnx/chunk.ts";
 import type { Site } from "../core/onnx/sites.ts";
-import type { Runtime } from "../core/runtime/runtime.ts";
+import type { ImageSource, Runtime } from "../core/runtime/runtime.ts";
 import { coverageShapes, integerCoverage } from "../core/quant/deploy.ts";
 import type { ModelCard } from "../core/models.ts";
 import type { LabelledSource } from "../datasets/source.ts";
@@ -67,6 +78,85 @@ export interface DeployInput {
   batchSize: number;
   /** Speed settings; absent: no timing. */
   speed?: { batch: number; repetitions: number; warmup: number };
+  /** Cache budget of the batch chunking (bytes; default `CHUNK_BYTES`); 0: never chunk. */
+  chunkBytes?: number;
+}
+
+/**
+ * Largest difference between the first output of two graphs on the first
+ * `n` images of `src`, relative to the largest magnitude of the first's
+ * (0 when they agree bit for bit).
+ */
+async function outputDifference(
+  runtime: Runtime,
+  a: Graph,
+  b: Graph,
+  src: ImageSource,
+  n: number,
+): Promise<number> {
+  const count = Math.min(n, src.length);
+  const x = await src.slice(0, count);
+  const outs: Float32Array[] = [];
+  for (const g of [a, b]) {
+    const s = await runtime.createSession(g, "deploy graph (chunking check)");
+    try {
+      const y = await s.run({ [s.inputNames[0]]: { data: x, dims: [count, ...src.shape] } });
+      outs.push(y[s.outputNames[0]].data as Float32Array);
+    } finally {
+      await s.release();
+    }
+  }
+  const [ya, yb] = outs;
+  if (ya.length !== yb.length) return Infinity;
+  let diff = 0, scale = 0;
+  for (let i = 0; i < ya.length; i++) {
+    if (Number.isNaN(ya[i]) !== Number.isNaN(yb[i])) return Infinity;
+    diff = Math.max(diff, Math.abs(ya[i] - yb[i]));
+    scale = Math.max(scale, Math.abs(ya[i]));
+  }
+  return diff === 0 ? 0 : diff / Math.max(scale, 1e-30);
+}
+
+/** Relative output difference up to which a chunked deploy graph counts as the same graph. */
+const CHUNK_TOLERANCE = 1e-5;
+
+/**
+ * The deploy graph as it is evaluated, timed and saved: run in batch chunks
+ * where `batchChunkFor` asks for them (module doc) and the chunked graph's
+ * outputs match, else `graph` itself. `note` is added to the deploy kind.
+ */
+export async function chunkedDeploy(
+  runtime: Runtime,
+  graph: Graph,
+  dims: Map<string, number[]>,
+  src: ImageSource,
+  budget = CHUNK_BYTES,
+): Promise<{ graph: Graph; chunk?: number; note?: string }> {
+  const chunk = budget > 0 && graph.opset >= 11 ? batchChunkFor(dims.values(), budget) : undefined;
+  if (!chunk) return { graph };
+  let chunked: Graph;
+  try {
+    chunked = chunkBatch(graph, chunk);
+  } catch (e) {
+    return { graph, note: `not run in batch chunks (${(e as Error).message})` };
+  }
+  // two chunks and a partial third: the slicing and the concatenation are exercised
+  const d = await outputDifference(runtime, graph, chunked, src, 2 * chunk + 1);
+  if (!(d <= CHUNK_TOLERANCE)) {
+    return {
+      graph,
+      note: `not run in batch chunks (the chunked graph's outputs differed by ${
+        d.toExponential(2)
+      } relative)`,
+    };
+  }
+  return {
+    graph: chunked,
+    chunk,
+    note: `runs the batch ${chunk} images at a time (ONNX Loop, core/onnx/chunk.ts; outputs ${
+      d === 0 ? "bit for bit" : `within ${d.toExponential(1)} relative of`
+    } the unchunked graph's on the first ${Math.min(2 * chunk + 1, src.length)} images)`,
+  };
 }
 
 /** Evaluate, inspect and time the deployable graph of a cell; `bytes` is its encoding. */
@@ -92,18 +182,22 @@ export async function deployStage(
   let depBytes: Uint8Array | undefined;
   let ev: EvalResult | undefined;
   if (d) {
-    depBytes = d.graph.toBytes();
-    ev = await evaluate(inp.runtime, depBytes, inp.evalSrc, inp.batchSize);
-    const cov = integerCoverage(
+    const dims = await coverageDims(
+      inp.runtime,
+      inp.fp.sha,
       inp.fp.graph,
-      d.graph,
       inp.fp.sites,
-      await coverageDims(inp.runtime, inp.fp.sha, inp.fp.graph, inp.fp.sites, inp.evalSrc),
+      inp.evalSrc,
     );
+    const run = await chunkedDeploy(inp.runtime, d.graph, dims, inp.evalSrc, inp.chunkBytes);
+    depBytes = run.graph.toBytes();
+    ev = await evaluate(inp.runtime, depBytes, inp.evalSrc, inp.batchSize);
+    // coverage from the plain graph (a chunked graph holds the same nodes inside its Loop)
+    const cov = integerCoverage(inp.fp.graph, d.graph, inp.fp.sites, dims);
     Object.assign(fields, {
       deploy_top1: ev.top1,
       deploy_correct: ev.correct,
-      deploy_kind: d.kind,
+      deploy_kind: run.note ? `${d.kind}; ${run.note}` : d.kind,
       deploy_bytes: depBytes.length,
       int_sites: cov.integerSites.join(","),
       int_mac_share: cov.totalMacs > 0 ? cov.integerMacs / cov.totalMacs : null,

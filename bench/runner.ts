@@ -414,7 +414,7 @@ async function runCell(
         eval_hash: plan.evalHash,
         dataset: { ...manifest.dataset },
         calibration: { ...manifest.calibration },
-        graph: q.deployable?.kind ?? q.graphKind ?? base.timed_graph,
+        graph: dep.fields.deploy_kind ?? q.graphKind ?? base.timed_graph,
         top1: ev.top1,
         deploy_top1: dep.fields.deploy_top1,
         source_model: pm.model.name,

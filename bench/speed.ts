@@ -133,7 +133,8 @@ export function pairedRatio(ref: Speed, x: Speed): MedianInterval | undefined {
 
 /**
  * The operators of a graph after ONNX Runtime's optimizations, counted by type
- * (for example `MatMulIntegerToFloat: 48`): which fused integer kernels run.
+ * (for example `MatMulIntegerToFloat: 48`): which fused integer kernels run. Nodes of
+ * subgraphs count too (the body of a batch-chunked graph's Loop: core/onnx/chunk.ts).
  * Empty on the wasm backend, which cannot write its optimized graph.
  */
 export async function fusedOps(
@@ -148,7 +149,13 @@ export async function fusedOps(
     await s.release();
     const g = Graph.fromBytes(await Deno.readFile(path), path);
     const counts: Record<string, number> = {};
-    for (const n of g.nodes) counts[n.opType] = (counts[n.opType] ?? 0) + 1;
+    const count = (graph: Graph) => {
+      for (const n of graph.nodes) {
+        counts[n.opType] = (counts[n.opType] ?? 0) + 1;
+        for (const a of n.attributes) if (a.g) count(Graph.fromGraphProto(a.g, g));
+      }
+    };
+    count(g);
     return counts;
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -47,7 +47,8 @@ import {
   tmpDir,
   writeManifest,
 } from "./helpers.ts";
-import { fusedOps } from "../bench/speed.ts";
+import { fusedOps, integerKernels } from "../bench/speed.ts";
+import { chunkedDeploy } from "../bench/deploy.ts";
 import { findSites } from "../core/onnx/sites.ts";
 import { buildVitGraph } from "../core/ivit/vits.ts";
 import { GELU_NEG_RANGE } from "../core/quant/twin.ts";
@@ -543,6 +544,58 @@ async function shippedCtx(
     batchSize: 32,
   });
 }
+
+Deno.test({
+  name:
+    "deploy: chunkedDeploy runs a deploy graph in batch chunks where the cache budget asks, with the same outputs and fused kernels, and keeps a graph that mixes images unchunked",
+  sanitizeResources: false,
+  fn: async () => {
+    const rt = await runtime();
+    const c = await shippedCtx({ w: 8, a: 8 });
+    const q = await minmax.quantize(c);
+    const dep = q.deployable!.graph;
+    const dims = await coverageDimsOf(c.graph, c.sites);
+    const card = JSON.parse(await Deno.readTextFile(`${ROOT}models/vit_fmnist.json`));
+    const test = await loadFashionMnist(SHIPPED_FMNIST, "test");
+    const src = makeSource(test, Array.from({ length: 64 }, (_, i) => i), card);
+    // the shipped ViT fits the cache whole: not chunked at the default budget, nor at 0
+    assert.equal((await chunkedDeploy(rt, dep, dims, src)).graph, dep);
+    assert.equal((await chunkedDeploy(rt, dep, dims, src, 0)).graph, dep);
+    // a budget of 3 images' largest activation: chunks of 3
+    let largest = 0;
+    for (const d of dims.values()) largest = Math.max(largest, d.reduce((a, b) => a * b, 1));
+    const r = await chunkedDeploy(rt, dep, dims, src, 3 * 4 * largest);
+    assert.equal(r.chunk, 3);
+    assert.ok(r.graph.nodes.some((n) => n.opType === "Loop"));
+    assert.match(r.note!, /3 images at a time/);
+    console.log(`  ${r.note}`);
+    const top1 = await shippedTop1(1000);
+    assert.equal(await top1(r.graph), await top1(dep));
+    // the kernels ONNX Runtime runs inside the Loop body are counted: the same as unchunked
+    const kernels = integerKernels(await fusedOps(rt, dep.toBytes()));
+    assert.ok(kernels.length > 0);
+    assert.equal(integerKernels(await fusedOps(rt, r.graph.toBytes())), kernels);
+    // logits minus their maximum over the batch: chunks change them, so the graph stays whole
+    const mixed = dep.clone();
+    const [logits] = mixed.outputNames;
+    const renamed = "vitq_test_logits";
+    for (const n of mixed.nodes) n.outputs = n.outputs.map((v) => (v === logits ? renamed : v));
+    const axes = mixed.opset >= 18
+      ? { inputs: [renamed, "vitq_test_axes"], attributes: [makeAttr("keepdims", 1)] }
+      : { inputs: [renamed], attributes: [makeAttr("axes", [0]), makeAttr("keepdims", 1)] };
+    if (mixed.opset >= 18) mixed.setInitializer(Tensor.fromInt64("vitq_test_axes", [1], [0]));
+    mixed.addNode("ReduceMax", axes.inputs, {
+      outputs: ["vitq_test_max"],
+      name: "vitq_test_max",
+      attributes: axes.attributes,
+    });
+    mixed.addNode("Sub", [renamed, "vitq_test_max"], { outputs: [logits], name: "vitq_test_sub" });
+    const m = await chunkedDeploy(rt, mixed, dims, src, 3 * 4 * largest);
+    assert.equal(m.graph, mixed);
+    assert.equal(m.chunk, undefined);
+    assert.match(m.note!, /not run in batch chunks \(the chunked graph's outputs differed/);
+  },
+});
 
 Deno.test({
   name:
