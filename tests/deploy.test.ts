@@ -48,7 +48,7 @@ import {
   writeManifest,
 } from "./helpers.ts";
 import { fusedOps, integerKernels } from "../bench/speed.ts";
-import { chunkedDeploy } from "../bench/deploy.ts";
+import { chunkedDeploy, deployStage } from "../bench/deploy.ts";
 import { findSites } from "../core/onnx/sites.ts";
 import { buildVitGraph } from "../core/ivit/vits.ts";
 import { GELU_NEG_RANGE } from "../core/quant/twin.ts";
@@ -575,6 +575,24 @@ Deno.test({
     const kernels = integerKernels(await fusedOps(rt, dep.toBytes()));
     assert.ok(kernels.length > 0);
     assert.equal(integerKernels(await fusedOps(rt, r.graph.toBytes())), kernels);
+    // the bench's deploy stage with that budget: evaluates and returns the chunked graph
+    const stage = (chunkBytes?: number) =>
+      deployStage({
+        runtime: rt,
+        fp: { graph: c.graph, bytes: c.graph.toBytes(), sites: c.sites, sha: `chunk-test` },
+        q,
+        fakeBytes: q.graph.toBytes(),
+        evalSrc: src,
+        batchSize: 32,
+        chunkBytes,
+      });
+    const [whole, chunked] = [await stage(), await stage(3 * 4 * largest)];
+    assert.equal(whole.fields.deploy_kind, q.deployable!.kind);
+    assert.equal(chunked.fields.deploy_kind, `${q.deployable!.kind}; ${r.note}`);
+    assert.ok(Graph.fromBytes(chunked.bytes!).nodes.some((n) => n.opType === "Loop"));
+    assert.deepEqual(chunked.eval!.preds, whole.eval!.preds);
+    assert.equal(chunked.fields.fused_ops, whole.fields.fused_ops);
+    assert.equal(chunked.fields.int_mac_share, whole.fields.int_mac_share);
     // logits minus their maximum over the batch: chunks change them, so the graph stays whole
     const mixed = dep.clone();
     const [logits] = mixed.outputNames;
