@@ -43,16 +43,6 @@ function sqlString(s: string): string {
   return `'${s.replaceAll("'", "''")}'`;
 }
 
-async function columns(store: Store, schema: string, table: string): Promise<string[]> {
-  const rows = await store.query(
-    `select column_name from duckdb_columns()
-      where database_name = (case when $1 = 'main' then current_database() else $1 end)
-        and schema_name = 'main' and table_name = $2 order by column_index`,
-    [schema, table],
-  );
-  return rows.map((r) => r.column_name as string);
-}
-
 async function hasPrimaryKey(store: Store, db: string, table: string): Promise<boolean> {
   const rows = await store.query(
     `select count(*)::int as n from duckdb_constraints()
@@ -121,7 +111,7 @@ export async function mergeShards(
       }
       aliases.push(alias);
       for (const t of ["runs", "results", "predictions"]) {
-        if ((await columns(store, alias, t)).length === 0) {
+        if ((await store.columns(t, alias)).length === 0) {
           throw new VitqError(`${s}: not a vitq database (no ${t} table)`);
         }
       }
@@ -161,7 +151,7 @@ async function checkShards(
   const first = new Map<string, { value: string; file: string }>();
   const plans = new Map<string, { hash: string; file: string }>();
   for (const [i, alias] of aliases.entries()) {
-    const runCols = await columns(store, alias, "runs");
+    const runCols = await store.columns("runs", alias);
     const sharded = runCols.includes("plan_hash");
     const runs = await store.query(
       `select manifest_name, manifest_hash, git_commit${
@@ -260,12 +250,12 @@ async function mergeOne(store: Store, file: string, alias: string, summary: Merg
     ...tables.filter((t) => !KNOWN.includes(t)).sort(),
   ];
   for (const t of order) {
-    const mine = await columns(store, "main", t);
+    const mine = await store.columns(t, "main");
     if (mine.length === 0) {
       await store.exec(`create table main.${t} as select * from ${alias}.${t} limit 0`);
     }
-    const cols = await columns(store, "main", t);
-    const theirCols = new Set(await columns(store, alias, t));
+    const cols = await store.columns(t, "main");
+    const theirCols = new Set(await store.columns(t, alias));
     const shared = cols.filter((c) => theirCols.has(c)).map((c) => `"${c}"`).join(", ");
     if (t === "results" || t === "layers") {
       if (move.length === 0) continue;

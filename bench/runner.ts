@@ -16,7 +16,7 @@ import { VitqError } from "../core/errors.ts";
 import { faultPoint } from "../core/fault.ts";
 import { type EvalResult, evaluate, nonFiniteMessage } from "./evaluate.ts";
 import { deployStage, saveCellModel } from "./deploy.ts";
-import { measureSpeed, type Speed } from "./speed.ts";
+import { measureSpeed, pairedSpeedup, type Speed } from "./speed.ts";
 import type { ResultRow, Store } from "./store.ts";
 import { Progress, storedEstimates } from "./progress.ts";
 import { envInfo } from "./env.ts";
@@ -228,6 +228,16 @@ export async function planBench(manifest: Manifest, file: string): Promise<Plan>
   };
 }
 
+/** `<prefix>_ratio`, `_lo`, `_hi` of a graph's paired speed-up over FP32 (nulls when either is untimed). */
+function speedupFields(prefix: "sim" | "deploy", fp?: Speed, x?: Speed): Partial<ResultRow> {
+  const r = fp && x ? pairedSpeedup(fp, x) : undefined;
+  return {
+    [`${prefix}_ratio`]: r?.x ?? null,
+    [`${prefix}_ratio_lo`]: r?.lo ?? null,
+    [`${prefix}_ratio_hi`]: r?.hi ?? null,
+  };
+}
+
 function speedOpts(m: Manifest) {
   return { batch: m.batchSize, repetitions: m.speed.repetitions, warmup: m.speed.warmup };
 }
@@ -430,6 +440,8 @@ async function runCell(
     fp_lat_med_ms: dep.speeds?.fp.latMedMs ?? base.fp_lat_med_ms,
     fp_lat_p90_ms: dep.speeds?.fp.latP90Ms ?? base.fp_lat_p90_ms,
     speed_load: dep.speeds?.fp.load ?? sp?.load ?? base.speed_load ?? null,
+    ...speedupFields("sim", dep.speeds?.fp, sp),
+    ...speedupFields("deploy", dep.speeds?.fp, dep.speeds?.deploy),
     top1: ev.top1,
     top5: ev.top5,
     correct: ev.correct,

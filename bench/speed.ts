@@ -131,6 +131,30 @@ export function pairedRatio(ref: Speed, x: Speed): MedianInterval | undefined {
   return medianInterval(a.map((t, r) => t / b[r]));
 }
 
+/** Speed-up of a graph over a reference graph (see {@link pairedSpeedup}). */
+export interface Speedup {
+  /** Median over rounds of reference time / graph time (or the throughput ratio, unpaired). */
+  x: number;
+  /** Distribution-free 95 % interval of that median (6 or more paired rounds). */
+  lo?: number;
+  hi?: number;
+}
+
+/**
+ * Speed-up of `x` over `ref`: the paired median of {@link pairedRatio} with its
+ * 95 % interval; below 6 rounds the paired median alone; without per-round times
+ * (or with unequal round counts) the ratio of median throughputs.
+ */
+export function pairedSpeedup(ref: Speed, x: Speed): Speedup {
+  const iv = pairedRatio(ref, x);
+  if (iv) return { x: iv.median, lo: iv.lo, hi: iv.hi };
+  const a = ref.batchMs, b = x.batchMs;
+  if (a && b && a.length === b.length && a.length > 0) {
+    return { x: quantileSorted(a.map((t, r) => t / b[r]).sort((p, q) => p - q), 0.5) };
+  }
+  return { x: x.ips / ref.ips };
+}
+
 /**
  * The operators of a graph after ONNX Runtime's optimizations, counted by type
  * (for example `MatMulIntegerToFloat: 48`): which fused integer kernels run. Nodes of

@@ -68,6 +68,12 @@ alter table results add column if not exists int_mac_share double;
 alter table results add column if not exists fused_ops varchar;
 alter table results add column if not exists saved_path varchar;
 alter table results add column if not exists speed_load double;
+alter table results add column if not exists sim_ratio double;
+alter table results add column if not exists sim_ratio_lo double;
+alter table results add column if not exists sim_ratio_hi double;
+alter table results add column if not exists deploy_ratio double;
+alter table results add column if not exists deploy_ratio_lo double;
+alter table results add column if not exists deploy_ratio_hi double;
 create table if not exists images (
   eval_hash varchar, image_idx integer, image_id varchar, label smallint,
   primary key (eval_hash, image_idx));
@@ -206,6 +212,19 @@ export interface ResultRow {
   saved_path?: string | null;
   /** 1-minute load average while the cell's speed was measured (see `Speed.load`). */
   speed_load?: number | null;
+  /**
+   * Speed-up of the timed (fake-quant or integer-only) graph over FP32, paired per
+   * interleaved round (`pairedSpeedup` in bench/speed.ts): the median over rounds of
+   * FP32's batch time over the graph's; `_lo`/`_hi` its 95 % interval (null below 6
+   * repetitions).
+   */
+  sim_ratio?: number | null;
+  sim_ratio_lo?: number | null;
+  sim_ratio_hi?: number | null;
+  /** The same for the deploy graph. */
+  deploy_ratio?: number | null;
+  deploy_ratio_lo?: number | null;
+  deploy_ratio_hi?: number | null;
 }
 
 /** FP32 baseline of one model on one evaluation set. */
@@ -653,6 +672,20 @@ export class Store {
         });
       }
     });
+  }
+
+  /**
+   * Column names of `table` in `database` (an attached database's alias, or `main`, this
+   * file), in table order; empty when there is no such table.
+   */
+  async columns(table: string, database = "main"): Promise<string[]> {
+    const rows = await this.query(
+      `select column_name from duckdb_columns()
+        where database_name = (case when $1 = 'main' then current_database() else $1 end)
+          and schema_name = 'main' and table_name = $2 order by column_index`,
+      [database, table],
+    );
+    return rows.map((r) => r.column_name as string);
   }
 
   /** Insert a run row. */

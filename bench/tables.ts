@@ -10,6 +10,7 @@ import { VitqError } from "../core/errors.ts";
 import { faultPoint } from "../core/fault.ts";
 import { isDifferent, mcnemarExact, pairedBootstrap, pairedCounts } from "./stats.ts";
 import type { Bits } from "../methods/types.ts";
+import type { Speedup } from "./speed.ts";
 
 /** Bootstrap settings used for every interval in the tables (recorded in legends). */
 export const BOOTSTRAP = { resamples: 1000, seed: 0, level: 0.95 };
@@ -34,8 +35,16 @@ export interface TableEntry {
   fpIps?: number | null;
   /** Largest 1-minute load average while its cells were timed (null: not recorded). */
   speedLoad?: number | null;
+  /**
+   * Speed-up of the timed graph over FP32 paired per interleaved round (`sim_ratio`): one
+   * cell's median with its 95 % interval, or the mean of several seeds' medians (no
+   * interval); null where the cells predate it (the ratio of throughputs is shown then).
+   */
+  simRatio?: Speedup | null;
   /** Deploy graph (QDQ, integer kernels) of the cell, when the method has one (means over seeds). */
   deploy?: {
+    /** Paired speed-up over FP32, as `simRatio`. */
+    ratio?: Speedup | null;
     ips: number | null;
     latMs: number | null;
     top1: number;
@@ -99,6 +108,21 @@ function meanStd(xs: number[]): [number, number] {
 }
 
 /**
+ * The paired speed-up stored for an entry's cells (`<prefix>_ratio`, `_lo`, `_hi`): one
+ * cell's with its interval, several cells' mean without one; null when none has it.
+ */
+function speedupOf(g: Record<string, unknown>[], prefix: "sim" | "deploy"): Speedup | null {
+  const num = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? v : null);
+  const xs = g.map((r) => num(r[`${prefix}_ratio`])).filter((x): x is number => x !== null);
+  if (xs.length === 0) return null;
+  if (g.length === 1) {
+    const lo = num(g[0][`${prefix}_ratio_lo`]), hi = num(g[0][`${prefix}_ratio_hi`]);
+    return lo !== null && hi !== null ? { x: xs[0], lo, hi } : { x: xs[0] };
+  }
+  return { x: xs.reduce((a, b) => a + b, 0) / xs.length };
+}
+
+/**
  * Gather table data for a manifest name, restricted to `cellIds` when given
  * (so stale cells of an older version of the manifest are left out).
  */
@@ -109,11 +133,16 @@ export async function gatherTable(
 ): Promise<TableData> {
   // with explicit cells (a bench run), take exactly those, whichever manifest stored
   // them first (a resumed cell keeps the manifest name of the run that computed it)
-  const cols = `cell_id, label, method, model, model_sha, w_bits, a_bits, calib_seed, top1, sim_ips,
-            sim_lat_med_ms, subset_size, eval_hash, backend, dataset, split, subset_rule,
-            calib_size, calib_split, approximations, timed_graph, created_at, mixed, w_bits_avg,
-            a_bits_avg, packed_bytes, fp_ips, deploy_ips, deploy_lat_med_ms, deploy_top1,
-            deploy_bytes, int_mac_share, fused_ops, speed_load`;
+  // columns added after a database was written read as null (tables open it read-only)
+  const have = new Set(await store.columns("results"));
+  const cols = [
+    "cell_id, label, method, model, model_sha, w_bits, a_bits, calib_seed, top1, sim_ips",
+    "sim_lat_med_ms, subset_size, eval_hash, backend, dataset, split, subset_rule",
+    "calib_size, calib_split, approximations, timed_graph, created_at, mixed, w_bits_avg",
+    "a_bits_avg, packed_bytes, fp_ips, deploy_ips, deploy_lat_med_ms, deploy_top1",
+    "deploy_bytes, int_mac_share, fused_ops, speed_load, sim_ratio, sim_ratio_lo, sim_ratio_hi",
+    "deploy_ratio, deploy_ratio_lo, deploy_ratio_hi",
+  ].join(", ").split(", ").map((c) => (have.has(c) ? c : `null as ${c}`)).join(", ");
   let rows: Record<string, unknown>[];
   if (cellIds) {
     // in the order of `cellIds` (a plan's order), not of storage: a run merged from shards
@@ -181,7 +210,9 @@ export async function gatherTable(
         (m, r) => typeof r.speed_load === "number" ? Math.max(m ?? 0, r.speed_load) : m,
         null,
       ),
+      simRatio: speedupOf(g, "sim"),
       deploy: r0.deploy_top1 === null || r0.deploy_top1 === undefined ? undefined : {
+        ratio: speedupOf(g, "deploy"),
         ips: meanOrNull(g.map((r) => r.deploy_ips)),
         latMs: meanOrNull(g.map((r) => r.deploy_lat_med_ms)),
         top1: meanOrNull(g.map((r) => r.deploy_top1))!,
@@ -401,7 +432,7 @@ export function renderSpeedMarkdown(d: TableData): string[] {
   const out: string[] = [
     "## Speed: images/s at the manifest's batch size (batch-1 median latency, ms) and throughput relative to FP32",
     "",
-    "Timed graphs: FP32 = the original graph; fake-quant = the method's quantize-dequantize graph in float32, which simulates quantization and is not faster than FP32; deploy = the same quantizers as a QDQ graph whose integer codes ONNX Runtime runs in fused integer kernels (quantizers that are not plain uniform stay float there); integer-only = I-ViT's integer graph. A cell's FP32, fake-quant and deploy graphs are timed in one interleaved loop (round-robin repetitions), and its ratios are to that FP32 timing; the FP32 row is the baseline run's own timing.",
+    "Timed graphs: FP32 = the original graph; fake-quant = the method's quantize-dequantize graph in float32, which simulates quantization and is not faster than FP32; deploy = the same quantizers as a QDQ graph whose integer codes ONNX Runtime runs in fused integer kernels (quantizers that are not plain uniform stay float there); integer-only = I-ViT's integer graph. A cell's FP32, fake-quant and deploy graphs are timed in one interleaved loop (round-robin repetitions), and its ratios are to that FP32 timing: the median over rounds of FP32's batch time over the graph's in the same round, with its distribution-free 95 % interval in brackets where the cell ran 6 or more repetitions (several calibration seeds: the mean of their medians; cells stored before paired ratios: images/s over FP32's). The FP32 row is the baseline run's own timing.",
     "",
     `| Graph | ${d.models.map(mdText).join(" | ")} |`,
     `|---|${d.models.map(() => "---:").join("|")}|`,
@@ -415,8 +446,15 @@ export function renderSpeedMarkdown(d: TableData): string[] {
     }).join(" | ")
   } |`);
   const fpOf = (e: TableEntry) => e.fpIps ?? d.fp.find((x) => x.model === e.model)?.ips ?? null;
-  const ratio = (ips: number | null, fp: number | null) =>
-    ips !== null && fp ? ` ${(ips / fp).toFixed(2)}x` : "";
+  // the stored paired speed-up (with its interval), else the ratio of throughputs
+  const ratio = (ips: number | null, fp: number | null, paired?: Speedup | null) =>
+    paired
+      ? ` ${paired.x.toFixed(2)}x${
+        paired.lo !== undefined ? ` [${paired.lo.toFixed(2)}, ${paired.hi!.toFixed(2)}]` : ""
+      }`
+      : ips !== null && fp
+      ? ` ${(ips / fp).toFixed(2)}x`
+      : "";
   for (const { w, a } of d.bits) {
     for (const label of d.labels) {
       const es = d.models.map((m) => find(d, label, m, w, a));
@@ -424,7 +462,7 @@ export function renderSpeedMarkdown(d: TableData): string[] {
         e,
       ) => (!e || e.simIps === null
         ? "–"
-        : `${sp(e.simIps, e.simLatMs)}${ratio(e.simIps, fpOf(e))}`)
+        : `${sp(e.simIps, e.simLatMs)}${ratio(e.simIps, fpOf(e), e.simRatio)}`)
       );
       if (fake.every((c) => c === "–")) continue;
       const kind = es.find((e) => e)?.timedGraph ?? "";
@@ -436,7 +474,7 @@ export function renderSpeedMarkdown(d: TableData): string[] {
       const dep = es.map((e) =>
         !e?.deploy || e.deploy.ips === null
           ? "–"
-          : `${sp(e.deploy.ips, e.deploy.latMs)}${ratio(e.deploy.ips, fpOf(e))}`
+          : `${sp(e.deploy.ips, e.deploy.latMs)}${ratio(e.deploy.ips, fpOf(e), e.deploy.ratio)}`
       );
       if (!dep.every((c) => c === "–")) {
         out.push(`| ${label} W${w}A${a} (deploy) | ${dep.join(" | ")} |`);
@@ -565,7 +603,12 @@ export function renderCsv(d: TableData): string {
 
 /** Render the speed CSV. */
 export function renderSpeedCsv(d: TableData): string {
-  const out = ["w_bits,a_bits,label,model,graph,images_per_s,lat_med_ms,fp32_images_per_s,top1"];
+  const out = [
+    "w_bits,a_bits,label,model,graph,images_per_s,lat_med_ms,fp32_images_per_s,top1,speedup,speedup_lo,speedup_hi",
+  ];
+  const su = (
+    r: Speedup | null | undefined,
+  ) => [r?.x.toFixed(3) ?? "", r?.lo?.toFixed(3) ?? "", r?.hi?.toFixed(3) ?? ""];
   for (const f of d.fp) {
     out.push(
       [
@@ -578,6 +621,9 @@ export function renderSpeedCsv(d: TableData): string {
         f.latMs?.toFixed(3) ?? "",
         f.ips?.toFixed(1) ?? "",
         f.top1.toFixed(2),
+        "",
+        "",
+        "",
       ].join(","),
     );
   }
@@ -593,6 +639,7 @@ export function renderSpeedCsv(d: TableData): string {
         e.simLatMs?.toFixed(3) ?? "",
         e.fpIps?.toFixed(1) ?? "",
         e.top1Mean.toFixed(2),
+        ...su(e.simRatio),
       ].join(","),
     );
     if (e.deploy) {
@@ -607,6 +654,7 @@ export function renderSpeedCsv(d: TableData): string {
           e.deploy.latMs?.toFixed(3) ?? "",
           e.fpIps?.toFixed(1) ?? "",
           e.deploy.top1.toFixed(2),
+          ...su(e.deploy.ratio),
         ].join(","),
       );
     }

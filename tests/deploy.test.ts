@@ -48,6 +48,7 @@ import {
   writeManifest,
 } from "./helpers.ts";
 import { fusedOps, integerKernels } from "../bench/speed.ts";
+import { Store } from "../bench/store.ts";
 import { chunkedDeploy, deployStage } from "../bench/deploy.ts";
 import { findSites } from "../core/onnx/sites.ts";
 import { buildVitGraph } from "../core/ivit/vits.ts";
@@ -684,7 +685,7 @@ Deno.test({
         calibration: { size: 16, seeds: [0], split: "train" },
         batchSize: 100,
         threads: 2,
-        speed: { repetitions: 2, warmup: 1 },
+        speed: { repetitions: 6, warmup: 1 },
       });
       const r = await cli("bench", [
         man,
@@ -702,10 +703,48 @@ Deno.test({
       assert.equal(r.code, 0, r.stderr);
       const [row] = (await readRows(
         `${dir}/d.duckdb`,
-        "select top1, deploy_top1, deploy_ips, fp_ips, int_mac_share, fused_ops, saved_path, deploy_bytes from results",
+        "select top1, deploy_top1, deploy_ips, fp_ips, int_mac_share, fused_ops, saved_path, deploy_bytes, sim_ratio, sim_ratio_lo, sim_ratio_hi, deploy_ratio, deploy_ratio_lo, deploy_ratio_hi from results",
       )) as (Record<string, number> & { saved_path: string; fused_ops: string })[];
       assert.equal(row.deploy_top1, row.top1);
       assert.ok(row.deploy_ips > 0 && row.fp_ips > 0);
+      // paired speed-ups over FP32 with their 95 % intervals (6 repetitions: the full range)
+      for (const k of ["sim", "deploy"]) {
+        const [x, lo, hi] = [row[`${k}_ratio`], row[`${k}_ratio_lo`], row[`${k}_ratio_hi`]];
+        assert.ok(x > 0 && lo > 0 && lo <= x && x <= hi, `${k}: ${x} [${lo}, ${hi}]`);
+      }
+      const speedMd = await Deno.readTextFile(`${dir}/t/deploytest/speed.md`);
+      const shown = (v: number) => v.toFixed(2);
+      assert.ok(
+        speedMd.includes(
+          `${shown(row.deploy_ratio)}x [${shown(row.deploy_ratio_lo)}, ${
+            shown(row.deploy_ratio_hi)
+          }]`,
+        ),
+        speedMd,
+      );
+      const csv = await Deno.readTextFile(`${dir}/t/deploytest/speed.csv`);
+      assert.match(csv.split("\n")[0], /,speedup,speedup_lo,speedup_hi$/);
+      // a database written before the paired ratios (and the load column): tables still render,
+      // with the ratio of throughputs
+      const old = await Store.open(`${dir}/d.duckdb`);
+      for (
+        const c of ["sim", "deploy"].flatMap((k) => ["", "_lo", "_hi"].map((x) => `${k}_ratio${x}`))
+      ) {
+        await old.exec(`alter table results drop column ${c}`);
+      }
+      await old.exec(`alter table results drop column speed_load`);
+      old.close();
+      const t = await cli("tables", [
+        "deploytest",
+        "--db",
+        `${dir}/d.duckdb`,
+        "--out",
+        `${dir}/t2`,
+      ]);
+      assert.equal(t.code, 0, t.stderr);
+      const oldMd = await Deno.readTextFile(`${dir}/t2/deploytest/speed.md`);
+      assert.ok(oldMd.includes(` ${(row.deploy_ips / row.fp_ips).toFixed(2)}x |`), oldMd);
+      assert.ok(!oldMd.includes("x ["), oldMd);
       assert.ok(row.int_mac_share > 0.9, String(row.int_mac_share));
       assert.match(row.fused_ops, /MatMulIntegerToFloat|QLinearMatMul/);
       const fpBytes = (await Deno.stat(`${ROOT}models/vit_fmnist.onnx`)).size;

@@ -6,7 +6,7 @@ import {
   pairedBootstrap,
   pairedCounts,
 } from "../bench/stats.ts";
-import { pairedRatio } from "../bench/speed.ts";
+import { pairedRatio, pairedSpeedup } from "../bench/speed.ts";
 import { medianInterval } from "../core/quantile.ts";
 
 /** num / den as a double, exact to rounding even when both are huge BigInts. */
@@ -241,4 +241,15 @@ Deno.test("pairedRatio: median and interval of the per-round ratios, round by ro
   assert.equal(pairedRatio(speed(ref), { ...speed(ref), batchMs: undefined }), undefined);
   assert.equal(pairedRatio(speed(ref), speed(ref.slice(1))), undefined, "rounds must match");
   assert.equal(pairedRatio(speed(ref.slice(0, 5)), speed(ref.slice(0, 5))), undefined, "n < 6");
+  // pairedSpeedup (what the bench stores): the interval from 6 rounds, the paired median alone
+  // below, the ratio of throughputs without per-round times
+  assert.deepEqual(pairedSpeedup(speed([12, 12, 12, 12, 12, 24]), speed([10, 8, 6, 12, 4, 6])), {
+    x: 1.75,
+    lo: 1,
+    hi: 4,
+  });
+  assert.deepEqual(pairedSpeedup(speed([12, 12, 24]), speed([10, 8, 6])), { x: 1.5 });
+  assert.deepEqual(pairedSpeedup(speed([12, 12]), speed([6, 8])), { x: 1.75 });
+  const unpaired = { ...speed([10, 10]), ips: 300, batchMs: undefined };
+  assert.deepEqual(pairedSpeedup(speed([10, 20]), unpaired), { x: 300 / 100 });
 });

@@ -15,11 +15,11 @@
  * FP32 up as well, so that is the like-for-like figure. The PTQ4ViT deploy
  * graph is timed unchunked too, to show what chunking gives it.
  *
- * Ratios are paired (bench/speed.ts `pairedRatio`): the median over rounds of
- * the reference graph's batch time over this graph's in the same round, with
- * its distribution-free 95 % interval in brackets (order statistics of the
- * per-round ratios; at least 6 repetitions, else ratios of median
- * throughputs without an interval).
+ * Ratios are paired (bench/speed.ts `pairedSpeedup`): the median over rounds
+ * of the reference graph's batch time over this graph's in the same round,
+ * with its distribution-free 95 % interval in brackets (order statistics of
+ * the per-round ratios; at least 6 repetitions, else the paired median
+ * without an interval).
  *
  * Models: `vit_fmnist`, `deit_fmnist`, `swin_fmnist` (shipped; 32 calibration
  * images of the shipped train sample) and `vits` (a ViT-S sized graph with
@@ -43,8 +43,8 @@ import {
   fusedOps,
   integerKernels,
   measureInterleaved,
-  pairedRatio,
-  type Speed,
+  pairedSpeedup,
+  type Speedup,
 } from "../bench/speed.ts";
 import { resolveModel } from "../core/models.ts";
 import { Graph } from "../core/onnx/graph.ts";
@@ -65,21 +65,14 @@ import { minmax } from "../methods/baselines.ts";
 import { ptq4vit } from "../methods/ptq4vit.ts";
 import type { Bits, QuantContext, QuantizedModel } from "../methods/types.ts";
 
-/** A ratio against a reference graph: the estimate and, with 6 or more repetitions, its 95 % interval. */
-interface Ratio {
-  x: number;
-  lo?: number;
-  hi?: number;
-}
-
 interface Timed {
   graph: string;
   bytes: number;
   ips: number;
   /** Speed over FP32's (paired per round, see the module doc). */
-  ratio: Ratio;
+  ratio: Speedup;
   /** Speed over FP32 run in the same batch chunks as I-ViT's graph (where it is chunked). */
-  ratioChunked?: Ratio;
+  ratioChunked?: Speedup;
   latMedMs: number;
   intMacShare?: number;
   kernels?: string;
@@ -198,11 +191,7 @@ async function main(): Promise<void> {
       warmup,
     });
     const rows: Timed[] = [];
-    const ratioTo = (ref: Speed, x: Speed): Ratio => {
-      const p = pairedRatio(ref, x);
-      return p ? { x: p.median, lo: p.lo, hi: p.hi } : { x: x.ips / ref.ips };
-    };
-    const fmt = (r: Ratio, what: string) =>
+    const fmt = (r: Speedup, what: string) =>
       `${r.x.toFixed(2)}x${
         r.lo !== undefined ? ` [${r.lo.toFixed(2)}, ${r.hi!.toFixed(2)}]` : ""
       } ${what}`;
@@ -211,8 +200,8 @@ async function main(): Promise<void> {
         graph: name,
         bytes: bytes.length,
         ips: speeds[i].ips,
-        ratio: ratioTo(speeds[0], speeds[i]),
-        ...(chunk ? { ratioChunked: ratioTo(speeds[fpChunked], speeds[i]) } : {}),
+        ratio: pairedSpeedup(speeds[0], speeds[i]),
+        ...(chunk ? { ratioChunked: pairedSpeedup(speeds[fpChunked], speeds[i]) } : {}),
         latMedMs: speeds[i].latMedMs,
       };
       if (q?.deployable) {
