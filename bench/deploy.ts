@@ -110,9 +110,11 @@ async function outputDifference(
   if (ya.length !== yb.length) return Infinity;
   let diff = 0, scale = 0;
   for (let i = 0; i < ya.length; i++) {
-    if (Number.isNaN(ya[i]) !== Number.isNaN(yb[i])) return Infinity;
+    if (Number.isFinite(ya[i])) scale = Math.max(scale, Math.abs(ya[i]));
+    // equal values (infinities included) and NaN in both agree; otherwise measure the gap
+    if (ya[i] === yb[i] || (Number.isNaN(ya[i]) && Number.isNaN(yb[i]))) continue;
+    if (!Number.isFinite(ya[i]) || !Number.isFinite(yb[i])) return Infinity;
     diff = Math.max(diff, Math.abs(ya[i] - yb[i]));
-    scale = Math.max(scale, Math.abs(ya[i]));
   }
   return diff === 0 ? 0 : diff / Math.max(scale, 1e-30);
 }
