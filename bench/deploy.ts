@@ -205,6 +205,9 @@ export async function deployStage(
       int_mac_share: cov.totalMacs > 0 ? cov.integerMacs / cov.totalMacs : null,
       fused_ops: integerKernels(await fusedOps(inp.runtime, depBytes)) || "none",
     });
+  } else if (inp.q.graphKind?.startsWith("integer")) {
+    // an integer-only graph (I-ViT) is its own deploy graph: record the integer kernels it runs
+    fields.fused_ops = integerKernels(await fusedOps(inp.runtime, inp.fakeBytes)) || "none";
   }
   let speeds: CellSpeeds | undefined;
   if (inp.speed) {

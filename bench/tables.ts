@@ -52,6 +52,8 @@ export interface TableEntry {
     intMacShare: number | null;
     fusedOps: string;
   };
+  /** Integer kernels ONNX Runtime ran for an integer-only timed graph (`fused_ops`; I-ViT). */
+  integerOps?: string;
   /** Cells behind the entry (one per calibration seed), in seed order. */
   cells: { id: string; seed: number }[];
   /** Per-image correctness averaged over the entry's seeds. */
@@ -211,6 +213,9 @@ export async function gatherTable(
         null,
       ),
       simRatio: speedupOf(g, "sim"),
+      ...(String(r0.timed_graph ?? "").startsWith("integer") && r0.fused_ops
+        ? { integerOps: r0.fused_ops as string }
+        : {}),
       deploy: r0.deploy_top1 === null || r0.deploy_top1 === undefined ? undefined : {
         ratio: speedupOf(g, "deploy"),
         ips: meanOrNull(g.map((r) => r.deploy_ips)),
@@ -514,6 +519,21 @@ export function renderSpeedMarkdown(d: TableData): string[] {
       );
     }
     out.push("");
+  }
+  const integerOnly = d.entries.filter((e) => e.integerOps);
+  if (integerOnly.length) {
+    out.push(
+      "## Integer-only graphs: the integer kernels ONNX Runtime ran",
+      "",
+      "From ONNX Runtime's optimized graph (inside a batch-chunking Loop too); everything else in these graphs is integer elementwise arithmetic and table lookups.",
+      "",
+      "| Cell | Model | Top-1 | integer kernels |",
+      "|---|---|---:|---|",
+      ...integerOnly.map((e) =>
+        `| ${e.label} W${e.w}A${e.a} | ${e.model} | ${e.top1Mean.toFixed(2)} | ${e.integerOps} |`
+      ),
+      "",
+    );
   }
   return out;
 }

@@ -679,7 +679,7 @@ Deno.test({
       const man = await writeManifest(dir, {
         name: "deploytest",
         models: ["vit_fmnist"],
-        methods: ["minmax"],
+        methods: ["minmax", "ivit"],
         bits: [{ w: 8, a: 8 }],
         dataset: { name: "fashion-mnist", split: "test", subset: { rule: "first", perClass: 20 } },
         calibration: { size: 16, seeds: [0], split: "train" },
@@ -703,7 +703,7 @@ Deno.test({
       assert.equal(r.code, 0, r.stderr);
       const [row] = (await readRows(
         `${dir}/d.duckdb`,
-        "select top1, deploy_top1, deploy_ips, fp_ips, int_mac_share, fused_ops, saved_path, deploy_bytes, sim_ratio, sim_ratio_lo, sim_ratio_hi, deploy_ratio, deploy_ratio_lo, deploy_ratio_hi from results",
+        "select top1, deploy_top1, deploy_ips, fp_ips, int_mac_share, fused_ops, saved_path, deploy_bytes, sim_ratio, sim_ratio_lo, sim_ratio_hi, deploy_ratio, deploy_ratio_lo, deploy_ratio_hi from results where method = 'minmax'",
       )) as (Record<string, number> & { saved_path: string; fused_ops: string })[];
       assert.equal(row.deploy_top1, row.top1);
       assert.ok(row.deploy_ips > 0 && row.fp_ips > 0);
@@ -719,6 +719,19 @@ Deno.test({
           `${shown(row.deploy_ratio)}x [${shown(row.deploy_ratio_lo)}, ${
             shown(row.deploy_ratio_hi)
           }]`,
+        ),
+        speedMd,
+      );
+      // the integer-only cell (I-ViT) names the integer kernels ONNX Runtime ran for its graph
+      const [iv] = await readRows(
+        `${dir}/d.duckdb`,
+        "select label, top1, fused_ops, deploy_top1 from results where method = 'ivit'",
+      );
+      assert.match(iv.fused_ops as string, /^MatMulInteger x\d+$/);
+      assert.equal(iv.deploy_top1, null);
+      assert.ok(
+        speedMd.includes(
+          `| ${iv.label} W8A8 | vit_fmnist | ${(iv.top1 as number).toFixed(2)} | ${iv.fused_ops} |`,
         ),
         speedMd,
       );
