@@ -594,6 +594,10 @@ Deno.test({
     assert.deepEqual(chunked.eval!.preds, whole.eval!.preds);
     assert.equal(chunked.fields.fused_ops, whole.fields.fused_ops);
     assert.equal(chunked.fields.int_mac_share, whole.fields.int_mac_share);
+    // a second graph input: only the first would be sliced, so the graph stays whole
+    const two = dep.clone();
+    two.inputs.push({ ...two.inputs[0], name: "vitq_test_second" });
+    assert.equal((await chunkedDeploy(rt, two, dims, src, 3 * 4 * largest)).graph, two);
     // logits minus their maximum over the batch: chunks change them, so the graph stays whole
     const mixed = dep.clone();
     const [logits] = mixed.outputNames;
