@@ -126,9 +126,15 @@ export async function measureInterleaved(
  * times or with fewer than 6 rounds (no 95 % interval exists).
  */
 export function pairedRatio(ref: Speed, x: Speed): MedianInterval | undefined {
+  const r = roundRatios(ref, x);
+  return r && medianInterval(r);
+}
+
+/** `ref.batchMs[r] / x.batchMs[r]` per round; undefined without per-round times or with unequal rounds. */
+function roundRatios(ref: Speed, x: Speed): number[] | undefined {
   const a = ref.batchMs, b = x.batchMs;
-  if (!a || !b || a.length !== b.length) return undefined;
-  return medianInterval(a.map((t, r) => t / b[r]));
+  if (!a || !b || a.length !== b.length || a.length === 0) return undefined;
+  return a.map((t, r) => t / b[r]);
 }
 
 /** Speed-up of a graph over a reference graph (see {@link pairedSpeedup}). */
@@ -146,13 +152,19 @@ export interface Speedup {
  * (or with unequal round counts) the ratio of median throughputs.
  */
 export function pairedSpeedup(ref: Speed, x: Speed): Speedup {
-  const iv = pairedRatio(ref, x);
-  if (iv) return { x: iv.median, lo: iv.lo, hi: iv.hi };
-  const a = ref.batchMs, b = x.batchMs;
-  if (a && b && a.length === b.length && a.length > 0) {
-    return { x: quantileSorted(a.map((t, r) => t / b[r]).sort((p, q) => p - q), 0.5) };
-  }
-  return { x: x.ips / ref.ips };
+  const r = roundRatios(ref, x);
+  if (!r) return { x: x.ips / ref.ips };
+  const iv = medianInterval(r);
+  return iv
+    ? { x: iv.median, lo: iv.lo, hi: iv.hi }
+    : { x: quantileSorted([...r].sort((p, q) => p - q), 0.5) };
+}
+
+/** A speed-up as printed: `1.61x [1.48, 1.70]`, or `1.61x` without an interval. */
+export function formatSpeedup(r: Speedup): string {
+  return `${r.x.toFixed(2)}x${
+    r.lo !== undefined && r.hi !== undefined ? ` [${r.lo.toFixed(2)}, ${r.hi.toFixed(2)}]` : ""
+  }`;
 }
 
 /**

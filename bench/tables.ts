@@ -10,7 +10,7 @@ import { VitqError } from "../core/errors.ts";
 import { faultPoint } from "../core/fault.ts";
 import { isDifferent, mcnemarExact, pairedBootstrap, pairedCounts } from "./stats.ts";
 import type { Bits } from "../methods/types.ts";
-import type { Speedup } from "./speed.ts";
+import { formatSpeedup, type Speedup } from "./speed.ts";
 
 /** Bootstrap settings used for every interval in the tables (recorded in legends). */
 export const BOOTSTRAP = { resamples: 1000, seed: 0, level: 0.95 };
@@ -454,11 +454,9 @@ export function renderSpeedMarkdown(d: TableData): string[] {
   // the stored paired speed-up (with its interval), else the ratio of throughputs
   const ratio = (ips: number | null, fp: number | null, paired?: Speedup | null) =>
     paired
-      ? ` ${paired.x.toFixed(2)}x${
-        paired.lo !== undefined ? ` [${paired.lo.toFixed(2)}, ${paired.hi!.toFixed(2)}]` : ""
-      }`
+      ? ` ${formatSpeedup(paired)}`
       : ips !== null && fp
-      ? ` ${(ips / fp).toFixed(2)}x`
+      ? ` ${formatSpeedup({ x: ips / fp })}`
       : "";
   for (const { w, a } of d.bits) {
     for (const label of d.labels) {

@@ -40,6 +40,7 @@
 import { parseArgs } from "node:util";
 import { envInfo } from "../bench/env.ts";
 import {
+  formatSpeedup,
   fusedOps,
   integerKernels,
   measureInterleaved,
@@ -191,10 +192,7 @@ async function main(): Promise<void> {
       warmup,
     });
     const rows: Timed[] = [];
-    const fmt = (r: Speedup, what: string) =>
-      `${r.x.toFixed(2)}x${
-        r.lo !== undefined ? ` [${r.lo.toFixed(2)}, ${r.hi!.toFixed(2)}]` : ""
-      } ${what}`;
+    const fmt = (r: Speedup, what: string) => `${formatSpeedup(r)} ${what}`;
     for (const [i, [name, bytes, q]] of graphs.entries()) {
       const row: Timed = {
         graph: name,
