@@ -370,6 +370,5 @@ export function uint8Tensor(name: string, dims: number[], values: ArrayLike<numb
 
 /** An int32 initializer. */
 export function int32Tensor(name: string, dims: number[], values: ArrayLike<number>): Tensor {
-  const a = Int32Array.from(values);
-  return new Tensor(name, DataType.INT32, dims, new Uint8Array(a.buffer));
+  return Tensor.fromInt32(name, dims, values);
 }

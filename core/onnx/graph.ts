@@ -98,6 +98,11 @@ export class Tensor {
     return new Tensor(name, DataType.INT64, dims, new Uint8Array(arr.buffer));
   }
 
+  /** An int32 tensor from values. */
+  static fromInt32(name: string, dims: number[], data: ArrayLike<number>): Tensor {
+    return new Tensor(name, DataType.INT32, dims, new Uint8Array(Int32Array.from(data).buffer));
+  }
+
   /** Values as float32 (a view when aligned, else a copy). Throws for other types. */
   float32(): Float32Array {
     if (this.dataType !== DataType.FLOAT) {
