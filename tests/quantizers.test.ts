@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Graph } from "../core/onnx/graph.ts";
+import { attr, DataType, Graph } from "../core/onnx/graph.ts";
 import {
   emitTwinGelu,
   emitTwinSoftmax,
@@ -339,6 +339,14 @@ Deno.test("log-sqrt2 quantizer: emission equals reference bit for bit (threshold
       assert.ok(naiveWrong > 0, `bits ${bits}: no boundary case in the probe`);
     }
   }
+  // the lookups are GatherElements on int32 codes: ONNX Runtime's Gather copies element by
+  // element, about four times slower (core/quant/log.ts)
+  const g = Graph.create(17);
+  const ops = (n: string) => g.nodes.filter((x) => x.opType === n).length;
+  emitLogSqrt2Quant(g, "x", { bits: 4, scale: 1 }, "ls");
+  assert.deepEqual([ops("Gather"), ops("GatherElements")], [0, 3]);
+  const casts = g.nodes.filter((n) => n.opType === "Cast").map((n) => attr(n, "to"));
+  assert.deepEqual(casts, [DataType.INT32, DataType.INT32, DataType.INT32]);
 });
 
 Deno.test("shift-log2 quantizer: hand-computed cases for both variants", () => {
